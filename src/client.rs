@@ -1,0 +1,773 @@
+//! One connection's state machine: [`WebSocketClient`] and [`ClientState`]
+//! [Rust in Detail, Part 1 and Part 2 §17, §19–20].
+//!
+//! ```text
+//! AwaitingHandshake(head) ──request ok──▶ HandshakeResponse ──101 written──▶ Connected
+//!        │ bad request                         │ (frames already flow)          │
+//!        ▼                                     ▼                                │ we start a close
+//!     Closed ◀── protocol error, peer's Close, EOF ── Connected ─────────────────▼
+//!        ▲                                                                   Closing
+//!        └───────────────────────── peer's Close answers ours ──────────────────┘
+//! ```
+//!
+//! The client never touches a socket. The event loop hands it the bytes it
+//! read ([`WebSocketClient::handle_input`]), asks it to write its outgoing
+//! queue into a `Write` ([`WebSocketClient::write_to`]), and reads its
+//! predicates to decide on interest, shutdown and removal. Time comes in as
+//! a `now: Instant` argument, so tests drive it with a virtual clock.
+//!
+//! Input is processed in place in the buffer it arrives in. The payload of a
+//! data frame is consumed piece by piece as it arrives — unmasked, checked for
+//! UTF-8, and either appended to the message being reassembled or, when a
+//! whole single-frame message is already in the buffer, handed to the
+//! endpoint without any copy. What is left over between reads is at most an
+//! incomplete frame header or control frame, so an idle connection holds no
+//! read buffer at all.
+
+use crate::config::Config;
+use crate::frame::{DecodeRules, FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode, ProtocolError, apply_mask};
+use crate::handshake::{self, HandshakeError};
+use crate::message::{self, ClosePayload, Message, MessageAssembler};
+use crate::outgoing::Outgoing;
+use std::io::{self, Write};
+use std::time::Instant;
+
+/// The longest unit that must be whole before it is processed: a control
+/// frame with its header. Everything longer (data payloads) is streamed.
+const MAX_UNIT: usize = MAX_HEADER_LEN + MAX_CONTROL_PAYLOAD;
+
+/// What a connection does with the messages it receives.
+///
+/// The server picks an endpoint by the request path; the echo endpoint is the
+/// blog's server, and the chat service plugs in here too.
+pub trait Handler {
+    /// Called once for each complete text or binary message. Replies go
+    /// into `out`, this connection's outgoing queue.
+    fn on_message(&mut self, message: Message<'_>, out: &mut Outgoing);
+}
+
+/// Sends every message back unchanged: same type, same bytes, one frame.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Echo;
+
+impl Handler for Echo {
+    fn on_message(&mut self, message: Message<'_>, out: &mut Outgoing) {
+        out.push_frame(message.opcode(), message.as_bytes());
+    }
+}
+
+/// The WebSocket endpoints a request path can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Every message comes back as it was sent (`/` and `/echo`).
+    Echo,
+}
+
+impl Endpoint {
+    /// The endpoint served at `path`, if any.
+    pub fn for_path(path: &str) -> Option<Endpoint> {
+        match path {
+            "/" | "/echo" => Some(Endpoint::Echo),
+            _ => None,
+        }
+    }
+}
+
+/// Where a connection is in its life [Part 2 §17].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientState {
+    /// Reading the HTTP upgrade request. Holds the request head received so
+    /// far, as the blog's version held its HTTP parser.
+    AwaitingHandshake(Vec<u8>),
+    /// The `101` response is queued; the state becomes `Connected` once the
+    /// outgoing queue has written `ends_at` bytes. Frames the client sends
+    /// meanwhile are processed already; replies queue up behind the response.
+    HandshakeResponse {
+        /// The value of the outgoing queue's total at the end of the response.
+        ends_at: u64,
+    },
+    /// Open: messages flow both ways.
+    Connected,
+    /// We sent a Close frame and wait for the peer's (§7.1.2). Messages that
+    /// still arrive are read and dropped.
+    Closing,
+    /// Nothing more will be processed: the close handshake is done, the
+    /// connection failed, or the request was refused. The queue is flushed,
+    /// the write side shut down, and input discarded until the peer closes
+    /// TCP or the close timeout passes.
+    Closed,
+}
+
+/// The payload of the data frame now arriving.
+#[derive(Debug, Clone, Copy)]
+struct PayloadInProgress {
+    key: [u8; 4],
+    /// Payload bytes already consumed (the position in the mask).
+    offset: usize,
+    remaining: u64,
+    /// Read and drop: the connection is closing.
+    discard: bool,
+}
+
+/// Why and how a connection ended, for logs and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseInfo {
+    /// The close handshake happened with this code from the peer (`None`: no code given).
+    Handshake(Option<u16>),
+    /// We failed the connection with this close code.
+    Failed(u16, &'static str),
+    /// The HTTP request was refused with this status.
+    Refused(u16),
+    /// The peer closed TCP without a close handshake.
+    Abrupt,
+}
+
+/// One connection [Part 1, Part 2 §17]: its state, the bytes of an
+/// incomplete unit, the message being reassembled and the outgoing queue.
+#[derive(Debug)]
+pub struct WebSocketClient {
+    state: ClientState,
+    endpoint: Option<Endpoint>,
+    /// An incomplete frame header or control frame left over from the last read.
+    pending: Vec<u8>,
+    frame: Option<PayloadInProgress>,
+    message: MessageAssembler,
+    /// Encoded bytes waiting for the socket [Part 2 §19 "the outgoing queue"].
+    pub outgoing: Outgoing,
+    deadline: Option<Instant>,
+    close_info: Option<CloseInfo>,
+}
+
+impl Default for WebSocketClient {
+    fn default() -> Self {
+        WebSocketClient::new()
+    }
+}
+
+impl WebSocketClient {
+    /// A freshly accepted connection, waiting for its upgrade request.
+    pub fn new() -> WebSocketClient {
+        WebSocketClient {
+            state: ClientState::AwaitingHandshake(Vec::new()),
+            endpoint: None,
+            pending: Vec::new(),
+            frame: None,
+            message: MessageAssembler::default(),
+            outgoing: Outgoing::default(),
+            deadline: None,
+            close_info: None,
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> &ClientState {
+        &self.state
+    }
+
+    /// The endpoint the upgrade request chose, once it has been accepted.
+    pub fn endpoint(&self) -> Option<Endpoint> {
+        self.endpoint
+    }
+
+    /// When the connection must be dropped if it has not finished closing.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// How the connection ended, once it has.
+    pub fn close_info(&self) -> Option<&CloseInfo> {
+        self.close_info.as_ref()
+    }
+
+    /// Whether the outgoing queue has bytes to write (the loop then wants WRITABLE).
+    pub fn wants_write(&self) -> bool {
+        !self.outgoing.is_empty()
+    }
+
+    /// Whether the loop should read more from this connection now. `false`
+    /// while the outgoing queue is over its limit: the peer must read what it
+    /// already has before it may send more (backpressure).
+    pub fn wants_read(&self, config: &Config) -> bool {
+        self.outgoing.len() <= config.max_outgoing_bytes
+    }
+
+    /// Whether everything is said and written: time to shut down our side of TCP.
+    pub fn is_done_writing(&self) -> bool {
+        self.state == ClientState::Closed && self.outgoing.is_empty()
+    }
+
+    /// Handles bytes read from the connection.
+    pub fn handle_input<H: Handler>(&mut self, input: &mut [u8], now: Instant, config: &Config, handler: &mut H) {
+        if let ClientState::AwaitingHandshake(head) = &mut self.state {
+            let mut head = std::mem::take(head);
+            head.extend_from_slice(input);
+            // Parse again only when a line may have ended (or the limit is
+            // reached): a client that trickles a byte at a time then costs a
+            // scan of each byte, not a parse of the whole head per byte.
+            if !input.contains(&b'\n') && head.len() < config.max_handshake_bytes {
+                self.state = ClientState::AwaitingHandshake(head);
+                return;
+            }
+            match self.handle_handshake(&head, now, config) {
+                None => self.state = ClientState::AwaitingHandshake(head),
+                Some(used) => {
+                    // A first frame sent in the same write as the request.
+                    if used < head.len() {
+                        self.feed_frames(&mut head[used..], now, config, handler);
+                    }
+                }
+            }
+            return;
+        }
+        if self.pending.is_empty() {
+            self.feed_frames(input, now, config, handler);
+            return;
+        }
+        // Finish the incomplete unit from the last read with as few of the new
+        // bytes as it can need, then go on in `input` itself.
+        let mut buf = std::mem::take(&mut self.pending);
+        let old = buf.len();
+        let take = input.len().min(MAX_UNIT);
+        buf.extend_from_slice(&input[..take]);
+        let used = self.process_frames(&mut buf, now, config, handler);
+        if used >= old {
+            // The old unit is done; `used - old` bytes of `input` went with it.
+            buf.clear();
+            self.pending = buf;
+            self.feed_frames(&mut input[used - old..], now, config, handler);
+        } else {
+            // Still incomplete, so `input` was shorter than `take` could be: all of it is in `buf`.
+            buf.drain(..used);
+            self.pending = buf;
+        }
+    }
+
+    /// Processes `buf` and keeps whatever incomplete unit is left at its end.
+    fn feed_frames<H: Handler>(&mut self, buf: &mut [u8], now: Instant, config: &Config, handler: &mut H) {
+        let used = self.process_frames(buf, now, config, handler);
+        if used < buf.len() && self.state != ClientState::Closed {
+            self.pending.extend_from_slice(&buf[used..]);
+        }
+    }
+
+    /// Parses the request head. Returns the bytes it took, or `None` while incomplete.
+    fn handle_handshake(&mut self, head: &[u8], now: Instant, config: &Config) -> Option<usize> {
+        let mut headers = [httparse::EMPTY_HEADER; handshake::MAX_HEADERS];
+        let result = handshake::parse_request(head, &mut headers, config.max_handshake_bytes).and_then(|parsed| {
+            let Some((request, used)) = parsed else { return Ok(None) };
+            if request.method != "GET" {
+                return Err(HandshakeError::MethodNotAllowed);
+            }
+            let endpoint = Endpoint::for_path(request.path()).ok_or(HandshakeError::NotFound)?;
+            let accept = request.validate_upgrade()?;
+            Ok(Some((endpoint, accept, used)))
+        });
+        match result {
+            Ok(None) => None,
+            Ok(Some((endpoint, accept, used))) => {
+                self.outgoing.push(&handshake::accept_response(&accept));
+                self.endpoint = Some(endpoint);
+                self.state = ClientState::HandshakeResponse { ends_at: self.outgoing.queued_total() };
+                Some(used)
+            }
+            Err(err) => {
+                self.outgoing.push(&err.response());
+                self.close_info = Some(CloseInfo::Refused(err.status().0));
+                self.enter_closed(now, config);
+                Some(head.len())
+            }
+        }
+    }
+
+    /// Processes every complete unit in `buf`; returns how many bytes were consumed.
+    fn process_frames<H: Handler>(&mut self, buf: &mut [u8], now: Instant, config: &Config, handler: &mut H) -> usize {
+        let mut pos = 0;
+        while pos < buf.len() {
+            if self.state == ClientState::Closed {
+                return buf.len();
+            }
+            match self.step(&mut buf[pos..], now, config, handler) {
+                Ok(Some(used)) => pos += used,
+                Ok(None) => break,
+                Err(err) => {
+                    self.fail(&err, now, config);
+                    return buf.len();
+                }
+            }
+        }
+        pos
+    }
+
+    /// Processes one unit at the front of `buf`: a frame header, a piece of
+    /// data payload, or a whole control frame. `Ok(None)`: need more bytes.
+    fn step<H: Handler>(
+        &mut self,
+        buf: &mut [u8],
+        now: Instant,
+        config: &Config,
+        handler: &mut H,
+    ) -> Result<Option<usize>, ProtocolError> {
+        if let Some(frame) = &mut self.frame {
+            let n = usize::try_from(frame.remaining).unwrap_or(usize::MAX).min(buf.len());
+            let piece = &mut buf[..n];
+            apply_mask(piece, frame.key, frame.offset);
+            frame.offset += n;
+            frame.remaining -= n as u64;
+            let (done, discard) = (frame.remaining == 0, frame.discard);
+            if !discard {
+                self.message.feed(piece)?;
+            }
+            if done {
+                self.frame = None;
+                self.end_data_frame(discard, handler)?;
+            }
+            return Ok(Some(n));
+        }
+
+        let rules = DecodeRules::server(config.max_frame_size as u64);
+        let Some((header, header_len)) = FrameHeader::decode(buf, &rules)? else {
+            return Ok(None);
+        };
+        let key = header.mask.unwrap_or_default();
+
+        if header.opcode.is_control() {
+            // At most 125 bytes (checked by decode): wait for the whole frame.
+            let end = header_len + header.payload_len as usize;
+            let Some(payload) = buf.get_mut(header_len..end) else {
+                return Ok(None);
+            };
+            apply_mask(payload, key, 0);
+            self.handle_control(header.opcode, payload, now, config)?;
+            return Ok(Some(end));
+        }
+
+        let discard = self.state == ClientState::Closing;
+        if discard {
+            // We are closing: the peer's messages are read past, not delivered.
+            if header.payload_len == 0 {
+                return Ok(Some(header_len));
+            }
+            self.frame = Some(PayloadInProgress { key, offset: 0, remaining: header.payload_len, discard });
+            return Ok(Some(header_len));
+        }
+
+        let was_in_progress = self.message.in_progress();
+        self.message.begin_frame(&header, config.max_message_size as u64)?;
+        let end = usize::try_from(header.payload_len).ok().and_then(|len| len.checked_add(header_len));
+        // Fast path: a whole single-frame message is in the buffer. Unmask it
+        // in place and hand it over without copying it anywhere.
+        if header.fin && !was_in_progress {
+            if let Some(payload) = end.and_then(|end| buf.get_mut(header_len..end)) {
+                apply_mask(payload, key, 0);
+                let message = match header.opcode {
+                    OpCode::Text => {
+                        Message::Text(std::str::from_utf8(payload).map_err(|_| ProtocolError::InvalidUtf8)?)
+                    }
+                    _ => Message::Binary(payload),
+                };
+                let used = header_len + payload.len();
+                handler.on_message(message, &mut self.outgoing);
+                self.message.reset();
+                return Ok(Some(used));
+            }
+        }
+        // Otherwise stream the payload into the reassembly buffer as it arrives.
+        if header.payload_len == 0 {
+            self.end_data_frame(false, handler)?;
+        } else {
+            self.frame = Some(PayloadInProgress { key, offset: 0, remaining: header.payload_len, discard });
+        }
+        Ok(Some(header_len))
+    }
+
+    fn end_data_frame<H: Handler>(&mut self, discard: bool, handler: &mut H) -> Result<(), ProtocolError> {
+        if discard {
+            return Ok(());
+        }
+        if self.message.end_frame()? {
+            handler.on_message(self.message.message(), &mut self.outgoing);
+            self.message.reset();
+        }
+        Ok(())
+    }
+
+    /// Answers a control frame (§5.5) [Part 2 §20].
+    fn handle_control(
+        &mut self,
+        opcode: OpCode,
+        payload: &[u8],
+        now: Instant,
+        config: &Config,
+    ) -> Result<(), ProtocolError> {
+        match opcode {
+            // §5.5.2: "Upon receipt of a Ping frame, an endpoint MUST send a
+            // Pong frame in response ... with identical Application data".
+            // Not once we have sent a Close: nothing may follow it (§5.5.1).
+            OpCode::Ping if self.is_open() => self.outgoing.push_frame(OpCode::Pong, payload),
+            OpCode::Close => {
+                let close = message::parse_close_payload(payload)?;
+                let code = match close {
+                    ClosePayload::Empty => None,
+                    ClosePayload::Code(code, _) => Some(code),
+                };
+                if self.is_open() {
+                    // §5.5.1: answer with a Close, "typically echoing the status code it received".
+                    let reply = code.map(|code| code.to_be_bytes().to_vec()).unwrap_or_default();
+                    self.outgoing.push_frame(OpCode::Close, &reply);
+                }
+                self.close_info = Some(CloseInfo::Handshake(code));
+                self.enter_closed(now, config);
+            }
+            // Unsolicited pongs are allowed and need no answer (§5.5.3).
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Whether messages may still be sent (the handshake is done and no Close has gone out).
+    fn is_open(&self) -> bool {
+        matches!(self.state, ClientState::HandshakeResponse { .. } | ClientState::Connected)
+    }
+
+    /// _Fail the WebSocket Connection_ (§7.1.7): send a Close with the
+    /// error's code unless we already sent one, and stop reading frames.
+    fn fail(&mut self, err: &ProtocolError, now: Instant, config: &Config) {
+        if self.is_open() {
+            self.outgoing.push_frame(OpCode::Close, &message::close_payload(err.close_code(), err.reason()));
+        }
+        self.close_info = Some(CloseInfo::Failed(err.close_code(), err.reason()));
+        self.enter_closed(now, config);
+    }
+
+    /// Starts the closing handshake from our side (§7.1.2), e.g. on shutdown.
+    pub fn close(&mut self, code: u16, reason: &str, now: Instant, config: &Config) {
+        if self.is_open() {
+            self.outgoing.push_frame(OpCode::Close, &message::close_payload(code, reason));
+            self.state = ClientState::Closing;
+            self.deadline = Some(now + config.close_timeout);
+        } else if matches!(self.state, ClientState::AwaitingHandshake(_)) {
+            self.enter_closed(now, config);
+        }
+    }
+
+    /// The peer closed its side of TCP (read returned 0).
+    pub fn handle_eof(&mut self, now: Instant, config: &Config) {
+        if self.close_info.is_none() {
+            self.close_info = Some(CloseInfo::Abrupt);
+        }
+        if self.state != ClientState::Closed {
+            self.enter_closed(now, config);
+        }
+    }
+
+    fn enter_closed(&mut self, now: Instant, config: &Config) {
+        self.state = ClientState::Closed;
+        self.frame = None;
+        self.pending = Vec::new();
+        self.message = MessageAssembler::default();
+        self.deadline = Some(now + config.close_timeout);
+    }
+
+    /// Writes as much of the outgoing queue as `writer` takes without blocking.
+    pub fn write_to<W: Write + ?Sized>(&mut self, writer: &mut W) -> io::Result<usize> {
+        let written = self.outgoing.write_to(writer)?;
+        if let ClientState::HandshakeResponse { ends_at } = self.state {
+            if self.outgoing.written_total() >= ends_at {
+                self.state = ClientState::Connected;
+            }
+        }
+        Ok(written)
+    }
+
+    /// Whether the deadline has passed: the connection should be dropped.
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|deadline| deadline <= now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{self, WebSocketFrame};
+    use std::time::Duration;
+
+    const REQUEST: &[u8] = b"GET /echo HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+        Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+    fn masked(opcode: OpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
+        let header = FrameHeader { fin, mask: Some([0x37, 0xfa, 0x21, 0x3d]), ..FrameHeader::new(opcode, payload.len() as u64) };
+        let mut out = Vec::new();
+        WebSocketFrame { header, payload: payload.to_vec() }.encode(&mut out);
+        out
+    }
+
+    /// Drains the client's outgoing queue and decodes it: the HTTP head (if any) and frames.
+    fn take_output(client: &mut WebSocketClient) -> (String, Vec<WebSocketFrame>) {
+        let mut bytes = Vec::new();
+        client.write_to(&mut bytes).unwrap();
+        let mut head = String::new();
+        if bytes.starts_with(b"HTTP/1.1") {
+            let end = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            // After a refusal the rest is the response body, not frames.
+            let end = if bytes.starts_with(b"HTTP/1.1 101 ") { end } else { bytes.len() };
+            head = String::from_utf8(bytes[..end].to_vec()).unwrap();
+            bytes.drain(..end);
+        }
+        let mut frames = Vec::new();
+        while let Some(frame) = frame::decode(&mut bytes, &DecodeRules::client(u64::MAX)).unwrap() {
+            frames.push(frame);
+        }
+        assert!(bytes.is_empty(), "trailing bytes: {bytes:?}");
+        (head, frames)
+    }
+
+    fn connected(config: &Config, now: Instant) -> WebSocketClient {
+        let mut client = WebSocketClient::new();
+        client.handle_input(&mut REQUEST.to_vec(), now, config, &mut Echo);
+        let (head, frames) = take_output(&mut client);
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        assert!(frames.is_empty());
+        assert_eq!(client.state(), &ClientState::Connected);
+        client
+    }
+
+    fn feed(client: &mut WebSocketClient, bytes: &[u8], now: Instant, config: &Config) {
+        client.handle_input(&mut bytes.to_vec(), now, config, &mut Echo);
+    }
+
+    fn close_code_of(frame: &WebSocketFrame) -> Option<u16> {
+        assert_eq!(frame.header.opcode, OpCode::Close);
+        frame.payload.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    #[test]
+    fn handshake_and_first_frame_in_one_read() {
+        let config = Config::default();
+        let now = Instant::now();
+        let mut client = WebSocketClient::new();
+        let mut input = REQUEST.to_vec();
+        input.extend(masked(OpCode::Text, true, b"first"));
+        client.handle_input(&mut input, now, &config, &mut Echo);
+        assert!(matches!(client.state(), ClientState::HandshakeResponse { .. }));
+        let (head, frames) = take_output(&mut client);
+        assert!(head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+        assert_eq!(frames, vec![WebSocketFrame::new(OpCode::Text, "first")]);
+        assert_eq!(client.state(), &ClientState::Connected);
+        assert_eq!(client.endpoint(), Some(Endpoint::Echo));
+    }
+
+    #[test]
+    fn handshake_and_frames_split_at_every_byte_echo_the_same() {
+        let config = Config::default();
+        let now = Instant::now();
+        let mut stream = REQUEST.to_vec();
+        stream.extend(masked(OpCode::Text, false, "κό".as_bytes()));
+        stream.extend(masked(OpCode::Ping, true, b"p"));
+        stream.extend(masked(OpCode::Continuation, true, "σμε".as_bytes()));
+        stream.extend(masked(OpCode::Binary, true, &[7; 300]));
+        stream.extend(masked(OpCode::Text, true, b""));
+        let expected = vec![
+            WebSocketFrame::new(OpCode::Pong, "p"),
+            WebSocketFrame::new(OpCode::Text, "κόσμε"),
+            WebSocketFrame::new(OpCode::Binary, vec![7; 300]),
+            WebSocketFrame::new(OpCode::Text, ""),
+        ];
+        for size in 1..=stream.len() {
+            let mut client = WebSocketClient::new();
+            for chunk in stream.chunks(size) {
+                feed(&mut client, chunk, now, &config);
+            }
+            let (head, frames) = take_output(&mut client);
+            assert!(head.starts_with("HTTP/1.1 101 "), "size {size}");
+            assert_eq!(frames, expected, "size {size}");
+            assert!(client.pending.len() <= MAX_UNIT);
+        }
+        // And cut at every single point into two reads.
+        for cut in 0..stream.len() {
+            let mut client = WebSocketClient::new();
+            feed(&mut client, &stream[..cut], now, &config);
+            feed(&mut client, &stream[cut..], now, &config);
+            assert_eq!(take_output(&mut client).1, expected, "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn refused_requests_get_their_status_and_close() {
+        let config = Config::default();
+        let now = Instant::now();
+        let cases: [(&[u8], &str); 4] = [
+            (b"POST /echo HTTP/1.1\r\nHost: a\r\n\r\n", "405"),
+            (b"GET /nowhere HTTP/1.1\r\nHost: a\r\n\r\n", "404"),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", "426"),
+            (b"GET / HTTP/1.1\r\nHost a\r\n\r\n", "400"),
+        ];
+        for (request, status) in cases {
+            let mut client = WebSocketClient::new();
+            feed(&mut client, request, now, &config);
+            assert_eq!(client.state(), &ClientState::Closed);
+            let (head, _) = take_output(&mut client);
+            assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{head}");
+            assert!(client.is_done_writing());
+            assert_eq!(client.deadline(), Some(now + config.close_timeout));
+        }
+        // A head that never ends: 431 once it reaches the limit.
+        let mut client = WebSocketClient::new();
+        feed(&mut client, b"GET / HTTP/1.1\r\nX: ", now, &config);
+        for _ in 0..config.max_handshake_bytes {
+            feed(&mut client, b"a", now, &config);
+        }
+        assert!(take_output(&mut client).0.starts_with("HTTP/1.1 431 "));
+    }
+
+    #[test]
+    fn close_handshake_echoes_the_code_then_closes() {
+        let config = Config::default();
+        let now = Instant::now();
+        let mut client = connected(&config, now);
+        feed(&mut client, &masked(OpCode::Close, true, b"\x03\xe8bye"), now, &config);
+        let (_, frames) = take_output(&mut client);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(close_code_of(&frames[0]), Some(1000));
+        assert!(client.is_done_writing());
+        assert_eq!(client.close_info(), Some(&CloseInfo::Handshake(Some(1000))));
+        // Anything after the close is ignored.
+        feed(&mut client, &masked(OpCode::Text, true, b"late"), now, &config);
+        assert!(take_output(&mut client).1.is_empty());
+    }
+
+    #[test]
+    fn an_empty_close_is_answered_with_an_empty_close() {
+        let config = Config::default();
+        let now = Instant::now();
+        let mut client = connected(&config, now);
+        feed(&mut client, &masked(OpCode::Close, true, b""), now, &config);
+        let (_, frames) = take_output(&mut client);
+        assert_eq!(frames, vec![WebSocketFrame::new(OpCode::Close, Vec::new())]);
+    }
+
+    #[test]
+    fn every_close_payload_rule() {
+        let config = Config::default();
+        let now = Instant::now();
+        let mut cases: Vec<(Vec<u8>, Option<u16>)> = vec![
+            (vec![0x03], Some(1002)),
+            (b"\x03\xe8\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80".to_vec(), Some(1002)),
+        ];
+        for code in [1000u16, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999] {
+            cases.push((code.to_be_bytes().to_vec(), Some(code)));
+        }
+        for code in [0u16, 999, 1004, 1005, 1006, 1012, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
+            cases.push((code.to_be_bytes().to_vec(), Some(1002)));
+        }
+        for (payload, answer) in cases {
+            let mut client = connected(&config, now);
+            feed(&mut client, &masked(OpCode::Close, true, &payload), now, &config);
+            let (_, frames) = take_output(&mut client);
+            assert_eq!(frames.len(), 1, "{payload:?}");
+            assert_eq!(close_code_of(&frames[0]), answer, "{payload:?}");
+        }
+    }
+
+    #[test]
+    fn protocol_errors_close_with_their_codes() {
+        let config = Config { max_message_size: 1000, max_frame_size: 500, ..Config::default() };
+        let now = Instant::now();
+        let mut rsv = masked(OpCode::Text, true, b"x");
+        rsv[0] |= 0x40;
+        let mut unmasked = Vec::new();
+        frame::encode(&mut unmasked, OpCode::Text, b"x");
+        let mut too_long_ping = masked(OpCode::Ping, true, &[0; 126]);
+        too_long_ping.truncate(4);
+        let mut opcode3 = masked(OpCode::Text, true, b"");
+        opcode3[0] = 0x83;
+        let cases: Vec<(Vec<u8>, u16)> = vec![
+            (rsv, 1002),
+            (opcode3, 1002),
+            (unmasked, 1002),
+            (masked(OpCode::Ping, false, b""), 1002),
+            (too_long_ping, 1002),
+            (masked(OpCode::Continuation, true, b"x"), 1002),
+            ([masked(OpCode::Text, false, b"a"), masked(OpCode::Text, true, b"b")].concat(), 1002),
+            (masked(OpCode::Text, true, &[0xC0, 0xAF]), 1007),
+            ([masked(OpCode::Text, false, "€".as_bytes().get(..1).unwrap()), masked(OpCode::Continuation, true, b"x")].concat(), 1007),
+            (masked(OpCode::Binary, true, &[0; 501]), 1009),
+            ([masked(OpCode::Binary, false, &[0; 500]), masked(OpCode::Continuation, false, &[0; 500]), masked(OpCode::Continuation, true, &[0; 1])].concat(), 1009),
+        ];
+        for (bytes, code) in cases {
+            let mut client = connected(&config, now);
+            feed(&mut client, &bytes, now, &config);
+            let (_, frames) = take_output(&mut client);
+            let last = frames.last().unwrap();
+            assert_eq!(close_code_of(last), Some(code), "{bytes:02x?}");
+            assert_eq!(client.state(), &ClientState::Closed);
+            assert!(matches!(client.close_info(), Some(CloseInfo::Failed(c, _)) if *c == code));
+        }
+        // At the edge: exactly the limits pass.
+        let mut client = connected(&config, now);
+        feed(&mut client, &masked(OpCode::Binary, true, &[1; 500]), now, &config);
+        feed(&mut client, &[masked(OpCode::Binary, false, &[2; 500]), masked(OpCode::Continuation, true, &[3; 500])].concat(), now, &config);
+        let (_, frames) = take_output(&mut client);
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[1].payload.len(), 1000);
+        assert_eq!(client.state(), &ClientState::Connected);
+    }
+
+    #[test]
+    fn invalid_utf8_fails_before_the_rest_of_the_frame_arrives() {
+        let config = Config::default();
+        let now = Instant::now();
+        let mut client = connected(&config, now);
+        let mut payload = b"hello ".to_vec();
+        payload.extend_from_slice(&[0xF4, 0x90, 0x80, 0x80]); // above U+10FFFF
+        payload.extend_from_slice(&[b'x'; 10_000]);
+        let wire = masked(OpCode::Text, true, &payload);
+        // Only the header and the first 8 payload bytes arrive.
+        feed(&mut client, &wire[..4 + 4 + 8], now, &config);
+        let (_, frames) = take_output(&mut client);
+        assert_eq!(close_code_of(&frames[0]), Some(1007));
+    }
+
+    #[test]
+    fn a_close_we_start_waits_for_the_peer_then_times_out() {
+        let config = Config { close_timeout: Duration::from_secs(5), ..Config::default() };
+        let t0 = Instant::now();
+        let mut client = connected(&config, t0);
+        client.close(1001, "going away", t0, &config);
+        assert_eq!(client.state(), &ClientState::Closing);
+        let (_, frames) = take_output(&mut client);
+        assert_eq!(close_code_of(&frames[0]), Some(1001));
+        // Messages still arriving are read past; pings are not answered.
+        feed(&mut client, &masked(OpCode::Text, true, b"in flight"), t0, &config);
+        feed(&mut client, &masked(OpCode::Ping, true, b""), t0, &config);
+        assert!(take_output(&mut client).1.is_empty());
+        assert!(!client.is_expired(t0 + Duration::from_millis(4999)));
+        assert!(client.is_expired(t0 + Duration::from_secs(5)));
+        // The peer's Close completes the handshake without a second Close from us.
+        feed(&mut client, &masked(OpCode::Close, true, b"\x03\xe9"), t0, &config);
+        assert!(take_output(&mut client).1.is_empty());
+        assert!(client.is_done_writing());
+    }
+
+    #[test]
+    fn backpressure_stops_reading_while_replies_pile_up() {
+        let config = Config { max_outgoing_bytes: 1000, ..Config::default() };
+        let now = Instant::now();
+        let mut client = connected(&config, now);
+        feed(&mut client, &masked(OpCode::Binary, true, &[0; 990]), now, &config);
+        assert!(client.wants_read(&config));
+        feed(&mut client, &masked(OpCode::Binary, true, &[0; 10]), now, &config);
+        assert!(!client.wants_read(&config));
+        take_output(&mut client);
+        assert!(client.wants_read(&config));
+    }
+
+    #[test]
+    fn eof_without_close_is_abrupt() {
+        let config = Config::default();
+        let now = Instant::now();
+        let mut client = connected(&config, now);
+        client.handle_eof(now, &config);
+        assert_eq!(client.close_info(), Some(&CloseInfo::Abrupt));
+        assert!(client.is_done_writing());
+    }
+}

@@ -1,0 +1,136 @@
+//! Every limit and timeout of the server, in one place, with its default and
+//! the reason for it. The command line only maps flags onto these fields.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The server's settings. `Config::default()` is what `cargo run` uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Address to listen on. Default `127.0.0.1:10000`: the blog's port, and
+    /// loopback only, so that trying the server out exposes nothing. Use
+    /// `0.0.0.0:10000` to serve other machines, or port 0 for a free port.
+    pub bind: SocketAddr,
+
+    /// Largest payload one frame may declare, in bytes. Default 16 MiB.
+    /// A larger declared length is answered with close 1009 before any of
+    /// its payload is read. Frames are streamed, not buffered whole, so this
+    /// bounds work rather than memory; the message limit bounds memory.
+    pub max_frame_size: usize,
+
+    /// Largest message, summed over its fragments, in bytes. Default 16 MiB,
+    /// because the conformance suite's 9.* cases send 16 MiB messages. This is
+    /// the most a connection can make the server buffer for one message;
+    /// a larger one is answered with close 1009 as soon as its frames declare it.
+    pub max_message_size: usize,
+
+    /// Largest HTTP request head (request line and headers), in bytes.
+    /// Default 8 KiB, like most web servers. Longer heads get HTTP 431.
+    pub max_handshake_bytes: usize,
+
+    /// How long a closing connection may take: after the server sends a Close
+    /// frame it waits this long for the peer's Close (and after the close
+    /// handshake, for the peer to close TCP) before dropping the connection.
+    /// Default 5 s.
+    pub close_timeout: Duration,
+
+    /// Backpressure: while more than this many bytes wait in a connection's
+    /// outgoing queue, the server stops reading from that connection, so a
+    /// client that sends without reading its replies cannot grow the queue
+    /// without bound. Default 1 MiB. A single reply larger than this is still
+    /// queued whole, so the most a connection can hold is about this plus one
+    /// message.
+    pub max_outgoing_bytes: usize,
+
+    /// Size of the one read buffer the event loop shares among all
+    /// connections. Default 64 KiB. Idle connections hold no read buffer of
+    /// their own; only an incomplete frame header or control frame is kept
+    /// per connection (at most 139 bytes).
+    pub read_buffer_size: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            bind: SocketAddr::from(([127, 0, 0, 1], 10000)),
+            max_frame_size: 16 << 20,
+            max_message_size: 16 << 20,
+            max_handshake_bytes: 8 << 10,
+            close_timeout: Duration::from_secs(5),
+            max_outgoing_bytes: 1 << 20,
+            read_buffer_size: 64 << 10,
+        }
+    }
+}
+
+/// A setting that cannot work, found by [`Config::validate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Checks that the settings make sense together. The server calls this at start-up.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |msg: String| Err(ConfigError(msg));
+        if self.max_frame_size == 0 {
+            return fail("max frame size must be at least 1 byte".into());
+        }
+        if self.max_message_size == 0 {
+            return fail("max message size must be at least 1 byte".into());
+        }
+        // Below this not even a modest browser request fits.
+        if self.max_handshake_bytes < 256 {
+            return fail(format!("max handshake bytes must be at least 256, not {}", self.max_handshake_bytes));
+        }
+        if self.read_buffer_size < 1024 {
+            return fail(format!("read buffer size must be at least 1024 bytes, not {}", self.read_buffer_size));
+        }
+        if self.max_outgoing_bytes == 0 {
+            return fail("max outgoing bytes must be at least 1 byte".into());
+        }
+        if self.close_timeout.is_zero() {
+            return fail("close timeout must be longer than zero".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_documented_values() {
+        let config = Config::default();
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(config.bind.to_string(), "127.0.0.1:10000");
+        assert_eq!(config.max_message_size, 16 * 1024 * 1024);
+        assert_eq!(config.max_handshake_bytes, 8192);
+        assert_eq!(config.close_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn impossible_settings_are_refused() {
+        let bad = [
+            Config { max_frame_size: 0, ..Config::default() },
+            Config { max_message_size: 0, ..Config::default() },
+            Config { max_handshake_bytes: 255, ..Config::default() },
+            Config { read_buffer_size: 1023, ..Config::default() },
+            Config { max_outgoing_bytes: 0, ..Config::default() },
+            Config { close_timeout: Duration::ZERO, ..Config::default() },
+        ];
+        for config in bad {
+            assert!(config.validate().is_err(), "{config:?}");
+        }
+        let edge = Config { max_handshake_bytes: 256, read_buffer_size: 1024, ..Config::default() };
+        assert_eq!(edge.validate(), Ok(()));
+    }
+}

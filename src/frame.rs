@@ -1,0 +1,715 @@
+//! WebSocket frames: the codec of RFC 6455 §5 [Rust in Detail, Part 2 §14–20].
+//!
+//! ```text
+//!  0                   1                   2                   3
+//!  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+//! +-+-+-+-+-------+-+-------------+-------------------------------+
+//! |F|R|R|R| opcode|M| Payload len |    Extended payload length    |
+//! |I|S|S|S|  (4)  |A|     (7)     |             (16/64)           |
+//! |N|V|V|V|       |S|             |   (if payload len==126/127)   |
+//! | |1|2|3|       |K|             |                               |
+//! +-+-+-+-+-------+-+-------------+ - - - - - - - - - - - - - - - +
+//! |     Extended payload length continued, if payload len == 127  |
+//! + - - - - - - - - - - - - - - - +-------------------------------+
+//! |                               | Masking-key, if MASK set to 1 |
+//! +-------------------------------+-------------------------------+
+//! | Masking-key (continued)       |          Payload Data         |
+//! +-------------------------------- - - - - - - - - - - - - - - - +
+//! ```
+//!
+//! Everything here works on byte slices and never touches a socket. The
+//! blog read a frame straight off the socket with `read_u16`/`read_exact`,
+//! which breaks the moment a frame arrives in two TCP segments. Here
+//! [`FrameHeader::decode`] looks at whatever bytes have arrived and answers
+//! `Ok(None)` ("need more") without consuming anything, and every length is
+//! checked against a limit *before* anything is allocated for it.
+
+use std::fmt;
+
+/// Control frames carry at most this many payload bytes (RFC 6455 §5.5).
+pub const MAX_CONTROL_PAYLOAD: usize = 125;
+
+/// The longest possible header: 2 fixed bytes, 8 bytes of extended length, 4 of mask.
+pub const MAX_HEADER_LEN: usize = 14;
+
+/// A 7-bit length of 126 means "the real length follows as a u16".
+const PAYLOAD_LEN_U16: u8 = 126;
+/// A 7-bit length of 127 means "the real length follows as a u64".
+const PAYLOAD_LEN_U64: u8 = 127;
+
+const FIN_BIT: u8 = 0x80;
+const RSV_BITS: u8 = 0x70;
+const OPCODE_BITS: u8 = 0x0F;
+const MASK_BIT: u8 = 0x80;
+const LEN_BITS: u8 = 0x7F;
+
+/// The RSV1 bit, which permessage-deflate (RFC 7692) uses to mark a compressed message.
+pub const RSV1: u8 = 0x40;
+
+/// What a frame carries (RFC 6455 §5.2, §11.8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OpCode {
+    /// More of a fragmented message.
+    Continuation = 0x0,
+    /// The first frame of a UTF-8 text message.
+    Text = 0x1,
+    /// The first frame of a binary message.
+    Binary = 0x2,
+    /// The closing handshake (§5.5.1).
+    Close = 0x8,
+    /// A keepalive or liveness probe; must be answered with a Pong (§5.5.2).
+    Ping = 0x9,
+    /// The answer to a Ping, or an unsolicited heartbeat (§5.5.3).
+    Pong = 0xA,
+}
+
+impl OpCode {
+    /// The opcode for a 4-bit value, or `None` for the reserved values 3–7 and 0xB–0xF.
+    pub fn from_u8(value: u8) -> Option<OpCode> {
+        match value {
+            0x0 => Some(OpCode::Continuation),
+            0x1 => Some(OpCode::Text),
+            0x2 => Some(OpCode::Binary),
+            0x8 => Some(OpCode::Close),
+            0x9 => Some(OpCode::Ping),
+            0xA => Some(OpCode::Pong),
+            _ => None,
+        }
+    }
+
+    /// The 4-bit wire value.
+    pub fn as_u8(self) -> u8 {
+        self as u8
+    }
+
+    /// Control opcodes have the high bit of the nibble set (§5.5).
+    pub fn is_control(self) -> bool {
+        self.as_u8() & 0x8 != 0
+    }
+}
+
+/// Why a peer's bytes break the protocol. Each variant knows the close code
+/// it is answered with ([`ProtocolError::close_code`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// An RSV bit was set that no negotiated extension defines (§5.2).
+    ReservedBits,
+    /// An opcode from the reserved ranges (§5.2).
+    UnknownOpCode(u8),
+    /// A client frame without the mask bit (§5.1: "MUST close the connection").
+    UnmaskedFrame,
+    /// A server frame with the mask bit (§5.1), seen by a client.
+    MaskedFrame,
+    /// A control frame with FIN clear (§5.5: "MUST NOT be fragmented").
+    FragmentedControl,
+    /// A control frame longer than 125 bytes (§5.5).
+    ControlTooLong,
+    /// A 64-bit length with its most significant bit set (§5.2).
+    LengthTopBit,
+    /// A frame longer than the configured maximum.
+    FrameTooLarge,
+    /// A message longer than the configured maximum.
+    MessageTooLarge,
+    /// A continuation frame with no message to continue (§5.4).
+    UnexpectedContinuation,
+    /// A new text or binary frame while a fragmented message is unfinished (§5.4).
+    ExpectedContinuation,
+    /// A text message, or a close reason, that is not valid UTF-8 (§8.1).
+    InvalidUtf8,
+    /// A close frame whose payload is one byte long (§5.5.1: a code is two bytes).
+    InvalidClosePayload,
+    /// A close code that may not be sent on the wire (§7.4).
+    InvalidCloseCode(u16),
+    /// A close reason that is not valid UTF-8 (§5.5.1).
+    InvalidCloseReason,
+}
+
+impl ProtocolError {
+    /// The status code of the Close frame that answers this error (§7.4.1).
+    pub fn close_code(&self) -> u16 {
+        use crate::message::close_code::*;
+        match self {
+            ProtocolError::FrameTooLarge | ProtocolError::MessageTooLarge => TOO_BIG,
+            ProtocolError::InvalidUtf8 => INVALID_PAYLOAD,
+            _ => PROTOCOL_ERROR,
+        }
+    }
+
+    /// A short reason for the Close frame and the logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProtocolError::ReservedBits => "reserved bits set",
+            ProtocolError::UnknownOpCode(_) => "unknown opcode",
+            ProtocolError::UnmaskedFrame => "client frame not masked",
+            ProtocolError::MaskedFrame => "server frame masked",
+            ProtocolError::FragmentedControl => "fragmented control frame",
+            ProtocolError::ControlTooLong => "control frame payload over 125 bytes",
+            ProtocolError::LengthTopBit => "64-bit payload length has its top bit set",
+            ProtocolError::FrameTooLarge => "frame too large",
+            ProtocolError::MessageTooLarge => "message too large",
+            ProtocolError::UnexpectedContinuation => "continuation frame without a message",
+            ProtocolError::ExpectedContinuation => "new message inside a fragmented message",
+            ProtocolError::InvalidUtf8 => "text is not valid UTF-8",
+            ProtocolError::InvalidClosePayload => "close payload of one byte",
+            ProtocolError::InvalidCloseCode(_) => "invalid close code",
+            ProtocolError::InvalidCloseReason => "close reason is not valid UTF-8",
+        }
+    }
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProtocolError::UnknownOpCode(op) => write!(f, "unknown opcode {op:#x}"),
+            ProtocolError::InvalidCloseCode(code) => write!(f, "invalid close code {code}"),
+            other => f.write_str(other.reason()),
+        }
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+/// What a decoder accepts: which side it is on and how large a frame may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeRules {
+    /// `true` on a server: every client frame must be masked (§5.1).
+    /// `false` on a client: no server frame may be.
+    pub expect_masked: bool,
+    /// RSV bits a negotiated extension has given a meaning to (e.g. [`RSV1`]).
+    pub allowed_rsv: u8,
+    /// The largest payload a single frame may declare.
+    pub max_payload: u64,
+}
+
+impl DecodeRules {
+    /// Rules for a server reading client frames.
+    pub fn server(max_payload: u64) -> DecodeRules {
+        DecodeRules { expect_masked: true, allowed_rsv: 0, max_payload }
+    }
+
+    /// Rules for a client reading server frames.
+    pub fn client(max_payload: u64) -> DecodeRules {
+        DecodeRules { expect_masked: false, allowed_rsv: 0, max_payload }
+    }
+}
+
+/// A parsed frame header [Part 2 §15 "Unpacking Header"].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// The final frame of a message.
+    pub fin: bool,
+    /// RSV1–RSV3 in their wire positions (`0x40`, `0x20`, `0x10`).
+    pub rsv: u8,
+    /// What the frame carries.
+    pub opcode: OpCode,
+    /// The masking key, present on every client-to-server frame.
+    pub mask: Option<[u8; 4]>,
+    /// Payload length in bytes.
+    pub payload_len: u64,
+}
+
+impl FrameHeader {
+    /// A final, unmasked frame header, as a server sends it.
+    pub fn new(opcode: OpCode, payload_len: u64) -> FrameHeader {
+        FrameHeader { fin: true, rsv: 0, opcode, mask: None, payload_len }
+    }
+
+    /// Parses and validates a header at the start of `buf`.
+    ///
+    /// Returns `Ok(None)` when `buf` does not yet hold the whole header, and
+    /// `Ok(Some((header, header_len)))` when it does. Checks run in the
+    /// order of RFC 6455 §5.2 (RSV bits, opcode, mask, control-frame rules,
+    /// length) and each runs as soon as its byte has arrived, so a bad frame
+    /// fails on its first two bytes rather than after its payload.
+    pub fn decode(
+        buf: &[u8],
+        rules: &DecodeRules,
+    ) -> Result<Option<(FrameHeader, usize)>, ProtocolError> {
+        let Some(&first) = buf.first() else {
+            return Ok(None);
+        };
+        let rsv = first & RSV_BITS;
+        // §5.2: "If a nonzero value is received and none of the negotiated
+        // extensions defines the meaning of such a nonzero value, the
+        // receiving endpoint MUST _Fail the WebSocket Connection_."
+        if rsv & !rules.allowed_rsv != 0 {
+            return Err(ProtocolError::ReservedBits);
+        }
+        let raw_opcode = first & OPCODE_BITS;
+        let opcode = OpCode::from_u8(raw_opcode).ok_or(ProtocolError::UnknownOpCode(raw_opcode))?;
+        let fin = first & FIN_BIT != 0;
+        // §5.5: "All control frames ... MUST NOT be fragmented."
+        if opcode.is_control() && !fin {
+            return Err(ProtocolError::FragmentedControl);
+        }
+
+        let Some(&second) = buf.get(1) else {
+            return Ok(None);
+        };
+        let masked = second & MASK_BIT != 0;
+        if masked != rules.expect_masked {
+            return Err(if rules.expect_masked {
+                ProtocolError::UnmaskedFrame
+            } else {
+                ProtocolError::MaskedFrame
+            });
+        }
+        let len7 = second & LEN_BITS;
+        // §5.5: "All control frames MUST have a payload length of 125 bytes or less."
+        if opcode.is_control() && usize::from(len7) > MAX_CONTROL_PAYLOAD {
+            return Err(ProtocolError::ControlTooLong);
+        }
+
+        let (payload_len, mut pos) = match len7 {
+            PAYLOAD_LEN_U16 => match buf.get(2..4) {
+                Some(&[a, b]) => (u64::from(u16::from_be_bytes([a, b])), 4),
+                _ => return Ok(None),
+            },
+            PAYLOAD_LEN_U64 => match buf.get(2..10).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+                Some(bytes) => (u64::from_be_bytes(bytes), 10),
+                None => return Ok(None),
+            },
+            short => (u64::from(short), 2),
+        };
+        // §5.2: "the most significant bit MUST be 0". The RFC also asks
+        // senders for the minimal length encoding; like most peers we accept a
+        // longer one, since nothing is ambiguous about it.
+        if payload_len > i64::MAX as u64 {
+            return Err(ProtocolError::LengthTopBit);
+        }
+        if payload_len > rules.max_payload {
+            return Err(ProtocolError::FrameTooLarge);
+        }
+
+        let mask = if masked {
+            match buf.get(pos..pos + 4).and_then(|b| <[u8; 4]>::try_from(b).ok()) {
+                Some(key) => {
+                    pos += 4;
+                    Some(key)
+                }
+                None => return Ok(None),
+            }
+        } else {
+            None
+        };
+
+        let header = FrameHeader { fin, rsv, opcode, mask, payload_len };
+        Ok(Some((header, pos)))
+    }
+
+    /// The number of bytes [`FrameHeader::encode`] writes for this header.
+    pub fn encoded_len(&self) -> usize {
+        let len_bytes = match self.payload_len {
+            0..=125 => 0,
+            126..=0xFFFF => 2,
+            _ => 8,
+        };
+        2 + len_bytes + if self.mask.is_some() { 4 } else { 0 }
+    }
+
+    /// Appends the header to `out`, always with the shortest length encoding
+    /// (§5.2: "the minimal number of bytes MUST be used").
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut first = self.opcode.as_u8() | (self.rsv & RSV_BITS);
+        if self.fin {
+            first |= FIN_BIT;
+        }
+        let mask_bit = if self.mask.is_some() { MASK_BIT } else { 0 };
+        out.push(first);
+        match self.payload_len {
+            len @ 0..=125 => out.push(mask_bit | len as u8),
+            len @ 126..=0xFFFF => {
+                out.push(mask_bit | PAYLOAD_LEN_U16);
+                out.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            len => {
+                out.push(mask_bit | PAYLOAD_LEN_U64);
+                out.extend_from_slice(&len.to_be_bytes());
+            }
+        }
+        if let Some(key) = self.mask {
+            out.extend_from_slice(&key);
+        }
+    }
+}
+
+/// A whole frame with its (unmasked) payload [Part 2 §18].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebSocketFrame {
+    /// The header as it was on the wire (including the mask key, if any).
+    pub header: FrameHeader,
+    /// The payload, already unmasked.
+    pub payload: Vec<u8>,
+}
+
+impl WebSocketFrame {
+    /// A final, unmasked frame, as a server sends it.
+    pub fn new(opcode: OpCode, payload: impl Into<Vec<u8>>) -> WebSocketFrame {
+        let payload = payload.into();
+        WebSocketFrame { header: FrameHeader::new(opcode, payload.len() as u64), payload }
+    }
+
+    /// Appends the frame to `out`, masking the payload if the header has a key.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        self.header.encode(out);
+        let start = out.len();
+        out.extend_from_slice(&self.payload);
+        if let Some(key) = self.header.mask {
+            apply_mask(&mut out[start..], key, 0);
+        }
+    }
+}
+
+/// Decodes one whole frame from the front of `buf`.
+///
+/// `Ok(None)` means the frame is not complete yet; nothing is consumed, so the
+/// caller appends more bytes and calls again. On `Ok(Some(frame))` exactly the
+/// frame's bytes have been removed from `buf`. The payload is allocated only
+/// after its declared length has passed `rules.max_payload`.
+///
+/// The server itself streams payloads instead (see `client.rs`), so that a
+/// 16 MiB frame is checked for UTF-8 as it arrives; this function serves
+/// clients, tests and tools that want whole frames.
+pub fn decode(buf: &mut Vec<u8>, rules: &DecodeRules) -> Result<Option<WebSocketFrame>, ProtocolError> {
+    let Some((header, header_len)) = FrameHeader::decode(buf, rules)? else {
+        return Ok(None);
+    };
+    // The length fits in usize: it passed max_payload, which the caller chose.
+    let Ok(payload_len) = usize::try_from(header.payload_len) else {
+        return Err(ProtocolError::FrameTooLarge);
+    };
+    let Some(end) = header_len.checked_add(payload_len) else {
+        return Err(ProtocolError::FrameTooLarge);
+    };
+    if buf.len() < end {
+        return Ok(None);
+    }
+    let mut payload = buf[header_len..end].to_vec();
+    if let Some(key) = header.mask {
+        apply_mask(&mut payload, key, 0);
+    }
+    buf.drain(..end);
+    Ok(Some(WebSocketFrame { header, payload }))
+}
+
+/// Appends an unmasked final frame (header and payload) to `out`.
+pub fn encode(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
+    FrameHeader::new(opcode, payload.len() as u64).encode(out);
+    out.extend_from_slice(payload);
+}
+
+/// XORs `buf` with the masking `key` (RFC 6455 §5.3) [Part 2 §18].
+///
+/// `offset` is the position of `buf[0]` within the frame's payload, so a
+/// payload that arrives in pieces can be unmasked piece by piece.
+///
+/// Works eight bytes at a time: the 4-byte key, rotated to `offset` and
+/// doubled, is XORed into each 8-byte word. No `unsafe`; the compiler turns
+/// the word loop into SIMD. [`apply_mask_naive`] is the byte-at-a-time
+/// definition it is tested against.
+pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
+    let rotated = rotate_key(key, offset);
+    let (words, tail) = buf.as_chunks_mut::<8>();
+    let k = rotated;
+    let key64 = u64::from_ne_bytes([k[0], k[1], k[2], k[3], k[0], k[1], k[2], k[3]]);
+    for word in words.iter_mut() {
+        *word = (u64::from_ne_bytes(*word) ^ key64).to_ne_bytes();
+    }
+    // The words covered a multiple of 8 (so of 4) bytes: the tail starts at key index 0.
+    for (byte, k) in tail.iter_mut().zip(rotated.iter().cycle()) {
+        *byte ^= k;
+    }
+}
+
+/// The plain loop from the RFC: `j = i MOD 4; transformed[i] = original[i] XOR key[j]`.
+/// Kept as the oracle that [`apply_mask`] is tested against.
+pub fn apply_mask_naive(buf: &mut [u8], key: [u8; 4], offset: usize) {
+    for (i, byte) in buf.iter_mut().enumerate() {
+        *byte ^= key[(offset + i) % 4];
+    }
+}
+
+fn rotate_key(key: [u8; 4], offset: usize) -> [u8; 4] {
+    let mut rotated = key;
+    rotated.rotate_left(offset % 4);
+    rotated
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SERVER: DecodeRules = DecodeRules { expect_masked: true, allowed_rsv: 0, max_payload: 1 << 24 };
+    const CLIENT: DecodeRules = DecodeRules { expect_masked: false, allowed_rsv: 0, max_payload: u64::MAX };
+
+    fn header_of(bytes: &[u8], rules: &DecodeRules) -> Result<Option<(FrameHeader, usize)>, ProtocolError> {
+        FrameHeader::decode(bytes, rules)
+    }
+
+    #[test]
+    fn rfc_single_frame_unmasked_text() {
+        // RFC 6455 §5.7: a single-frame unmasked text message "Hello".
+        let mut buf = vec![0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f];
+        let frame = decode(&mut buf, &CLIENT).unwrap().unwrap();
+        assert_eq!(frame.header.opcode, OpCode::Text);
+        assert!(frame.header.fin);
+        assert_eq!(frame.payload, b"Hello");
+        assert!(buf.is_empty());
+        let mut out = Vec::new();
+        encode(&mut out, OpCode::Text, b"Hello");
+        assert_eq!(out, [0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f]);
+    }
+
+    #[test]
+    fn rfc_single_frame_masked_text() {
+        // RFC 6455 §5.7: a single-frame masked text message "Hello".
+        let wire = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
+        let mut buf = wire.to_vec();
+        let frame = decode(&mut buf, &SERVER).unwrap().unwrap();
+        assert_eq!(frame.header.mask, Some([0x37, 0xfa, 0x21, 0x3d]));
+        assert_eq!(frame.payload, b"Hello");
+        let mut out = Vec::new();
+        frame.encode(&mut out);
+        assert_eq!(out, wire);
+    }
+
+    #[test]
+    fn rfc_fragmented_unmasked_text() {
+        // RFC 6455 §5.7: "Hel" then "lo" as two fragments.
+        let mut buf = vec![0x01, 0x03, 0x48, 0x65, 0x6c, 0x80, 0x02, 0x6c, 0x6f];
+        let first = decode(&mut buf, &CLIENT).unwrap().unwrap();
+        assert!(!first.header.fin);
+        assert_eq!(first.header.opcode, OpCode::Text);
+        assert_eq!(first.payload, b"Hel");
+        let second = decode(&mut buf, &CLIENT).unwrap().unwrap();
+        assert!(second.header.fin);
+        assert_eq!(second.header.opcode, OpCode::Continuation);
+        assert_eq!(second.payload, b"lo");
+    }
+
+    #[test]
+    fn rfc_ping_and_pong() {
+        // RFC 6455 §5.7: unmasked Ping "Hello", masked Pong "Hello".
+        let mut ping = vec![0x89, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f];
+        let frame = decode(&mut ping, &CLIENT).unwrap().unwrap();
+        assert_eq!(frame.header.opcode, OpCode::Ping);
+        assert_eq!(frame.payload, b"Hello");
+        let mut pong = vec![0x8a, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
+        let frame = decode(&mut pong, &SERVER).unwrap().unwrap();
+        assert_eq!(frame.header.opcode, OpCode::Pong);
+        assert_eq!(frame.payload, b"Hello");
+    }
+
+    #[test]
+    fn rfc_256_byte_and_64_kib_binary_headers() {
+        // RFC 6455 §5.7: 256 bytes use the 16-bit form, 64 KiB the 64-bit form.
+        let mut out = Vec::new();
+        FrameHeader::new(OpCode::Binary, 256).encode(&mut out);
+        assert_eq!(out, [0x82, 0x7E, 0x01, 0x00]);
+        out.clear();
+        FrameHeader::new(OpCode::Binary, 65536).encode(&mut out);
+        assert_eq!(out, [0x82, 0x7F, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00]);
+    }
+
+    #[test]
+    fn every_length_boundary_round_trips_with_minimal_encoding() {
+        for (len, header_len) in [(0u64, 2usize), (1, 2), (125, 2), (126, 4), (127, 4), (65535, 4), (65536, 10), (1 << 32, 10)] {
+            let header = FrameHeader::new(OpCode::Binary, len);
+            let mut out = Vec::new();
+            header.encode(&mut out);
+            assert_eq!(out.len(), header_len, "length {len}");
+            assert_eq!(header.encoded_len(), header_len);
+            assert_eq!(header_of(&out, &CLIENT), Ok(Some((header, header_len))), "length {len}");
+            // Masked, the same plus four bytes.
+            let masked = FrameHeader { mask: Some([1, 2, 3, 4]), ..header };
+            out.clear();
+            masked.encode(&mut out);
+            assert_eq!(out.len(), header_len + 4);
+            assert_eq!(masked.encoded_len(), header_len + 4);
+        }
+    }
+
+    #[test]
+    fn non_minimal_length_encodings_are_accepted() {
+        // 5 written in the 16-bit form, and in the 64-bit form.
+        let short16 = [0x82, 0xFE, 0x00, 0x05, 1, 2, 3, 4];
+        assert_eq!(header_of(&short16, &SERVER).unwrap().unwrap().0.payload_len, 5);
+        let short64 = [0x82, 0xFF, 0, 0, 0, 0, 0, 0, 0, 5, 1, 2, 3, 4];
+        assert_eq!(header_of(&short64, &SERVER).unwrap().unwrap().0.payload_len, 5);
+    }
+
+    #[test]
+    fn a_64_bit_length_with_the_top_bit_set_is_rejected() {
+        let bytes = [0x82, 0x7F, 0x80, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(header_of(&bytes, &CLIENT), Err(ProtocolError::LengthTopBit));
+        let largest = [0x82, 0x7F, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF];
+        assert_eq!(header_of(&largest, &CLIENT).unwrap().unwrap().0.payload_len, i64::MAX as u64);
+    }
+
+    #[test]
+    fn a_length_over_the_limit_fails_before_any_payload_arrives() {
+        let rules = DecodeRules::server(1000);
+        let mut at_limit = vec![0x82, 0xFE, 0x03, 0xE8, 1, 2, 3, 4];
+        assert_eq!(header_of(&at_limit, &rules).unwrap().unwrap().0.payload_len, 1000);
+        assert_eq!(decode(&mut at_limit, &rules), Ok(None), "payload not here yet");
+        let over = [0x82, 0xFE, 0x03, 0xE9];
+        assert_eq!(header_of(&over, &rules), Err(ProtocolError::FrameTooLarge));
+        // A declared exabyte is refused without allocating for it.
+        let mut huge = vec![0x82, 0xFF, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3, 4];
+        assert_eq!(decode(&mut huge, &rules), Err(ProtocolError::FrameTooLarge));
+    }
+
+    #[test]
+    fn invalid_headers_are_rejected_on_their_first_bytes() {
+        assert_eq!(header_of(&[0xC1], &SERVER), Err(ProtocolError::ReservedBits));
+        assert_eq!(header_of(&[0xA1], &SERVER), Err(ProtocolError::ReservedBits));
+        assert_eq!(header_of(&[0x91], &SERVER), Err(ProtocolError::ReservedBits));
+        for op in [3u8, 4, 5, 6, 7, 0xB, 0xC, 0xD, 0xE, 0xF] {
+            assert_eq!(header_of(&[0x80 | op], &SERVER), Err(ProtocolError::UnknownOpCode(op)));
+        }
+        for op in [0x8u8, 0x9, 0xA] {
+            assert_eq!(header_of(&[op], &SERVER), Err(ProtocolError::FragmentedControl));
+            assert_eq!(header_of(&[0x80 | op, 0x80 | 126], &SERVER), Err(ProtocolError::ControlTooLong));
+            assert!(header_of(&[0x80 | op, 0x80 | 125], &SERVER).unwrap().is_none());
+        }
+        assert_eq!(header_of(&[0x81, 0x05], &SERVER), Err(ProtocolError::UnmaskedFrame));
+        assert_eq!(header_of(&[0x81, 0x85], &CLIENT), Err(ProtocolError::MaskedFrame));
+    }
+
+    #[test]
+    fn rsv1_is_accepted_only_when_allowed() {
+        let rules = DecodeRules { allowed_rsv: RSV1, ..SERVER };
+        let bytes = [0xC1, 0x80, 1, 2, 3, 4];
+        assert_eq!(header_of(&bytes, &rules).unwrap().unwrap().0.rsv, RSV1);
+        assert_eq!(header_of(&[0xE1], &rules), Err(ProtocolError::ReservedBits));
+    }
+
+    #[test]
+    fn every_strict_prefix_of_a_header_is_incomplete() {
+        let mut full = Vec::new();
+        FrameHeader { mask: Some([9, 8, 7, 6]), ..FrameHeader::new(OpCode::Binary, 70000) }.encode(&mut full);
+        for cut in 0..full.len() {
+            assert_eq!(header_of(&full[..cut], &SERVER), Ok(None), "cut at {cut}");
+        }
+        assert_eq!(header_of(&full, &SERVER).unwrap().unwrap().1, full.len());
+    }
+
+    #[test]
+    fn decode_consumes_nothing_until_the_frame_is_complete() {
+        let mut wire = Vec::new();
+        WebSocketFrame { header: FrameHeader { mask: Some([1, 2, 3, 4]), ..FrameHeader::new(OpCode::Text, 3) }, payload: b"abc".to_vec() }
+            .encode(&mut wire);
+        wire.extend_from_slice(&[0x89]); // the start of the next frame
+        for cut in 0..wire.len() - 1 {
+            let mut buf = wire[..cut].to_vec();
+            assert_eq!(decode(&mut buf, &SERVER), Ok(None));
+            assert_eq!(buf, &wire[..cut], "nothing consumed at cut {cut}");
+        }
+        let mut buf = wire.clone();
+        assert_eq!(decode(&mut buf, &SERVER).unwrap().unwrap().payload, b"abc");
+        assert_eq!(buf, [0x89]);
+    }
+
+    #[test]
+    fn opcodes_round_trip_and_classify() {
+        for op in [OpCode::Continuation, OpCode::Text, OpCode::Binary, OpCode::Close, OpCode::Ping, OpCode::Pong] {
+            assert_eq!(OpCode::from_u8(op.as_u8()), Some(op));
+            assert_eq!(op.is_control(), matches!(op, OpCode::Close | OpCode::Ping | OpCode::Pong));
+        }
+    }
+
+    #[test]
+    fn fast_mask_matches_the_naive_loop_for_every_length_and_offset() {
+        let key = [0x37, 0xfa, 0x21, 0x3d];
+        let data: Vec<u8> = (0..100u8).map(|i| i.wrapping_mul(31)).collect();
+        for len in 0..data.len() {
+            for offset in 0..8 {
+                let mut fast = data[..len].to_vec();
+                let mut slow = data[..len].to_vec();
+                apply_mask(&mut fast, key, offset);
+                apply_mask_naive(&mut slow, key, offset);
+                assert_eq!(fast, slow, "len {len} offset {offset}");
+            }
+        }
+    }
+
+    #[test]
+    fn masking_in_pieces_equals_masking_at_once() {
+        let key = [1, 2, 3, 4];
+        let data: Vec<u8> = (0..=255).collect();
+        let mut whole = data.clone();
+        apply_mask(&mut whole, key, 0);
+        for cut in 0..data.len() {
+            let mut pieces = data.clone();
+            let (a, b) = pieces.split_at_mut(cut);
+            apply_mask(a, key, 0);
+            apply_mask(b, key, cut);
+            assert_eq!(pieces, whole, "cut {cut}");
+        }
+    }
+
+    fn arb_frame() -> impl Strategy<Value = WebSocketFrame> {
+        let opcode = prop::sample::select(vec![OpCode::Continuation, OpCode::Text, OpCode::Binary, OpCode::Close, OpCode::Ping, OpCode::Pong]);
+        (opcode, any::<bool>(), any::<[u8; 4]>(), prop::collection::vec(any::<u8>(), 0..300), prop::sample::select(vec![0usize, 125, 126, 65535, 65536]))
+            .prop_map(|(opcode, fin, key, mut payload, pad)| {
+                if opcode.is_control() {
+                    payload.truncate(MAX_CONTROL_PAYLOAD);
+                } else {
+                    payload.resize(payload.len() + pad, 0x5A);
+                }
+                let fin = fin || opcode.is_control();
+                let header = FrameHeader { fin, rsv: 0, opcode, mask: Some(key), payload_len: payload.len() as u64 };
+                WebSocketFrame { header, payload }
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn encode_then_decode_round_trips(frame in arb_frame()) {
+            let mut wire = Vec::new();
+            frame.encode(&mut wire);
+            prop_assert_eq!(wire.len(), frame.header.encoded_len() + frame.payload.len());
+            let decoded = decode(&mut wire, &SERVER).unwrap().unwrap();
+            prop_assert_eq!(decoded, frame);
+            prop_assert!(wire.is_empty());
+        }
+
+        #[test]
+        fn a_stream_cut_anywhere_decodes_to_the_same_frames(
+            frames in prop::collection::vec(arb_frame(), 1..6),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
+        ) {
+            let mut wire = Vec::new();
+            for frame in &frames {
+                frame.encode(&mut wire);
+            }
+            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(wire.len() + 1)).collect();
+            points.push(wire.len());
+            points.sort_unstable();
+            let mut buf = Vec::new();
+            let mut got = Vec::new();
+            let mut start = 0;
+            for point in points {
+                buf.extend_from_slice(&wire[start..point]);
+                start = point;
+                while let Some(frame) = decode(&mut buf, &SERVER).unwrap() {
+                    got.push(frame);
+                }
+            }
+            prop_assert_eq!(got, frames);
+            prop_assert!(buf.is_empty());
+        }
+
+        #[test]
+        fn fast_mask_equals_naive(data in prop::collection::vec(any::<u8>(), 0..200), key in any::<[u8; 4]>(), offset in 0usize..16) {
+            let mut fast = data.clone();
+            let mut slow = data;
+            apply_mask(&mut fast, key, offset);
+            apply_mask_naive(&mut slow, key, offset);
+            prop_assert_eq!(fast, slow);
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The `rust-chat` binary: command-line flags onto a [`Config`], bind, print
+//! the URL, serve.
+
+use rust_chat::{Config, Server};
+use std::process::ExitCode;
+use std::time::Duration;
+
+const USAGE: &str = "\
+rust-chat: a WebSocket echo and chat server
+
+USAGE:
+    rust-chat [OPTIONS]
+
+OPTIONS:
+    --bind ADDR                  Address to listen on [default: 127.0.0.1:10000]
+                                 (loopback only; use 0.0.0.0:10000 to serve other
+                                 machines, port 0 for any free port)
+    --max-message-size SIZE      Largest message, over all its fragments; larger
+                                 ones are closed with 1009 [default: 16MiB]
+    --max-frame-size SIZE        Largest payload one frame may declare [default: 16MiB]
+    --max-handshake-bytes SIZE   Largest HTTP request head; larger gets 431 [default: 8KiB]
+    --max-outgoing-bytes SIZE    Stop reading from a connection while this much of
+                                 its output waits to be sent [default: 1MiB]
+    --close-timeout DURATION     How long a closing connection may take before it is
+                                 dropped [default: 5s]
+    -h, --help                   Print this help
+    -V, --version                Print the version
+
+SIZE is a number of bytes, optionally with a suffix: 512, 64KiB, 16MiB (K, M, G also work).
+DURATION is a number with a unit: 500ms, 5s, 2m (a bare number is seconds).
+
+ENDPOINTS:
+    ws://ADDR/ and ws://ADDR/echo   echo every message back
+";
+
+enum Command {
+    Run(Config),
+    Help,
+    Version,
+}
+
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
+    let mut config = Config::default();
+    let mut args = args.into_iter();
+    while let Some(flag) = args.next() {
+        // Accept both `--flag value` and `--flag=value`.
+        let (name, inline) = match flag.split_once('=') {
+            Some((name, value)) if name.starts_with("--") => (name.to_string(), Some(value.to_string())),
+            _ => (flag.clone(), None),
+        };
+        let mut value = || inline.clone().or_else(|| args.next()).ok_or(format!("{name} needs a value"));
+        match name.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            "--bind" => {
+                let v = value()?;
+                config.bind = v.parse().map_err(|_| format!("--bind: '{v}' is not an address like 127.0.0.1:10000"))?;
+            }
+            "--max-message-size" => config.max_message_size = parse_size(&value()?, &name)?,
+            "--max-frame-size" => config.max_frame_size = parse_size(&value()?, &name)?,
+            "--max-handshake-bytes" => config.max_handshake_bytes = parse_size(&value()?, &name)?,
+            "--max-outgoing-bytes" => config.max_outgoing_bytes = parse_size(&value()?, &name)?,
+            "--close-timeout" => config.close_timeout = parse_duration(&value()?, &name)?,
+            other => return Err(format!("unknown option '{other}' (see --help)")),
+        }
+    }
+    config.validate().map_err(|err| err.to_string())?;
+    Ok(Command::Run(config))
+}
+
+fn parse_size(text: &str, flag: &str) -> Result<usize, String> {
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &text[digits.len()..];
+    let multiplier: usize = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("{flag}: unknown unit in '{text}'")),
+    };
+    let number: usize = digits.parse().map_err(|_| format!("{flag}: '{text}' is not a size like 16MiB"))?;
+    number.checked_mul(multiplier).ok_or(format!("{flag}: '{text}' is too large"))
+}
+
+fn parse_duration(text: &str, flag: &str) -> Result<Duration, String> {
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let number: f64 = digits.parse().map_err(|_| format!("{flag}: '{text}' is not a duration like 5s"))?;
+    let seconds = match &text[digits.len()..] {
+        "ms" => number / 1000.0,
+        "" | "s" => number,
+        "m" => number * 60.0,
+        _ => return Err(format!("{flag}: unknown unit in '{text}' (use ms, s or m)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{flag}: '{text}' is out of range"))
+}
+
+fn main() -> ExitCode {
+    let config = match parse_args(std::env::args().skip(1)) {
+        Ok(Command::Run(config)) => config,
+        Ok(Command::Help) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("rust-chat {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => {
+            eprintln!("rust-chat: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut server = match Server::bind(config) {
+        Ok(server) => server,
+        Err(err) => {
+            eprintln!("rust-chat: cannot start: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = server.local_addr();
+    println!("rust-chat listening on ws://{addr}/ (echo also at ws://{addr}/echo)");
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("rust-chat: event loop failed: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Config, String> {
+        match parse_args(args.iter().map(|s| s.to_string()))? {
+            Command::Run(config) => Ok(config),
+            _ => Err("not a run".into()),
+        }
+    }
+
+    #[test]
+    fn no_flags_is_the_default_config() {
+        assert_eq!(run(&[]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn every_flag_maps_onto_config() {
+        let config = run(&[
+            "--bind",
+            "0.0.0.0:9000",
+            "--max-message-size=1MiB",
+            "--max-frame-size",
+            "64k",
+            "--max-handshake-bytes",
+            "4096",
+            "--max-outgoing-bytes",
+            "2M",
+            "--close-timeout",
+            "250ms",
+        ])
+        .unwrap();
+        assert_eq!(config.bind.to_string(), "0.0.0.0:9000");
+        assert_eq!(config.max_message_size, 1 << 20);
+        assert_eq!(config.max_frame_size, 64 << 10);
+        assert_eq!(config.max_handshake_bytes, 4096);
+        assert_eq!(config.max_outgoing_bytes, 2 << 20);
+        assert_eq!(config.close_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn bad_flags_are_explained() {
+        assert!(run(&["--bind", "nowhere"]).unwrap_err().contains("--bind"));
+        assert!(run(&["--max-message-size", "12 parsecs"]).is_err());
+        assert!(run(&["--max-message-size", "0"]).is_err(), "validated");
+        assert!(run(&["--close-timeout", "5h"]).unwrap_err().contains("unit"));
+        assert!(run(&["--frobnicate"]).unwrap_err().contains("unknown option"));
+        assert!(run(&["--bind"]).unwrap_err().contains("needs a value"));
+        assert!(matches!(parse_args(["--help".to_string()]), Ok(Command::Help)));
+    }
+}

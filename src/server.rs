@@ -1,0 +1,370 @@
+//! The event loop: the one place that touches sockets [Rust in Detail, Part 1].
+//!
+//! A mio `Poll` watches the listener and every connection. Each readiness
+//! event is turned into calls on the connection's [`WebSocketClient`]:
+//! read until `WouldBlock` and hand every byte to the client; write its
+//! outgoing queue until empty or `WouldBlock`; then ask it what it wants
+//! next. WRITABLE interest is registered only while output is queued, and
+//! re-registered only when that changes.
+//!
+//! mio's readiness is edge-triggered: an event says "something changed", not
+//! "there is data", so every read and accept loop runs until `WouldBlock`,
+//! and spurious events (for a connection already removed, or with nothing to
+//! read) are expected and ignored.
+
+use crate::client::{Echo, WebSocketClient};
+use crate::config::{Config, ConfigError};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::{self, Read};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// The listening socket's token. Connections use their slot index.
+const LISTENER: Token = Token(usize::MAX);
+/// The token of the waker that [`ServerHandle::stop`] pokes.
+const WAKER: Token = Token(usize::MAX - 1);
+
+/// The operating system says "try again later": not an error, just the end of this burst.
+fn would_block(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::WouldBlock
+}
+
+/// A signal arrived during the call: retry it.
+fn interrupted(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::Interrupted
+}
+
+/// One accepted TCP connection and the WebSocket state that goes with it.
+struct Connection {
+    stream: TcpStream,
+    client: WebSocketClient,
+    /// What the registry currently watches for this connection.
+    interest: Interest,
+    /// We have shut down our writing side (the close is sent and flushed).
+    write_shut: bool,
+    /// The peer has closed its writing side (read returned 0).
+    peer_eof: bool,
+    /// The deadline last pushed onto the timer heap, to push each one once.
+    timer: Option<Instant>,
+}
+
+/// Connections by token: a vector of slots and a list of free ones.
+#[derive(Default)]
+struct Slab {
+    slots: Vec<Option<Connection>>,
+    free: Vec<usize>,
+    len: usize,
+}
+
+impl Slab {
+    /// The index the next `insert` will use.
+    fn next_index(&self) -> usize {
+        self.free.last().copied().unwrap_or(self.slots.len())
+    }
+
+    fn insert(&mut self, conn: Connection) -> usize {
+        self.len += 1;
+        match self.free.pop() {
+            Some(index) => {
+                self.slots[index] = Some(conn);
+                index
+            }
+            None => {
+                self.slots.push(Some(conn));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    fn get_mut(&mut self, index: usize) -> Option<&mut Connection> {
+        self.slots.get_mut(index).and_then(Option::as_mut)
+    }
+
+    fn remove(&mut self, index: usize) -> Option<Connection> {
+        let conn = self.slots.get_mut(index).and_then(Option::take)?;
+        self.free.push(index);
+        self.len -= 1;
+        Some(conn)
+    }
+}
+
+/// Stops a running [`Server`] from another thread.
+#[derive(Clone)]
+pub struct ServerHandle {
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+}
+
+impl ServerHandle {
+    /// Asks the server to return from [`Server::run`]. Open connections are dropped.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // If the wake fails the loop is gone already.
+        let _ = self.waker.wake();
+    }
+}
+
+/// A bound WebSocket server, ready to [`run`](Server::run).
+pub struct Server {
+    poll: Poll,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    config: Config,
+    connections: Slab,
+    /// Connection deadlines, soonest first. Entries may be stale (the
+    /// connection is gone or has a new deadline); each is checked when it fires.
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// The one read buffer, shared by all connections in turn.
+    read_buf: Vec<u8>,
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+}
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The configuration is invalid.
+    Config(ConfigError),
+    /// Binding the address or setting up the poller failed.
+    Io(io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Config(err) => write!(f, "invalid configuration: {err}"),
+            StartError::Io(err) => write!(f, "{err}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl From<io::Error> for StartError {
+    fn from(err: io::Error) -> StartError {
+        StartError::Io(err)
+    }
+}
+
+impl Server {
+    /// Validates `config`, binds its address and registers the listener.
+    pub fn bind(config: Config) -> Result<Server, StartError> {
+        config.validate().map_err(StartError::Config)?;
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::bind(config.bind)?;
+        let local_addr = listener.local_addr()?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        Ok(Server {
+            poll,
+            listener,
+            local_addr,
+            read_buf: vec![0; config.read_buffer_size],
+            config,
+            connections: Slab::default(),
+            timers: BinaryHeap::new(),
+            waker,
+            stop: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// The address the server listens on (useful after binding port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The number of open connections.
+    pub fn connection_count(&self) -> usize {
+        self.connections.len
+    }
+
+    /// A handle that can stop the server from another thread.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle { waker: Arc::clone(&self.waker), stop: Arc::clone(&self.stop) }
+    }
+
+    /// Serves until [`ServerHandle::stop`] is called.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.next_timeout(Instant::now());
+            if let Err(err) = self.poll.poll(&mut events, timeout) {
+                if interrupted(&err) {
+                    continue;
+                }
+                return Err(err);
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {}
+                    Token(index) => {
+                        // Errors and hang-ups show up as a read that fails or returns 0.
+                        let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+                        self.service(index, readable, now);
+                    }
+                }
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            self.expire(Instant::now());
+        }
+    }
+
+    /// Accepts every pending connection.
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((mut stream, _addr)) => {
+                    // Replies are small and already batched per read: send them now.
+                    let _ = stream.set_nodelay(true);
+                    let index = self.connections.next_index();
+                    if self.poll.registry().register(&mut stream, Token(index), Interest::READABLE).is_err() {
+                        continue;
+                    }
+                    let conn = Connection {
+                        stream,
+                        client: WebSocketClient::new(),
+                        interest: Interest::READABLE,
+                        write_shut: false,
+                        peer_eof: false,
+                        timer: None,
+                    };
+                    let inserted = self.connections.insert(conn);
+                    debug_assert_eq!(inserted, index);
+                }
+                Err(err) if would_block(&err) => return,
+                Err(err) if interrupted(&err) => continue,
+                // A connection that died while queued (ECONNABORTED) and the
+                // like: skip it. Running out of file descriptors ends this
+                // burst; the next connection attempt wakes us again.
+                Err(err) if err.kind() == io::ErrorKind::ConnectionAborted => continue,
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Reads, processes and writes for one connection, then updates its
+    /// interest and deadline, or removes it when it is finished.
+    fn service(&mut self, index: usize, mut readable: bool, now: Instant) {
+        let Server { connections, read_buf, config, poll, timers, .. } = self;
+        let Some(conn) = connections.get_mut(index) else {
+            return; // a spurious event for a connection already removed
+        };
+        let mut handler = Echo;
+        let finished = loop {
+            let mut paused = false;
+            if readable && !conn.peer_eof {
+                match read_into(conn, read_buf, config, &mut handler, now) {
+                    Ok(stopped_for_backpressure) => paused = stopped_for_backpressure,
+                    Err(_) => break true, // reset by peer, or another hard error
+                }
+            }
+            if conn.client.write_to(&mut conn.stream).is_err() {
+                break true;
+            }
+            if conn.client.is_done_writing() {
+                if conn.peer_eof {
+                    break true;
+                }
+                if !conn.write_shut {
+                    // Our Close (or HTTP error) is out: send FIN, and keep
+                    // reading until the peer's FIN so our last bytes are not
+                    // lost to a reset caused by unread input.
+                    conn.write_shut = true;
+                    if conn.stream.shutdown(Shutdown::Write).is_err() {
+                        break true;
+                    }
+                }
+            }
+            // Reading stopped for backpressure and the queue has drained since:
+            // read again, since no new READABLE edge will come for data that
+            // is already waiting.
+            if paused && conn.client.wants_read(config) {
+                readable = true;
+                continue;
+            }
+            break false;
+        };
+        if finished {
+            remove(connections, poll.registry(), index);
+            return;
+        }
+        let wanted = if conn.client.wants_write() { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+        if wanted != conn.interest {
+            if poll.registry().reregister(&mut conn.stream, Token(index), wanted).is_err() {
+                remove(connections, poll.registry(), index);
+                return;
+            }
+            conn.interest = wanted;
+        }
+        let deadline = conn.client.deadline();
+        if deadline != conn.timer {
+            conn.timer = deadline;
+            if let Some(at) = deadline {
+                timers.push(Reverse((at, index)));
+            }
+        }
+    }
+
+    /// How long `poll` may sleep: until the soonest deadline, or forever.
+    fn next_timeout(&self, now: Instant) -> Option<Duration> {
+        self.timers.peek().map(|Reverse((at, _))| at.saturating_duration_since(now))
+    }
+
+    /// Drops every connection whose deadline has passed.
+    fn expire(&mut self, now: Instant) {
+        while let Some(&Reverse((at, index))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let expired = self.connections.get_mut(index).is_some_and(|conn| conn.client.is_expired(now));
+            if expired {
+                remove(&mut self.connections, self.poll.registry(), index);
+            }
+        }
+    }
+}
+
+/// Reads until `WouldBlock`, feeding every byte to the client. Returns
+/// `Ok(true)` if reading stopped because the client's outgoing queue is full.
+fn read_into(
+    conn: &mut Connection,
+    read_buf: &mut [u8],
+    config: &Config,
+    handler: &mut Echo,
+    now: Instant,
+) -> io::Result<bool> {
+    loop {
+        if !conn.client.wants_read(config) {
+            return Ok(true);
+        }
+        match conn.stream.read(read_buf) {
+            Ok(0) => {
+                conn.peer_eof = true;
+                conn.client.handle_eof(now, config);
+                return Ok(false);
+            }
+            Ok(n) => conn.client.handle_input(&mut read_buf[..n], now, config, handler),
+            Err(err) if would_block(&err) => return Ok(false),
+            Err(err) if interrupted(&err) => continue,
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+fn remove(connections: &mut Slab, registry: &Registry, index: usize) {
+    if let Some(mut conn) = connections.remove(index) {
+        // Dropping the stream closes the socket; deregistering first keeps the
+        // registry tidy even if the descriptor number is soon reused.
+        let _ = registry.deregister(&mut conn.stream);
+    }
+}
