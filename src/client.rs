@@ -98,6 +98,17 @@ pub enum ClientState {
     Closed,
 }
 
+/// The page served to a plain `GET /`: a small echo tester, embedded in the binary.
+const INDEX_HTML: &[u8] = include_bytes!("../static/index.html");
+
+/// How a complete request head is answered.
+enum Answer {
+    /// Switch to WebSocket: the endpoint, the accept key, and the head's length.
+    Upgrade(Endpoint, String, usize),
+    /// Serve the page.
+    Page,
+}
+
 /// The payload of the data frame now arriving.
 #[derive(Debug, Clone, Copy)]
 struct PayloadInProgress {
@@ -116,8 +127,8 @@ pub enum CloseInfo {
     Handshake(Option<u16>),
     /// We failed the connection with this close code.
     Failed(u16, &'static str),
-    /// The HTTP request was refused with this status.
-    Refused(u16),
+    /// The request was answered with plain HTTP (a page, or an error) with this status.
+    Http(u16),
     /// The peer closed TCP without a close handshake.
     Abrupt,
 }
@@ -259,20 +270,30 @@ impl WebSocketClient {
                 return Err(HandshakeError::MethodNotAllowed);
             }
             let endpoint = Endpoint::for_path(request.path()).ok_or(HandshakeError::NotFound)?;
+            // A browser visiting `/` gets a page that can talk to us.
+            if request.path() == "/" && !request.is_upgrade() {
+                return Ok(Some(Answer::Page));
+            }
             let accept = request.validate_upgrade()?;
-            Ok(Some((endpoint, accept, used)))
+            Ok(Some(Answer::Upgrade(endpoint, accept, used)))
         });
         match result {
             Ok(None) => None,
-            Ok(Some((endpoint, accept, used))) => {
+            Ok(Some(Answer::Upgrade(endpoint, accept, used))) => {
                 self.outgoing.push(&handshake::accept_response(&accept));
                 self.endpoint = Some(endpoint);
                 self.state = ClientState::HandshakeResponse { ends_at: self.outgoing.queued_total() };
                 Some(used)
             }
+            Ok(Some(Answer::Page)) => {
+                self.outgoing.push(&handshake::http_response(200, "OK", &[], "text/html; charset=utf-8", INDEX_HTML));
+                self.close_info = Some(CloseInfo::Http(200));
+                self.enter_closed(now, config);
+                Some(head.len())
+            }
             Err(err) => {
                 self.outgoing.push(&err.response());
-                self.close_info = Some(CloseInfo::Refused(err.status().0));
+                self.close_info = Some(CloseInfo::Http(err.status().0));
                 self.enter_closed(now, config);
                 Some(head.len())
             }
@@ -356,20 +377,19 @@ impl WebSocketClient {
         let end = usize::try_from(header.payload_len).ok().and_then(|len| len.checked_add(header_len));
         // Fast path: a whole single-frame message is in the buffer. Unmask it
         // in place and hand it over without copying it anywhere.
-        if header.fin && !was_in_progress {
-            if let Some(payload) = end.and_then(|end| buf.get_mut(header_len..end)) {
-                apply_mask(payload, key, 0);
-                let message = match header.opcode {
-                    OpCode::Text => {
-                        Message::Text(std::str::from_utf8(payload).map_err(|_| ProtocolError::InvalidUtf8)?)
-                    }
-                    _ => Message::Binary(payload),
-                };
-                let used = header_len + payload.len();
-                handler.on_message(message, &mut self.outgoing);
-                self.message.reset();
-                return Ok(Some(used));
-            }
+        if header.fin
+            && !was_in_progress
+            && let Some(payload) = end.and_then(|end| buf.get_mut(header_len..end))
+        {
+            apply_mask(payload, key, 0);
+            let message = match header.opcode {
+                OpCode::Text => Message::Text(std::str::from_utf8(payload).map_err(|_| ProtocolError::InvalidUtf8)?),
+                _ => Message::Binary(payload),
+            };
+            let used = header_len + payload.len();
+            handler.on_message(message, &mut self.outgoing);
+            self.message.reset();
+            return Ok(Some(used));
         }
         // Otherwise stream the payload into the reassembly buffer as it arrives.
         if header.payload_len == 0 {
@@ -471,10 +491,10 @@ impl WebSocketClient {
     /// Writes as much of the outgoing queue as `writer` takes without blocking.
     pub fn write_to<W: Write + ?Sized>(&mut self, writer: &mut W) -> io::Result<usize> {
         let written = self.outgoing.write_to(writer)?;
-        if let ClientState::HandshakeResponse { ends_at } = self.state {
-            if self.outgoing.written_total() >= ends_at {
-                self.state = ClientState::Connected;
-            }
+        if let ClientState::HandshakeResponse { ends_at } = self.state
+            && self.outgoing.written_total() >= ends_at
+        {
+            self.state = ClientState::Connected;
         }
         Ok(written)
     }
@@ -495,7 +515,8 @@ mod tests {
         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
     fn masked(opcode: OpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
-        let header = FrameHeader { fin, mask: Some([0x37, 0xfa, 0x21, 0x3d]), ..FrameHeader::new(opcode, payload.len() as u64) };
+        let header =
+            FrameHeader { fin, mask: Some([0x37, 0xfa, 0x21, 0x3d]), ..FrameHeader::new(opcode, payload.len() as u64) };
         let mut out = Vec::new();
         WebSocketFrame { header, payload: payload.to_vec() }.encode(&mut out);
         out
@@ -595,10 +616,11 @@ mod tests {
     fn refused_requests_get_their_status_and_close() {
         let config = Config::default();
         let now = Instant::now();
-        let cases: [(&[u8], &str); 4] = [
+        let cases: [(&[u8], &str); 5] = [
             (b"POST /echo HTTP/1.1\r\nHost: a\r\n\r\n", "405"),
             (b"GET /nowhere HTTP/1.1\r\nHost: a\r\n\r\n", "404"),
-            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", "426"),
+            (b"GET /echo HTTP/1.1\r\nHost: a\r\n\r\n", "426"),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", "200"),
             (b"GET / HTTP/1.1\r\nHost a\r\n\r\n", "400"),
         ];
         for (request, status) in cases {
@@ -689,9 +711,24 @@ mod tests {
             (masked(OpCode::Continuation, true, b"x"), 1002),
             ([masked(OpCode::Text, false, b"a"), masked(OpCode::Text, true, b"b")].concat(), 1002),
             (masked(OpCode::Text, true, &[0xC0, 0xAF]), 1007),
-            ([masked(OpCode::Text, false, "€".as_bytes().get(..1).unwrap()), masked(OpCode::Continuation, true, b"x")].concat(), 1007),
+            (
+                [
+                    masked(OpCode::Text, false, "€".as_bytes().get(..1).unwrap()),
+                    masked(OpCode::Continuation, true, b"x"),
+                ]
+                .concat(),
+                1007,
+            ),
             (masked(OpCode::Binary, true, &[0; 501]), 1009),
-            ([masked(OpCode::Binary, false, &[0; 500]), masked(OpCode::Continuation, false, &[0; 500]), masked(OpCode::Continuation, true, &[0; 1])].concat(), 1009),
+            (
+                [
+                    masked(OpCode::Binary, false, &[0; 500]),
+                    masked(OpCode::Continuation, false, &[0; 500]),
+                    masked(OpCode::Continuation, true, &[0; 1]),
+                ]
+                .concat(),
+                1009,
+            ),
         ];
         for (bytes, code) in cases {
             let mut client = connected(&config, now);
@@ -705,7 +742,12 @@ mod tests {
         // At the edge: exactly the limits pass.
         let mut client = connected(&config, now);
         feed(&mut client, &masked(OpCode::Binary, true, &[1; 500]), now, &config);
-        feed(&mut client, &[masked(OpCode::Binary, false, &[2; 500]), masked(OpCode::Continuation, true, &[3; 500])].concat(), now, &config);
+        feed(
+            &mut client,
+            &[masked(OpCode::Binary, false, &[2; 500]), masked(OpCode::Continuation, true, &[3; 500])].concat(),
+            now,
+            &config,
+        );
         let (_, frames) = take_output(&mut client);
         assert_eq!(frames.len(), 2);
         assert_eq!(frames[1].payload.len(), 1000);

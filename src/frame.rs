@@ -221,10 +221,7 @@ impl FrameHeader {
     /// order of RFC 6455 §5.2 (RSV bits, opcode, mask, control-frame rules,
     /// length) and each runs as soon as its byte has arrived, so a bad frame
     /// fails on its first two bytes rather than after its payload.
-    pub fn decode(
-        buf: &[u8],
-        rules: &DecodeRules,
-    ) -> Result<Option<(FrameHeader, usize)>, ProtocolError> {
+    pub fn decode(buf: &[u8], rules: &DecodeRules) -> Result<Option<(FrameHeader, usize)>, ProtocolError> {
         let Some(&first) = buf.first() else {
             return Ok(None);
         };
@@ -248,11 +245,7 @@ impl FrameHeader {
         };
         let masked = second & MASK_BIT != 0;
         if masked != rules.expect_masked {
-            return Err(if rules.expect_masked {
-                ProtocolError::UnmaskedFrame
-            } else {
-                ProtocolError::MaskedFrame
-            });
+            return Err(if rules.expect_masked { ProtocolError::UnmaskedFrame } else { ProtocolError::MaskedFrame });
         }
         let len7 = second & LEN_BITS;
         // §5.5: "All control frames MUST have a payload length of 125 bytes or less."
@@ -514,7 +507,9 @@ mod tests {
 
     #[test]
     fn every_length_boundary_round_trips_with_minimal_encoding() {
-        for (len, header_len) in [(0u64, 2usize), (1, 2), (125, 2), (126, 4), (127, 4), (65535, 4), (65536, 10), (1 << 32, 10)] {
+        for (len, header_len) in
+            [(0u64, 2usize), (1, 2), (125, 2), (126, 4), (127, 4), (65535, 4), (65536, 10), (1 << 32, 10)]
+        {
             let header = FrameHeader::new(OpCode::Binary, len);
             let mut out = Vec::new();
             header.encode(&mut out);
@@ -598,8 +593,11 @@ mod tests {
     #[test]
     fn decode_consumes_nothing_until_the_frame_is_complete() {
         let mut wire = Vec::new();
-        WebSocketFrame { header: FrameHeader { mask: Some([1, 2, 3, 4]), ..FrameHeader::new(OpCode::Text, 3) }, payload: b"abc".to_vec() }
-            .encode(&mut wire);
+        WebSocketFrame {
+            header: FrameHeader { mask: Some([1, 2, 3, 4]), ..FrameHeader::new(OpCode::Text, 3) },
+            payload: b"abc".to_vec(),
+        }
+        .encode(&mut wire);
         wire.extend_from_slice(&[0x89]); // the start of the next frame
         for cut in 0..wire.len() - 1 {
             let mut buf = wire[..cut].to_vec();
@@ -650,8 +648,21 @@ mod tests {
     }
 
     fn arb_frame() -> impl Strategy<Value = WebSocketFrame> {
-        let opcode = prop::sample::select(vec![OpCode::Continuation, OpCode::Text, OpCode::Binary, OpCode::Close, OpCode::Ping, OpCode::Pong]);
-        (opcode, any::<bool>(), any::<[u8; 4]>(), prop::collection::vec(any::<u8>(), 0..300), prop::sample::select(vec![0usize, 125, 126, 65535, 65536]))
+        let opcode = prop::sample::select(vec![
+            OpCode::Continuation,
+            OpCode::Text,
+            OpCode::Binary,
+            OpCode::Close,
+            OpCode::Ping,
+            OpCode::Pong,
+        ]);
+        (
+            opcode,
+            any::<bool>(),
+            any::<[u8; 4]>(),
+            prop::collection::vec(any::<u8>(), 0..300),
+            prop::sample::select(vec![0usize, 125, 126, 65535, 65536]),
+        )
             .prop_map(|(opcode, fin, key, mut payload, pad)| {
                 if opcode.is_control() {
                     payload.truncate(MAX_CONTROL_PAYLOAD);

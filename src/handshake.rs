@@ -61,7 +61,7 @@ impl HandshakeError {
             _ => &[],
         };
         let (code, phrase) = self.status();
-        error_response(code, phrase, extra, &format!("{self}\n"))
+        http_response(code, phrase, extra, "text/plain; charset=utf-8", format!("{self}\n").as_bytes())
     }
 }
 
@@ -219,17 +219,20 @@ pub fn accept_response(accept: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A complete HTTP error response that closes the connection.
-pub fn error_response(code: u16, phrase: &str, extra_headers: &[&str], body: &str) -> Vec<u8> {
+/// A complete HTTP response after which the server closes the connection.
+pub fn http_response(code: u16, phrase: &str, extra_headers: &[&str], content_type: &str, body: &[u8]) -> Vec<u8> {
     let mut head = format!("HTTP/1.1 {code} {phrase}\r\n");
     for line in extra_headers {
         head.push_str(line);
         head.push_str("\r\n");
     }
-    head.push_str("Content-Type: text/plain; charset=utf-8\r\n");
-    head.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()));
-    head.push_str(body);
-    head.into_bytes()
+    head.push_str(&format!(
+        "Content-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n",
+        body.len()
+    ));
+    let mut response = head.into_bytes();
+    response.extend_from_slice(body);
+    response
 }
 
 #[cfg(test)]

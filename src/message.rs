@@ -391,7 +391,10 @@ mod tests {
     #[test]
     fn continuation_rules() {
         let mut m = MessageAssembler::default();
-        assert_eq!(m.begin_frame(&data_header(OpCode::Continuation, true, 0), 100), Err(ProtocolError::UnexpectedContinuation));
+        assert_eq!(
+            m.begin_frame(&data_header(OpCode::Continuation, true, 0), 100),
+            Err(ProtocolError::UnexpectedContinuation)
+        );
         m.begin_frame(&data_header(OpCode::Binary, false, 1), 100).unwrap();
         m.feed(b"x").unwrap();
         m.end_frame().unwrap();
@@ -404,12 +407,18 @@ mod tests {
         m.begin_frame(&data_header(OpCode::Binary, false, 60), 100).unwrap();
         m.feed(&[0; 60]).unwrap();
         m.end_frame().unwrap();
-        assert_eq!(m.begin_frame(&data_header(OpCode::Continuation, true, 41), 100), Err(ProtocolError::MessageTooLarge));
+        assert_eq!(
+            m.begin_frame(&data_header(OpCode::Continuation, true, 41), 100),
+            Err(ProtocolError::MessageTooLarge)
+        );
         m.begin_frame(&data_header(OpCode::Continuation, true, 40), 100).unwrap();
         // A declared length near u64::MAX cannot overflow the running total.
         let mut m = MessageAssembler::default();
         m.begin_frame(&data_header(OpCode::Binary, false, 50), 100).unwrap();
-        assert_eq!(m.begin_frame(&data_header(OpCode::Continuation, true, u64::MAX), 100), Err(ProtocolError::MessageTooLarge));
+        assert_eq!(
+            m.begin_frame(&data_header(OpCode::Continuation, true, u64::MAX), 100),
+            Err(ProtocolError::MessageTooLarge)
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::collections::BinaryHeap;
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// The listening socket's token. Connections use their slot index.
@@ -98,6 +98,7 @@ impl Slab {
 pub struct ServerHandle {
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
+    open: Arc<AtomicUsize>,
 }
 
 impl ServerHandle {
@@ -106,6 +107,11 @@ impl ServerHandle {
         self.stop.store(true, Ordering::SeqCst);
         // If the wake fails the loop is gone already.
         let _ = self.waker.wake();
+    }
+
+    /// The number of open connections, as of the end of the loop's last turn.
+    pub fn connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
     }
 }
 
@@ -123,6 +129,8 @@ pub struct Server {
     read_buf: Vec<u8>,
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
+    /// Open connections, published for [`ServerHandle::connections`].
+    open: Arc<AtomicUsize>,
 }
 
 /// Why the server could not start.
@@ -170,6 +178,7 @@ impl Server {
             timers: BinaryHeap::new(),
             waker,
             stop: Arc::new(AtomicBool::new(false)),
+            open: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -185,7 +194,7 @@ impl Server {
 
     /// A handle that can stop the server from another thread.
     pub fn handle(&self) -> ServerHandle {
-        ServerHandle { waker: Arc::clone(&self.waker), stop: Arc::clone(&self.stop) }
+        ServerHandle { waker: Arc::clone(&self.waker), stop: Arc::clone(&self.stop), open: Arc::clone(&self.open) }
     }
 
     /// Serves until [`ServerHandle::stop`] is called.
@@ -215,6 +224,7 @@ impl Server {
                 return Ok(());
             }
             self.expire(Instant::now());
+            self.open.store(self.connections.len, Ordering::Relaxed);
         }
     }
 
@@ -297,7 +307,8 @@ impl Server {
             remove(connections, poll.registry(), index);
             return;
         }
-        let wanted = if conn.client.wants_write() { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+        let wanted =
+            if conn.client.wants_write() { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
         if wanted != conn.interest {
             if poll.registry().reregister(&mut conn.stream, Token(index), wanted).is_err() {
                 remove(connections, poll.registry(), index);

@@ -1,0 +1,273 @@
+//! Test helpers: a server on a free port, and a raw WebSocket client written
+//! from RFC 6455 on a plain `TcpStream`, independent of the crate's own codec,
+//! so the tests check the server against the RFC and not against itself.
+#![allow(dead_code)]
+
+use rust_chat::{Config, Server, ServerHandle};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub const TEXT: u8 = 0x1;
+pub const BINARY: u8 = 0x2;
+pub const CONTINUATION: u8 = 0x0;
+pub const CLOSE: u8 = 0x8;
+pub const PING: u8 = 0x9;
+pub const PONG: u8 = 0xA;
+
+/// How long any single wait in a test may take before it fails.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A server running on its own thread, bound to `127.0.0.1:0`, stopped on drop.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub handle: ServerHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        TestServer::with_config(Config::default())
+    }
+
+    pub fn with_config(config: Config) -> TestServer {
+        let config = Config { bind: "127.0.0.1:0".parse().unwrap(), ..config };
+        let mut server = Server::bind(config).expect("bind");
+        let addr = server.local_addr();
+        let handle = server.handle();
+        let thread = std::thread::spawn(move || server.run().expect("event loop"));
+        TestServer { addr, handle, thread: Some(thread) }
+    }
+
+    /// Waits until the server has exactly `n` open connections.
+    pub fn wait_for_connections(&self, n: usize, within: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if self.handle.connections() == n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.handle.stop();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A frame as the server sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub fin: bool,
+    pub opcode: u8,
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    pub fn text(s: &str) -> Frame {
+        Frame { fin: true, opcode: TEXT, payload: s.as_bytes().to_vec() }
+    }
+
+    pub fn binary(b: &[u8]) -> Frame {
+        Frame { fin: true, opcode: BINARY, payload: b.to_vec() }
+    }
+
+    /// The close code of a Close frame, if it has one.
+    pub fn close_code(&self) -> Option<u16> {
+        assert_eq!(self.opcode, CLOSE, "not a close frame: {self:?}");
+        match self.payload.as_slice() {
+            [hi, lo, ..] => Some(u16::from_be_bytes([*hi, *lo])),
+            _ => None,
+        }
+    }
+}
+
+/// A masked client frame, exactly as RFC 6455 §5.2 lays it out.
+pub fn client_frame(fin: bool, opcode: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+    let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
+    let len = payload.len();
+    if len < 126 {
+        out.push(0x80 | len as u8);
+    } else if len <= 0xFFFF {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    out.extend_from_slice(&key);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    out
+}
+
+/// The upgrade request for `path`, with the RFC's sample key.
+pub fn upgrade_request(path: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// A WebSocket client on a raw `TcpStream`.
+pub struct RawClient {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+    next_key: u32,
+}
+
+impl RawClient {
+    /// A TCP connection with no handshake yet.
+    pub fn connect(addr: SocketAddr) -> RawClient {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        RawClient { stream, buf: Vec::new(), next_key: 0x1234_5678 }
+    }
+
+    /// Connects and completes the opening handshake on `path`.
+    pub fn open(addr: SocketAddr, path: &str) -> RawClient {
+        let mut client = RawClient::connect(addr);
+        client.send_raw(&upgrade_request(path));
+        let head = client.read_http_head();
+        assert!(head.starts_with("HTTP/1.1 101 Switching Protocols\r\n"), "{head}");
+        // RFC 6455 §1.3: the accept value for the sample key.
+        assert!(head.contains("\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"), "{head}");
+        client
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    fn key(&mut self) -> [u8; 4] {
+        self.next_key = self.next_key.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        self.next_key.to_be_bytes()
+    }
+
+    /// The bytes of a masked frame with a fresh key.
+    pub fn frame_bytes(&mut self, fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let key = self.key();
+        client_frame(fin, opcode, payload, key)
+    }
+
+    pub fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
+        let bytes = self.frame_bytes(fin, opcode, payload);
+        self.send_raw(&bytes);
+    }
+
+    pub fn send_text(&mut self, text: &str) {
+        self.send_frame(true, TEXT, text.as_bytes());
+    }
+
+    pub fn send_close(&mut self, code: u16, reason: &str) {
+        let mut payload = code.to_be_bytes().to_vec();
+        payload.extend_from_slice(reason.as_bytes());
+        self.send_frame(true, CLOSE, &payload);
+    }
+
+    fn fill(&mut self) -> io::Result<usize> {
+        let mut chunk = [0u8; 65536];
+        let n = self.stream.read(&mut chunk)?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+
+    /// Reads an HTTP response head (through the blank line).
+    pub fn read_http_head(&mut self) -> String {
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head: Vec<u8> = self.buf.drain(..end + 4).collect();
+                return String::from_utf8(head).expect("ASCII head");
+            }
+            assert!(self.fill().expect("read head") > 0, "EOF before the end of the head");
+        }
+    }
+
+    /// Reads a whole HTTP response (head and body) until the server closes.
+    pub fn read_http_response(&mut self) -> String {
+        while self.fill().map(|n| n > 0).unwrap_or(false) {}
+        String::from_utf8(std::mem::take(&mut self.buf)).expect("UTF-8 response")
+    }
+
+    /// Parses one server frame from the buffer (unmasked, per §5.1).
+    fn parse_frame(&mut self) -> Option<Frame> {
+        let b = &self.buf;
+        if b.len() < 2 {
+            return None;
+        }
+        assert_eq!(b[0] & 0x70, 0, "server set RSV bits");
+        assert_eq!(b[1] & 0x80, 0, "server frames must not be masked");
+        let (len, start) = match b[1] & 0x7F {
+            126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+            127 if b.len() >= 10 => (u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize, 10),
+            126 | 127 => return None,
+            n => (n as usize, 2),
+        };
+        // §5.2: the minimal length encoding.
+        match start {
+            4 => assert!(len >= 126, "non-minimal 16-bit length"),
+            10 => assert!(len > 0xFFFF, "non-minimal 64-bit length"),
+            _ => {}
+        }
+        if b.len() < start + len {
+            return None;
+        }
+        let frame = Frame { fin: b[0] & 0x80 != 0, opcode: b[0] & 0x0F, payload: b[start..start + len].to_vec() };
+        self.buf.drain(..start + len);
+        Some(frame)
+    }
+
+    /// Reads the next frame, failing the test if none comes within `PATIENCE`.
+    pub fn read_frame(&mut self) -> Frame {
+        self.try_read_frame().expect("a frame from the server")
+    }
+
+    /// Reads the next frame; `None` on EOF or timeout.
+    pub fn try_read_frame(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(frame) = self.parse_frame() {
+                return Some(frame);
+            }
+            match self.fill() {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Reads frames until a Close arrives and returns it (data frames before it are skipped).
+    pub fn read_close(&mut self) -> Frame {
+        loop {
+            let frame = self.read_frame();
+            if frame.opcode == CLOSE {
+                return frame;
+            }
+        }
+    }
+
+    /// Whether the server closes TCP (EOF) within `PATIENCE`, with nothing else arriving.
+    pub fn wait_eof(&mut self) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < PATIENCE {
+            match self.fill() {
+                Ok(0) => return self.buf.is_empty(),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return self.buf.is_empty(),
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    pub fn shutdown_write(&self) {
+        let _ = self.stream.shutdown(Shutdown::Write);
+    }
+}
