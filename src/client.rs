@@ -243,8 +243,8 @@ impl WebSocketClient {
         let used = self.process_frames(&mut buf, now, config, handler);
         if used >= old {
             // The old unit is done; `used - old` bytes of `input` went with it.
-            buf.clear();
-            self.pending = buf;
+            // Drop the copy buffer: an idle connection holds no read buffer.
+            drop(buf);
             self.feed_frames(&mut input[used - old..], now, config, handler);
         } else {
             // Still incomplete, so `input` was shorter than `take` could be: all of it is in `buf`.

@@ -29,6 +29,13 @@ const LISTENER: Token = Token(usize::MAX);
 /// The token of the waker that [`ServerHandle::stop`] pokes.
 const WAKER: Token = Token(usize::MAX - 1);
 
+/// Reads one connection may do per turn of the loop (16 × 64 KiB = 1 MiB by
+/// default). A client that sends faster than we can process would otherwise
+/// never let its socket reach `WouldBlock`, and everyone else would wait.
+/// A connection that uses up its budget goes on the ready list and is served
+/// again after the others, without waiting for a new event.
+const READ_BUDGET: usize = 16;
+
 /// The operating system says "try again later": not an error, just the end of this burst.
 fn would_block(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::WouldBlock
@@ -51,6 +58,11 @@ struct Connection {
     peer_eof: bool,
     /// The deadline last pushed onto the timer heap, to push each one once.
     timer: Option<Instant>,
+    /// Reading stopped because the outgoing queue was over its limit; resume
+    /// as soon as it drains, whatever event reports the drain.
+    read_paused: bool,
+    /// On the ready list: it used up its read budget with input possibly left.
+    in_ready: bool,
 }
 
 /// Connections by token: a vector of slots and a list of free ones.
@@ -127,6 +139,8 @@ pub struct Server {
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     /// The one read buffer, shared by all connections in turn.
     read_buf: Vec<u8>,
+    /// Connections that used up their read budget and may have input waiting.
+    ready: Vec<usize>,
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
     /// Open connections, published for [`ServerHandle::connections`].
@@ -173,6 +187,7 @@ impl Server {
             listener,
             local_addr,
             read_buf: vec![0; config.read_buffer_size],
+            ready: Vec::new(),
             config,
             connections: Slab::default(),
             timers: BinaryHeap::new(),
@@ -201,7 +216,8 @@ impl Server {
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = self.next_timeout(Instant::now());
+            // With connections on the ready list, only look for new events.
+            let timeout = if self.ready.is_empty() { self.next_timeout(Instant::now()) } else { Some(Duration::ZERO) };
             if let Err(err) = self.poll.poll(&mut events, timeout) {
                 if interrupted(&err) {
                     continue;
@@ -218,6 +234,12 @@ impl Server {
                         let readable = event.is_readable() || event.is_read_closed() || event.is_error();
                         self.service(index, readable, now);
                     }
+                }
+            }
+            for index in std::mem::take(&mut self.ready) {
+                if let Some(conn) = self.connections.get_mut(index) {
+                    conn.in_ready = false;
+                    self.service(index, true, now);
                 }
             }
             if self.stop.load(Ordering::SeqCst) {
@@ -246,6 +268,8 @@ impl Server {
                         write_shut: false,
                         peer_eof: false,
                         timer: None,
+                        read_paused: false,
+                        in_ready: false,
                     };
                     let inserted = self.connections.insert(conn);
                     debug_assert_eq!(inserted, index);
@@ -263,19 +287,18 @@ impl Server {
 
     /// Reads, processes and writes for one connection, then updates its
     /// interest and deadline, or removes it when it is finished.
-    fn service(&mut self, index: usize, mut readable: bool, now: Instant) {
-        let Server { connections, read_buf, config, poll, timers, .. } = self;
+    fn service(&mut self, index: usize, readable: bool, now: Instant) {
+        let Server { connections, read_buf, config, poll, timers, ready, .. } = self;
         let Some(conn) = connections.get_mut(index) else {
             return; // a spurious event for a connection already removed
         };
         let mut handler = Echo;
+        let mut budget = READ_BUDGET;
+        let mut want_read = readable;
         let finished = loop {
-            let mut paused = false;
-            if readable && !conn.peer_eof {
-                match read_into(conn, read_buf, config, &mut handler, now) {
-                    Ok(stopped_for_backpressure) => paused = stopped_for_backpressure,
-                    Err(_) => break true, // reset by peer, or another hard error
-                }
+            if want_read && !conn.peer_eof && read_into(conn, read_buf, config, &mut handler, now, &mut budget).is_err()
+            {
+                break true; // reset by peer, or another hard error
             }
             if conn.client.write_to(&mut conn.stream).is_err() {
                 break true;
@@ -285,7 +308,7 @@ impl Server {
                     break true;
                 }
                 if !conn.write_shut {
-                    // Our Close (or HTTP error) is out: send FIN, and keep
+                    // Our Close (or HTTP response) is out: send FIN, and keep
                     // reading until the peer's FIN so our last bytes are not
                     // lost to a reset caused by unread input.
                     conn.write_shut = true;
@@ -295,14 +318,18 @@ impl Server {
                 }
             }
             // Reading stopped for backpressure and the queue has drained since:
-            // read again, since no new READABLE edge will come for data that
-            // is already waiting.
-            if paused && conn.client.wants_read(config) {
-                readable = true;
+            // read again now, since no new READABLE edge will come for data
+            // that is already waiting.
+            if conn.read_paused && conn.client.wants_read(config) && budget > 0 {
+                want_read = true;
                 continue;
             }
             break false;
         };
+        if !finished && budget == 0 && !conn.in_ready {
+            conn.in_ready = true;
+            ready.push(index);
+        }
         if finished {
             remove(connections, poll.registry(), index);
             return;
@@ -345,27 +372,31 @@ impl Server {
     }
 }
 
-/// Reads until `WouldBlock`, feeding every byte to the client. Returns
-/// `Ok(true)` if reading stopped because the client's outgoing queue is full.
+/// Reads until `WouldBlock`, feeding every byte to the client, unless the
+/// client's outgoing queue is full (then `read_paused` is set) or the read
+/// budget runs out.
 fn read_into(
     conn: &mut Connection,
     read_buf: &mut [u8],
     config: &Config,
     handler: &mut Echo,
     now: Instant,
-) -> io::Result<bool> {
+    budget: &mut usize,
+) -> io::Result<()> {
     loop {
-        if !conn.client.wants_read(config) {
-            return Ok(true);
+        conn.read_paused = !conn.client.wants_read(config);
+        if conn.read_paused || *budget == 0 {
+            return Ok(());
         }
+        *budget -= 1;
         match conn.stream.read(read_buf) {
             Ok(0) => {
                 conn.peer_eof = true;
                 conn.client.handle_eof(now, config);
-                return Ok(false);
+                return Ok(());
             }
             Ok(n) => conn.client.handle_input(&mut read_buf[..n], now, config, handler),
-            Err(err) if would_block(&err) => return Ok(false),
+            Err(err) if would_block(&err) => return Ok(()),
             Err(err) if interrupted(&err) => continue,
             Err(err) => return Err(err),
         }

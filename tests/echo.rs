@@ -430,3 +430,39 @@ fn a_failed_connection_is_dropped_after_the_close_timeout_if_the_peer_stays() {
     // We neither answer nor close TCP: the server waits its close timeout, then drops us.
     assert!(server.wait_for_connections(0, PATIENCE));
 }
+
+#[test]
+fn a_flooding_client_does_not_starve_the_others() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let server = TestServer::start();
+    let mut flooder = RawClient::open(server.addr, "/echo");
+    // Empty pongs: cheap to send, never answered, and never a reason to stop reading.
+    let mut burst = Vec::new();
+    for _ in 0..10_000 {
+        burst.extend(flooder.frame_bytes(true, PONG, b""));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = {
+        let stop = Arc::clone(&stop);
+        let mut stream = flooder.stream.try_clone().unwrap();
+        std::thread::spawn(move || {
+            // Bounded: at most 2 GiB or 30 s, whichever comes first.
+            let (start, mut sent) = (Instant::now(), 0usize);
+            while !stop.load(Ordering::Relaxed) && sent < (2 << 30) && start.elapsed() < Duration::from_secs(30) {
+                stream.write_all(&burst).unwrap();
+                sent += burst.len();
+            }
+            !stop.load(Ordering::Relaxed) // true: it ran out before the others were served
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let mut steady = RawClient::open(server.addr, "/echo");
+    for i in 0..20 {
+        steady.send_text(&format!("turn {i}"));
+        assert_eq!(steady.read_frame(), Frame::text(&format!("turn {i}")));
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(!flood.join().unwrap(), "the steady client was served only after the flood ended");
+    drop(flooder);
+}
