@@ -3,6 +3,8 @@
 //! so the tests check the server against the RFC and not against itself.
 #![allow(dead_code)]
 
+pub mod webdriver;
+
 use rust_chat::{Config, Server, ServerHandle};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};

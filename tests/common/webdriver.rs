@@ -1,0 +1,186 @@
+//! A minimal W3C WebDriver client for headless Chromium through chromedriver,
+//! spoken as JSON over plain HTTP/1.1 on a `TcpStream`.
+//!
+//! Browser tests need Debian's `chromium` and `chromium-driver`. `.ci/run`
+//! installs them; on a machine without them the tests print a loud notice and
+//! pass without running, except under CI (`CI` set), where a missing browser
+//! fails the test.
+#![allow(dead_code)]
+
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running chromedriver with one browser session, both ended on drop.
+pub struct Browser {
+    driver: Child,
+    addr: SocketAddr,
+    session: String,
+    profile: PathBuf,
+}
+
+fn find(env: &str, default: &str) -> Option<PathBuf> {
+    let path = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(default));
+    path.exists().then_some(path)
+}
+
+impl Browser {
+    /// Starts chromedriver and a headless Chromium, or returns `None` (after a
+    /// loud notice) when they are not installed outside CI.
+    pub fn start(test: &str) -> Option<Browser> {
+        let (Some(driver), Some(chromium)) =
+            (find("CHROMEDRIVER", "/usr/bin/chromedriver"), find("CHROMIUM", "/usr/bin/chromium"))
+        else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{test}: chromium/chromedriver missing under CI (.ci/run should install them)"
+            );
+            eprintln!("\n*** SKIPPED {test}: chromium and chromedriver are not installed ***");
+            eprintln!("*** apt-get install chromium chromium-driver to run the browser tests ***\n");
+            return None;
+        };
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let child = Command::new(driver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let profile = std::env::temp_dir().join(format!("rust-chat-chromium-{}-{port}", std::process::id()));
+        let mut browser = Browser { driver: child, addr, session: String::new(), profile };
+        let start = Instant::now();
+        while TcpStream::connect(addr).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(20), "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let args = [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--window-size=1000,700",
+            &format!("--user-data-dir={}", browser.profile.display()),
+        ];
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": chromium, "args": args},
+            "goog:loggingPrefs": {"browser": "ALL"},
+        }}});
+        let reply = browser.request("POST", "/session", Some(caps));
+        browser.session = reply["value"]["sessionId"].as_str().expect("a session id").to_string();
+        Some(browser)
+    }
+
+    /// One WebDriver command; panics with the driver's message on an error.
+    pub fn request(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut stream = TcpStream::connect(self.addr).expect("connect to chromedriver");
+        stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        )
+        .unwrap();
+        // chromedriver may keep the connection open: read by Content-Length, not to EOF.
+        let mut response = Vec::new();
+        let mut chunk = [0u8; 65536];
+        let (head, json) = loop {
+            let n = stream.read(&mut chunk).expect("chromedriver response");
+            assert!(n > 0, "chromedriver closed the connection early");
+            response.extend_from_slice(&chunk[..n]);
+            let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+            let head = String::from_utf8_lossy(&response[..end]).into_owned();
+            let length = head
+                .lines()
+                .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
+                .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if response.len() >= end + 4 + length {
+                break (head, String::from_utf8_lossy(&response[end + 4..end + 4 + length]).into_owned());
+            }
+        };
+        let value: Value = serde_json::from_str(&json).unwrap_or(Value::Null);
+        assert!(head.starts_with("HTTP/1.1 200"), "{method} {path}: {head}\n{json}");
+        value
+    }
+
+    fn session_path(&self, rest: &str) -> String {
+        format!("/session/{}{rest}", self.session)
+    }
+
+    pub fn goto(&self, url: &str) {
+        self.request("POST", &self.session_path("/url"), Some(json!({"url": url})));
+    }
+
+    /// Runs `script` (a function body; `arguments` are `args`) and returns its value.
+    pub fn eval(&self, script: &str, args: Value) -> Value {
+        self.request("POST", &self.session_path("/execute/sync"), Some(json!({"script": script, "args": args})))
+            ["value"]
+            .take()
+    }
+
+    /// Evaluates `script` until it returns something truthy, or panics after `within`.
+    pub fn wait_for(&self, what: &str, script: &str, within: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let value = self.eval(script, json!([]));
+            let truthy = !matches!(&value, Value::Null | Value::Bool(false)) && value != json!("") && value != json!(0);
+            if truthy {
+                return value;
+            }
+            assert!(start.elapsed() < within, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The browser console's messages so far (level and text).
+    pub fn console(&self) -> Vec<(String, String)> {
+        let logs = self.request("POST", &self.session_path("/se/log"), Some(json!({"type": "browser"})));
+        logs["value"]
+            .as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|e| {
+                        (e["level"].as_str().unwrap_or("").to_string(), e["message"].as_str().unwrap_or("").to_string())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Saves a PNG screenshot of the page.
+    pub fn screenshot(&self, path: &std::path::Path) {
+        let value = self.request("GET", &self.session_path("/screenshot"), None);
+        let b64 = value["value"].as_str().expect("screenshot data");
+        use base64::Engine as _;
+        let png = base64::engine::general_purpose::STANDARD.decode(b64).expect("base64 PNG");
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::fs::write(path, png).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let path = self.session_path("");
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.request("DELETE", &path, None)));
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
