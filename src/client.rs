@@ -36,22 +36,32 @@ use std::time::Instant;
 /// frame with its header. Everything longer (data payloads) is streamed.
 const MAX_UNIT: usize = MAX_HEADER_LEN + MAX_CONTROL_PAYLOAD;
 
-/// What a connection does with the messages it receives.
+/// What a connection does when it opens and with the messages it receives.
 ///
-/// The server picks an endpoint by the request path; the echo endpoint is the
-/// blog's server, and the chat service plugs in here too.
+/// The server picks an endpoint by the request path and passes it along;
+/// the implementation (the server's, or a test's) decides what each does.
 pub trait Handler {
-    /// Called once for each complete text or binary message. Replies go
+    /// The upgrade to `endpoint` was accepted (the 101 is queued); `query` is
+    /// the request's query string. An `Err((code, reason))` closes the new
+    /// connection at once with that close code.
+    fn on_open(&mut self, endpoint: Endpoint, query: &str, out: &mut Outgoing) -> Result<(), (u16, &'static str)>;
+
+    /// Called once for each complete text or binary message. Replies may go
     /// into `out`, this connection's outgoing queue.
-    fn on_message(&mut self, message: Message<'_>, out: &mut Outgoing);
+    fn on_message(&mut self, endpoint: Endpoint, message: Message<'_>, out: &mut Outgoing);
 }
 
 /// Sends every message back unchanged: same type, same bytes, one frame.
+/// The blog's server, and what `/echo` does.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Echo;
 
 impl Handler for Echo {
-    fn on_message(&mut self, message: Message<'_>, out: &mut Outgoing) {
+    fn on_open(&mut self, _: Endpoint, _: &str, _: &mut Outgoing) -> Result<(), (u16, &'static str)> {
+        Ok(())
+    }
+
+    fn on_message(&mut self, _: Endpoint, message: Message<'_>, out: &mut Outgoing) {
         out.push_frame(message.opcode(), message.as_bytes());
     }
 }
@@ -59,15 +69,18 @@ impl Handler for Echo {
 /// The WebSocket endpoints a request path can name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
-    /// Every message comes back as it was sent (`/` and `/echo`).
+    /// Every message comes back as it was sent (`/echo`).
     Echo,
+    /// The chat service (`/` and `/chat`).
+    Chat,
 }
 
 impl Endpoint {
     /// The endpoint served at `path`, if any.
     pub fn for_path(path: &str) -> Option<Endpoint> {
         match path {
-            "/" | "/echo" => Some(Endpoint::Echo),
+            "/" | "/chat" => Some(Endpoint::Chat),
+            "/echo" => Some(Endpoint::Echo),
             _ => None,
         }
     }
@@ -98,13 +111,13 @@ pub enum ClientState {
     Closed,
 }
 
-/// The page served to a plain `GET /`: a small echo tester, embedded in the binary.
+/// The chat page served to a plain `GET /`, embedded in the binary.
 const INDEX_HTML: &[u8] = include_bytes!("../static/index.html");
 
 /// How a complete request head is answered.
 enum Answer {
-    /// Switch to WebSocket: the endpoint, the accept key, and the head's length.
-    Upgrade(Endpoint, String, usize),
+    /// Switch to WebSocket: the endpoint, the query string, the accept key, and the head's length.
+    Upgrade(Endpoint, String, String, usize),
     /// Serve the page.
     Page,
 }
@@ -219,7 +232,7 @@ impl WebSocketClient {
                 self.state = ClientState::AwaitingHandshake(head);
                 return;
             }
-            match self.handle_handshake(&head, now, config) {
+            match self.handle_handshake(&head, now, config, handler) {
                 None => self.state = ClientState::AwaitingHandshake(head),
                 Some(used) => {
                     // A first frame sent in the same write as the request.
@@ -262,7 +275,13 @@ impl WebSocketClient {
     }
 
     /// Parses the request head. Returns the bytes it took, or `None` while incomplete.
-    fn handle_handshake(&mut self, head: &[u8], now: Instant, config: &Config) -> Option<usize> {
+    fn handle_handshake<H: Handler>(
+        &mut self,
+        head: &[u8],
+        now: Instant,
+        config: &Config,
+        handler: &mut H,
+    ) -> Option<usize> {
         let mut headers = [httparse::EMPTY_HEADER; handshake::MAX_HEADERS];
         let result = handshake::parse_request(head, &mut headers, config.max_handshake_bytes).and_then(|parsed| {
             let Some((request, used)) = parsed else { return Ok(None) };
@@ -275,14 +294,21 @@ impl WebSocketClient {
                 return Ok(Some(Answer::Page));
             }
             let accept = request.validate_upgrade()?;
-            Ok(Some(Answer::Upgrade(endpoint, accept, used)))
+            let query = request.target.split_once('?').map_or("", |(_, query)| query);
+            Ok(Some(Answer::Upgrade(endpoint, query.to_string(), accept, used)))
         });
         match result {
             Ok(None) => None,
-            Ok(Some(Answer::Upgrade(endpoint, accept, used))) => {
+            Ok(Some(Answer::Upgrade(endpoint, query, accept, used))) => {
                 self.outgoing.push(&handshake::accept_response(&accept));
                 self.endpoint = Some(endpoint);
                 self.state = ClientState::HandshakeResponse { ends_at: self.outgoing.queued_total() };
+                if let Err((code, reason)) = handler.on_open(endpoint, &query, &mut self.outgoing) {
+                    self.outgoing.push_frame(OpCode::Close, &message::close_payload(code, reason));
+                    self.close_info = Some(CloseInfo::Failed(code, reason));
+                    self.enter_closed(now, config);
+                    return Some(head.len());
+                }
                 Some(used)
             }
             Ok(Some(Answer::Page)) => {
@@ -387,7 +413,7 @@ impl WebSocketClient {
                 _ => Message::Binary(payload),
             };
             let used = header_len + payload.len();
-            handler.on_message(message, &mut self.outgoing);
+            handler.on_message(self.routed_endpoint(), message, &mut self.outgoing);
             self.message.reset();
             return Ok(Some(used));
         }
@@ -405,10 +431,16 @@ impl WebSocketClient {
             return Ok(());
         }
         if self.message.end_frame()? {
-            handler.on_message(self.message.message(), &mut self.outgoing);
+            handler.on_message(self.routed_endpoint(), self.message.message(), &mut self.outgoing);
             self.message.reset();
         }
         Ok(())
+    }
+
+    /// The endpoint messages go to. Frames are only processed after an
+    /// accepted upgrade, which always sets it.
+    fn routed_endpoint(&self) -> Endpoint {
+        self.endpoint.unwrap_or(Endpoint::Echo)
     }
 
     /// Answers a control frame (§5.5) [Part 2 §20].
@@ -445,7 +477,7 @@ impl WebSocketClient {
     }
 
     /// Whether messages may still be sent (the handshake is done and no Close has gone out).
-    fn is_open(&self) -> bool {
+    pub fn is_open(&self) -> bool {
         matches!(self.state, ClientState::HandshakeResponse { .. } | ClientState::Connected)
     }
 
@@ -468,6 +500,19 @@ impl WebSocketClient {
         } else if matches!(self.state, ClientState::AwaitingHandshake(_)) {
             self.enter_closed(now, config);
         }
+    }
+
+    /// The peer is not reading fast enough to keep up (its queue would pass
+    /// its cap): drop what it has not started receiving, send Close 1008 with
+    /// `reason`, and close (§7.4.1: "a message that violates its policy").
+    pub fn close_slow_consumer(&mut self, reason: &'static str, now: Instant, config: &Config) {
+        if !self.is_open() {
+            return;
+        }
+        self.outgoing.discard_unsent();
+        self.outgoing.push_frame(OpCode::Close, &message::close_payload(message::close_code::POLICY, reason));
+        self.close_info = Some(CloseInfo::Failed(message::close_code::POLICY, reason));
+        self.enter_closed(now, config);
     }
 
     /// The peer closed its side of TCP (read returned 0).

@@ -35,12 +35,15 @@ pub struct Config {
     /// Default 5 s.
     pub close_timeout: Duration,
 
-    /// Backpressure: while more than this many bytes wait in a connection's
-    /// outgoing queue, the server stops reading from that connection, so a
-    /// client that sends without reading its replies cannot grow the queue
-    /// without bound. Default 1 MiB. A single reply larger than this is still
-    /// queued whole, so the most a connection can hold is about this plus one
-    /// message.
+    /// The cap on a connection's outgoing queue, in bytes. Default 1 MiB.
+    ///
+    /// It works two ways. While more than this waits to be sent, the server
+    /// stops reading from the connection (backpressure), so an echo client
+    /// that sends without reading its replies is held back; a single reply
+    /// larger than this is still queued whole. And a chat delivery that would
+    /// push the queue past this closes the connection with 1008 ("slow
+    /// consumer") and frees its queue, so one stalled reader cannot make the
+    /// server hold everything the room says.
     pub max_outgoing_bytes: usize,
 
     /// Size of the one read buffer the event loop shares among all
@@ -48,6 +51,31 @@ pub struct Config {
     /// their own; only an incomplete frame header or control frame is kept
     /// per connection (at most 139 bytes).
     pub read_buffer_size: usize,
+
+    /// Chat: how many recent messages each room keeps and sends to newcomers
+    /// (in `welcome`, and on `/join`). Default 100.
+    pub history_len: usize,
+
+    /// Chat: the longest message text, in bytes of UTF-8. Default 4 KiB.
+    /// Longer messages get an `error` event and are dropped.
+    pub max_text_bytes: usize,
+
+    /// Chat: how many rooms may exist at once. Default 1,000. Empty rooms
+    /// (other than `lobby`) are removed, with their history.
+    pub max_rooms: usize,
+
+    /// Chat: how many members one room may have. Default 1,000.
+    pub max_room_members: usize,
+
+    /// Chat: messages and commands one connection may send per second, on
+    /// average (a token bucket). Default 10. `0` turns the limit off (for
+    /// benchmarks). Excess messages get an `error` event and are dropped;
+    /// the connection stays.
+    pub rate_limit_per_sec: u32,
+
+    /// Chat: how many messages a connection may send in a burst before the
+    /// per-second rate applies. Default 20.
+    pub rate_limit_burst: u32,
 }
 
 impl Default for Config {
@@ -60,6 +88,12 @@ impl Default for Config {
             close_timeout: Duration::from_secs(5),
             max_outgoing_bytes: 1 << 20,
             read_buffer_size: 64 << 10,
+            history_len: 100,
+            max_text_bytes: 4 << 10,
+            max_rooms: 1000,
+            max_room_members: 1000,
+            rate_limit_per_sec: 10,
+            rate_limit_burst: 20,
         }
     }
 }
@@ -99,6 +133,15 @@ impl Config {
         if self.close_timeout.is_zero() {
             return fail("close timeout must be longer than zero".into());
         }
+        if self.max_text_bytes == 0 {
+            return fail("max text bytes must be at least 1".into());
+        }
+        if self.max_rooms == 0 || self.max_room_members == 0 {
+            return fail("max rooms and max room members must be at least 1".into());
+        }
+        if self.rate_limit_per_sec > 0 && self.rate_limit_burst == 0 {
+            return fail("a rate limit needs a burst of at least 1".into());
+        }
         Ok(())
     }
 }
@@ -126,11 +169,21 @@ mod tests {
             Config { read_buffer_size: 1023, ..Config::default() },
             Config { max_outgoing_bytes: 0, ..Config::default() },
             Config { close_timeout: Duration::ZERO, ..Config::default() },
+            Config { max_text_bytes: 0, ..Config::default() },
+            Config { max_rooms: 0, ..Config::default() },
+            Config { max_room_members: 0, ..Config::default() },
+            Config { rate_limit_burst: 0, ..Config::default() },
         ];
         for config in bad {
             assert!(config.validate().is_err(), "{config:?}");
         }
-        let edge = Config { max_handshake_bytes: 256, read_buffer_size: 1024, ..Config::default() };
+        let edge = Config {
+            max_handshake_bytes: 256,
+            read_buffer_size: 1024,
+            rate_limit_per_sec: 0,
+            rate_limit_burst: 0,
+            ..Config::default()
+        };
         assert_eq!(edge.validate(), Ok(()));
     }
 }

@@ -19,7 +19,8 @@
 //! | [`message`] | fragment reassembly, incremental UTF-8, close codes |
 //! | [`outgoing`] | the outgoing queue of encoded bytes, with partial and vectored writes |
 //! | [`client`] | `WebSocketClient` and `ClientState`: one connection's state machine |
-//! | [`server`] | the mio loop: accept, read, write, interest, timers |
+//! | [`chat`] | rooms, nicknames, history, rate limits; the chat's JSON events |
+//! | [`server`] | the mio loop: accept, read, write, interest, timers, chat delivery |
 //!
 //! ## Reading alongside *Rust in Detail*
 //!
@@ -50,6 +51,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod chat;
 pub mod client;
 pub mod config;
 pub mod frame;

@@ -23,6 +23,14 @@ OPTIONS:
                                  its output waits to be sent [default: 1MiB]
     --close-timeout DURATION     How long a closing connection may take before it is
                                  dropped [default: 5s]
+
+CHAT OPTIONS:
+    --history N                  Messages each room keeps for newcomers [default: 100]
+    --max-text-bytes SIZE        Longest chat message [default: 4KiB]
+    --max-rooms N                Rooms that may exist at once [default: 1000]
+    --max-room-members N         Members one room may have [default: 1000]
+    --rate-limit N               Messages per second per connection; 0 = no limit [default: 10]
+    --rate-burst N               Messages allowed in a burst [default: 20]
     -h, --help                   Print this help
     -V, --version                Print the version
 
@@ -30,7 +38,9 @@ SIZE is a number of bytes, optionally with a suffix: 512, 64KiB, 16MiB (K, M, G 
 DURATION is a number with a unit: 500ms, 5s, 2m (a bare number is seconds).
 
 ENDPOINTS:
-    ws://ADDR/ and ws://ADDR/echo   echo every message back
+    http://ADDR/                      the chat page
+    ws://ADDR/ and ws://ADDR/chat     the chat (?room=NAME&nick=NAME to pick both)
+    ws://ADDR/echo                    echo every message back
 ";
 
 enum Command {
@@ -61,6 +71,12 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
             "--max-handshake-bytes" => config.max_handshake_bytes = parse_size(&value()?, &name)?,
             "--max-outgoing-bytes" => config.max_outgoing_bytes = parse_size(&value()?, &name)?,
             "--close-timeout" => config.close_timeout = parse_duration(&value()?, &name)?,
+            "--history" => config.history_len = parse_count(&value()?, &name)?,
+            "--max-text-bytes" => config.max_text_bytes = parse_size(&value()?, &name)?,
+            "--max-rooms" => config.max_rooms = parse_count(&value()?, &name)?,
+            "--max-room-members" => config.max_room_members = parse_count(&value()?, &name)?,
+            "--rate-limit" => config.rate_limit_per_sec = parse_count(&value()?, &name)?,
+            "--rate-burst" => config.rate_limit_burst = parse_count(&value()?, &name)?,
             other => return Err(format!("unknown option '{other}' (see --help)")),
         }
     }
@@ -80,6 +96,10 @@ fn parse_size(text: &str, flag: &str) -> Result<usize, String> {
     };
     let number: usize = digits.parse().map_err(|_| format!("{flag}: '{text}' is not a size like 16MiB"))?;
     number.checked_mul(multiplier).ok_or(format!("{flag}: '{text}' is too large"))
+}
+
+fn parse_count<T: std::str::FromStr>(text: &str, flag: &str) -> Result<T, String> {
+    text.parse().map_err(|_| format!("{flag}: '{text}' is not a whole number"))
 }
 
 fn parse_duration(text: &str, flag: &str) -> Result<Duration, String> {
@@ -118,7 +138,7 @@ fn main() -> ExitCode {
         }
     };
     let addr = server.local_addr();
-    println!("rust-chat listening on ws://{addr}/ (echo also at ws://{addr}/echo)");
+    println!("rust-chat listening on ws://{addr}/ (chat page at http://{addr}/, echo at ws://{addr}/echo)");
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -158,8 +178,25 @@ mod tests {
             "2M",
             "--close-timeout",
             "250ms",
+            "--history",
+            "7",
+            "--max-text-bytes",
+            "1k",
+            "--max-rooms",
+            "3",
+            "--max-room-members",
+            "4",
+            "--rate-limit",
+            "0",
+            "--rate-burst",
+            "9",
         ])
         .unwrap();
+        assert_eq!(
+            (config.history_len, config.max_text_bytes, config.max_rooms, config.max_room_members),
+            (7, 1024, 3, 4)
+        );
+        assert_eq!((config.rate_limit_per_sec, config.rate_limit_burst), (0, 9));
         assert_eq!(config.bind.to_string(), "0.0.0.0:9000");
         assert_eq!(config.max_message_size, 1 << 20);
         assert_eq!(config.max_frame_size, 64 << 10);
@@ -176,6 +213,7 @@ mod tests {
         assert!(run(&["--close-timeout", "5h"]).unwrap_err().contains("unit"));
         assert!(run(&["--frobnicate"]).unwrap_err().contains("unknown option"));
         assert!(run(&["--bind"]).unwrap_err().contains("needs a value"));
+        assert!(run(&["--max-rooms", "many"]).unwrap_err().contains("whole number"));
         assert!(matches!(parse_args(["--help".to_string()]), Ok(Command::Help)));
     }
 }

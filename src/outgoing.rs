@@ -7,10 +7,33 @@
 //! the first chunk has been written, and advances by exactly what each write
 //! took. Small frames are packed into one chunk (one syscall for many
 //! replies); several chunks go out in one vectored write.
+//!
+//! A frame broadcast to a room is encoded once into a [`SharedFrame`]; every
+//! recipient's queue holds a reference to the same bytes, not a copy.
 
 use crate::frame::{FrameHeader, OpCode};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
+use std::sync::Arc;
+
+/// An encoded frame shared by every queue it is sent to.
+pub type SharedFrame = Arc<[u8]>;
+
+/// A run of queued bytes: this connection's own, or a frame shared with others.
+#[derive(Debug)]
+enum Chunk {
+    Owned(Vec<u8>),
+    Shared(SharedFrame),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Owned(bytes) => bytes,
+            Chunk::Shared(bytes) => bytes,
+        }
+    }
+}
 
 /// Frames are appended to the last chunk while it stays under this size.
 const COALESCE_LIMIT: usize = 64 * 1024;
@@ -20,7 +43,7 @@ const MAX_IOVECS: usize = 64;
 /// A queue of encoded bytes, written in order with partial-write handling.
 #[derive(Debug, Default)]
 pub struct Outgoing {
-    chunks: VecDeque<Vec<u8>>,
+    chunks: VecDeque<Chunk>,
     /// How many bytes of `chunks[0]` have already been written.
     head_written: usize,
     /// Bytes queued and not yet written.
@@ -66,16 +89,24 @@ impl Outgoing {
         self.queued += len;
     }
 
-    /// The chunk to append `additional` bytes to: the last one while it stays
-    /// small, otherwise a new one sized for them.
+    /// Queues a frame shared with other connections (no copy).
+    pub fn push_shared(&mut self, frame: &SharedFrame) {
+        self.queued += frame.len();
+        self.chunks.push_back(Chunk::Shared(Arc::clone(frame)));
+    }
+
+    /// The chunk to append `additional` bytes to: the last one while it is
+    /// ours and stays small, otherwise a new one sized for them.
     fn tail(&mut self, additional: usize) -> &mut Vec<u8> {
-        let fits = self.chunks.back().is_some_and(|last| last.len() + additional <= COALESCE_LIMIT);
+        let fits = matches!(self.chunks.back(), Some(Chunk::Owned(last)) if last.len() + additional <= COALESCE_LIMIT);
         if !fits {
-            self.chunks.push_back(Vec::with_capacity(additional.max(1024)));
+            self.chunks.push_back(Chunk::Owned(Vec::with_capacity(additional.max(1024))));
         }
-        // There is a last chunk: one was just pushed if there was none.
-        let last = self.chunks.len() - 1;
-        &mut self.chunks[last]
+        match self.chunks.back_mut() {
+            Some(Chunk::Owned(last)) => last,
+            // Unreachable: an owned chunk was just checked for or pushed.
+            _ => unreachable!("the tail chunk is owned"),
+        }
     }
 
     /// Writes until the queue is empty or the writer would block.
@@ -89,7 +120,7 @@ impl Outgoing {
             let mut count = 0;
             for (i, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
                 let start = if i == 0 { self.head_written } else { 0 };
-                slices[i] = IoSlice::new(&chunk[start..]);
+                slices[i] = IoSlice::new(&chunk.bytes()[start..]);
                 count += 1;
             }
             match writer.write_vectored(&slices[..count]) {
@@ -112,7 +143,7 @@ impl Outgoing {
         self.written_total += n as u64;
         while n > 0 {
             let Some(head) = self.chunks.front() else { break };
-            let left = head.len() - self.head_written;
+            let left = head.bytes().len() - self.head_written;
             if n >= left {
                 n -= left;
                 self.chunks.pop_front();
@@ -128,11 +159,19 @@ impl Outgoing {
         }
     }
 
-    /// Drops everything queued (the connection is going away).
-    pub fn clear(&mut self) {
+    /// Drops everything queued that has not started going out. A chunk that
+    /// is partly written stays, so the peer still sees whole frames and the
+    /// Close frame that will follow arrives intact.
+    pub fn discard_unsent(&mut self) {
+        let keep = if self.head_written > 0 { self.chunks.pop_front() } else { None };
         self.chunks = VecDeque::new();
-        self.head_written = 0;
         self.queued = 0;
+        if let Some(head) = keep {
+            self.queued = head.bytes().len() - self.head_written;
+            self.chunks.push_back(head);
+        } else {
+            self.head_written = 0;
+        }
     }
 }
 
@@ -210,6 +249,46 @@ mod tests {
         assert_eq!(queue.chunks.len(), 1);
         queue.push_frame(OpCode::Binary, &vec![0; COALESCE_LIMIT]);
         assert_eq!(queue.chunks.len(), 2);
+    }
+
+    #[test]
+    fn shared_frames_interleave_with_owned_bytes_in_order() {
+        let shared: SharedFrame = Arc::from(&b"SHARED"[..]);
+        let mut queue = Outgoing::default();
+        queue.push(b"a");
+        queue.push_shared(&shared);
+        queue.push(b"b");
+        queue.push_shared(&shared);
+        assert_eq!(queue.len(), 14);
+        assert_eq!(Arc::strong_count(&shared), 3, "referenced, not copied");
+        let mut w = Trickle { got: Vec::new(), step: 3, block_next: false };
+        while !queue.is_empty() {
+            queue.write_to(&mut w).unwrap();
+        }
+        assert_eq!(w.got, b"aSHAREDbSHARED");
+        assert_eq!(Arc::strong_count(&shared), 1, "released once written");
+    }
+
+    #[test]
+    fn discarding_keeps_a_partly_written_chunk_whole() {
+        let mut queue = Outgoing::default();
+        queue.push(&[1; 10]);
+        queue.push(&[2; COALESCE_LIMIT]);
+        let mut w = Trickle { got: Vec::new(), step: 4, block_next: false };
+        queue.write_to(&mut w).unwrap();
+        assert_eq!(queue.len(), 6 + COALESCE_LIMIT);
+        queue.discard_unsent();
+        assert_eq!(queue.len(), 6, "the rest of the started chunk");
+        queue.push(b"close");
+        while !queue.is_empty() {
+            queue.write_to(&mut w).unwrap();
+        }
+        assert_eq!(w.got, [&[1u8; 10][..], b"close"].concat());
+
+        let mut untouched = Outgoing::default();
+        untouched.push(b"never started");
+        untouched.discard_unsent();
+        assert!(untouched.is_empty());
     }
 
     #[test]

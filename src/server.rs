@@ -7,13 +7,22 @@
 //! next. WRITABLE interest is registered only while output is queued, and
 //! re-registered only when that changes.
 //!
+//! The chat is the one piece of state shared between connections. What it
+//! says lands in its outbox; at the end of each turn of the loop the server
+//! delivers every frame to the queues of its recipients (the bytes shared,
+//! not copied), closes recipients whose queue would pass its cap, and writes
+//! each touched connection once.
+//!
 //! mio's readiness is edge-triggered: an event says "something changed", not
 //! "there is data", so every read and accept loop runs until `WouldBlock`,
 //! and spurious events (for a connection already removed, or with nothing to
 //! read) are expected and ignored.
 
-use crate::client::{Echo, WebSocketClient};
+use crate::chat::{Chat, ConnId};
+use crate::client::{Endpoint, Handler, WebSocketClient};
 use crate::config::{Config, ConfigError};
+use crate::message::Message;
+use crate::outgoing::Outgoing;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use std::cmp::Reverse;
@@ -22,7 +31,7 @@ use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The listening socket's token. Connections use their slot index.
 const LISTENER: Token = Token(usize::MAX);
@@ -48,6 +57,8 @@ fn interrupted(err: &io::Error) -> bool {
 
 /// One accepted TCP connection and the WebSocket state that goes with it.
 struct Connection {
+    /// Who this is to the chat: the slot and a generation unique to this connection.
+    id: ConnId,
     stream: TcpStream,
     client: WebSocketClient,
     /// What the registry currently watches for this connection.
@@ -63,6 +74,8 @@ struct Connection {
     read_paused: bool,
     /// On the ready list: it used up its read budget with input possibly left.
     in_ready: bool,
+    /// Chat frames were queued for it this turn: write them at the end of the turn.
+    dirty: bool,
 }
 
 /// Connections by token: a vector of slots and a list of free ones.
@@ -95,6 +108,11 @@ impl Slab {
 
     fn get_mut(&mut self, index: usize) -> Option<&mut Connection> {
         self.slots.get_mut(index).and_then(Option::as_mut)
+    }
+
+    /// The connection `id` names, if it is still open (not a later one in its slot).
+    fn get_id(&mut self, id: ConnId) -> Option<&mut Connection> {
+        self.get_mut(id.index).filter(|conn| conn.id == id)
     }
 
     fn remove(&mut self, index: usize) -> Option<Connection> {
@@ -141,6 +159,11 @@ pub struct Server {
     read_buf: Vec<u8>,
     /// Connections that used up their read budget and may have input waiting.
     ready: Vec<usize>,
+    /// Connections with chat frames queued this turn, to be written at its end.
+    dirty: Vec<usize>,
+    chat: Chat,
+    /// Numbers connections, so a reused slot is never mistaken for its last owner.
+    generation: u64,
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
     /// Open connections, published for [`ServerHandle::connections`].
@@ -188,6 +211,9 @@ impl Server {
             local_addr,
             read_buf: vec![0; config.read_buffer_size],
             ready: Vec::new(),
+            dirty: Vec::new(),
+            chat: Chat::new(&config),
+            generation: 0,
             config,
             connections: Slab::default(),
             timers: BinaryHeap::new(),
@@ -245,7 +271,8 @@ impl Server {
             if self.stop.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            self.expire(Instant::now());
+            self.expire(now);
+            self.deliver(now);
             self.open.store(self.connections.len, Ordering::Relaxed);
         }
     }
@@ -255,13 +282,15 @@ impl Server {
         loop {
             match self.listener.accept() {
                 Ok((mut stream, _addr)) => {
-                    // Replies are small and already batched per read: send them now.
+                    // Replies are small and already batched per turn: send them now.
                     let _ = stream.set_nodelay(true);
                     let index = self.connections.next_index();
                     if self.poll.registry().register(&mut stream, Token(index), Interest::READABLE).is_err() {
                         continue;
                     }
+                    self.generation += 1;
                     let conn = Connection {
+                        id: ConnId { index, generation: self.generation },
                         stream,
                         client: WebSocketClient::new(),
                         interest: Interest::READABLE,
@@ -270,6 +299,7 @@ impl Server {
                         timer: None,
                         read_paused: false,
                         in_ready: false,
+                        dirty: false,
                     };
                     let inserted = self.connections.insert(conn);
                     debug_assert_eq!(inserted, index);
@@ -288,15 +318,17 @@ impl Server {
     /// Reads, processes and writes for one connection, then updates its
     /// interest and deadline, or removes it when it is finished.
     fn service(&mut self, index: usize, readable: bool, now: Instant) {
-        let Server { connections, read_buf, config, poll, timers, ready, .. } = self;
+        let Server { connections, read_buf, config, poll, timers, ready, chat, .. } = self;
         let Some(conn) = connections.get_mut(index) else {
             return; // a spurious event for a connection already removed
         };
-        let mut handler = Echo;
+        let mut endpoints = Endpoints { chat, id: conn.id, now, time_ms: unix_millis() };
         let mut budget = READ_BUDGET;
         let mut want_read = readable;
         let finished = loop {
-            if want_read && !conn.peer_eof && read_into(conn, read_buf, config, &mut handler, now, &mut budget).is_err()
+            if want_read
+                && !conn.peer_eof
+                && read_into(conn, read_buf, config, &mut endpoints, now, &mut budget).is_err()
             {
                 break true; // reset by peer, or another hard error
             }
@@ -326,19 +358,19 @@ impl Server {
             }
             break false;
         };
-        if !finished && budget == 0 && !conn.in_ready {
+        if finished {
+            remove(connections, poll.registry(), chat, index);
+            return;
+        }
+        if budget == 0 && !conn.in_ready {
             conn.in_ready = true;
             ready.push(index);
-        }
-        if finished {
-            remove(connections, poll.registry(), index);
-            return;
         }
         let wanted =
             if conn.client.wants_write() { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
         if wanted != conn.interest {
             if poll.registry().reregister(&mut conn.stream, Token(index), wanted).is_err() {
-                remove(connections, poll.registry(), index);
+                remove(connections, poll.registry(), chat, index);
                 return;
             }
             conn.interest = wanted;
@@ -348,6 +380,55 @@ impl Server {
             conn.timer = deadline;
             if let Some(at) = deadline {
                 timers.push(Reverse((at, index)));
+            }
+        }
+    }
+
+    /// Delivers what the chat said this turn, then writes every connection that got something.
+    ///
+    /// A recipient whose queue would pass its cap is a slow consumer: it is
+    /// closed with 1008 and leaves the chat, and the `leave` events that
+    /// causes are delivered in the next round of the same loop.
+    fn deliver(&mut self, now: Instant) {
+        let cap = self.config.max_outgoing_bytes;
+        let mut slow = Vec::new();
+        // Writing may remove a connection, and its `leave` is more to deliver.
+        while !self.chat.outbox().is_empty() || !self.dirty.is_empty() {
+            let outbox = self.chat.take_outbox();
+            for (frame, recipients) in outbox.iter() {
+                for &id in recipients {
+                    let Some(conn) = self.connections.get_id(id) else { continue };
+                    if !conn.client.is_open() {
+                        continue;
+                    }
+                    let queued = conn.client.outgoing.len();
+                    // A frame always fits an empty queue, however large.
+                    if queued > 0 && queued + frame.len() > cap {
+                        if !slow.contains(&id) {
+                            slow.push(id);
+                        }
+                        continue;
+                    }
+                    conn.client.outgoing.push_shared(frame);
+                    mark_dirty(conn, &mut self.dirty);
+                }
+            }
+            self.chat.restore_outbox(outbox);
+            for id in slow.drain(..) {
+                self.chat.disconnect(id);
+                if let Some(conn) = self.connections.get_id(id) {
+                    conn.client.close_slow_consumer("slow consumer: too much unread data", now, &self.config);
+                    mark_dirty(conn, &mut self.dirty);
+                }
+            }
+            if !self.chat.outbox().is_empty() {
+                continue; // the leave events of slow consumers
+            }
+            for index in std::mem::take(&mut self.dirty) {
+                if let Some(conn) = self.connections.get_mut(index) {
+                    conn.dirty = false;
+                    self.service(index, false, now);
+                }
             }
         }
     }
@@ -366,20 +447,62 @@ impl Server {
             self.timers.pop();
             let expired = self.connections.get_mut(index).is_some_and(|conn| conn.client.is_expired(now));
             if expired {
-                remove(&mut self.connections, self.poll.registry(), index);
+                remove(&mut self.connections, self.poll.registry(), &mut self.chat, index);
             }
         }
     }
 }
 
+/// What the endpoints do, for one connection: `/echo` answers in place, the
+/// chat speaks through its outbox.
+struct Endpoints<'a> {
+    chat: &'a mut Chat,
+    id: ConnId,
+    now: Instant,
+    /// Wall-clock time for chat timestamps, in milliseconds since 1970.
+    time_ms: u64,
+}
+
+impl Handler for Endpoints<'_> {
+    fn on_open(&mut self, endpoint: Endpoint, query: &str, _: &mut Outgoing) -> Result<(), (u16, &'static str)> {
+        match endpoint {
+            Endpoint::Echo => Ok(()),
+            Endpoint::Chat => self
+                .chat
+                .connect(self.id, query, self.now)
+                .map_err(|refusal| (crate::message::close_code::POLICY, refusal.0)),
+        }
+    }
+
+    fn on_message(&mut self, endpoint: Endpoint, message: Message<'_>, out: &mut Outgoing) {
+        match (endpoint, message) {
+            (Endpoint::Echo, message) => out.push_frame(message.opcode(), message.as_bytes()),
+            (Endpoint::Chat, Message::Text(text)) => self.chat.handle_text(self.id, text, self.now, self.time_ms),
+            (Endpoint::Chat, Message::Binary(_)) => self.chat.handle_binary(self.id, self.now),
+        }
+    }
+}
+
+/// Puts a connection on the list to be written at the end of the turn (once).
+fn mark_dirty(conn: &mut Connection, dirty: &mut Vec<usize>) {
+    if !conn.dirty {
+        conn.dirty = true;
+        dirty.push(conn.id.index);
+    }
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Reads until `WouldBlock`, feeding every byte to the client, unless the
 /// client's outgoing queue is full (then `read_paused` is set) or the read
 /// budget runs out.
-fn read_into(
+fn read_into<H: Handler>(
     conn: &mut Connection,
     read_buf: &mut [u8],
     config: &Config,
-    handler: &mut Echo,
+    handler: &mut H,
     now: Instant,
     budget: &mut usize,
 ) -> io::Result<()> {
@@ -403,8 +526,10 @@ fn read_into(
     }
 }
 
-fn remove(connections: &mut Slab, registry: &Registry, index: usize) {
+/// Closes a connection for good: it leaves the chat, and its socket is closed.
+fn remove(connections: &mut Slab, registry: &Registry, chat: &mut Chat, index: usize) {
     if let Some(mut conn) = connections.remove(index) {
+        chat.disconnect(conn.id);
         // Dropping the stream closes the socket; deregistering first keeps the
         // registry tidy even if the descriptor number is soon reused.
         let _ = registry.deregister(&mut conn.stream);

@@ -1,60 +1,120 @@
-//! The server as a person meets it: a real Chromium opens the page the server
-//! serves and runs the blog's console snippet against it.
+//! The chat as a person meets it: real Chromium tabs open the page the server
+//! serves, talk to each other, and run the blog's console snippet.
 
 mod common;
 
 use common::webdriver::Browser;
 use common::*;
 use serde_json::json;
+use std::path::Path;
+
+/// Types `text` into the page's input box and presses Enter (submits the form).
+fn type_line(browser: &Browser, text: &str) {
+    browser.eval(
+        "const input = document.getElementById('input'); input.value = arguments[0]; \
+         document.getElementById('form').requestSubmit();",
+        json!([text]),
+    );
+}
+
+/// Waits until the page's message pane has a line containing `text`; returns that line's text.
+fn wait_for_line(browser: &Browser, text: &str) -> String {
+    let script = format!(
+        "return [...document.querySelectorAll('#messages .line')].map(e => e.textContent).find(t => t.includes({})) || ''",
+        json!(text)
+    );
+    browser.wait_for(&format!("a line with {text:?}"), &script, PATIENCE).as_str().unwrap_or_default().to_string()
+}
+
+fn text_of(browser: &Browser, id: &str) -> String {
+    browser.eval("return document.getElementById(arguments[0]).textContent", json!([id])).as_str().unwrap().to_string()
+}
 
 #[test]
-fn the_blogs_console_snippet_gets_its_message_back() {
-    let Some(browser) = Browser::start("the_blogs_console_snippet_gets_its_message_back") else { return };
+fn two_tabs_chat_and_the_blogs_snippet_joins_the_lobby() {
+    let Some(browser) = Browser::start("two_tabs_chat_and_the_blogs_snippet_joins_the_lobby") else { return };
     let server = TestServer::start();
     let origin = format!("http://{}/", server.addr);
+    let online = "return document.getElementById('status').className === 'online' && \
+                  document.getElementById('nick').textContent.startsWith('guest-')";
+
+    let tab_a = browser.window();
     browser.goto(&origin);
+    browser.wait_for("tab A online", online, PATIENCE);
+    let nick_a = text_of(&browser, "nick");
+    let tab_b = browser.new_tab();
+    browser.goto(&origin);
+    browser.wait_for("tab B online", online, PATIENCE);
+    let nick_b = text_of(&browser, "nick");
+    assert_ne!(nick_a, nick_b);
+    assert_eq!(text_of(&browser, "room"), "lobby");
 
-    // The page's own echo tester connects, and its text box round-trips.
-    browser.wait_for(
-        "the page to connect",
-        "return document.getElementById('log').textContent.includes('connected')",
-        PATIENCE,
-    );
-    browser.eval(
-        "const input = document.getElementById('text'); input.value = arguments[0]; \
-         document.getElementById('form').requestSubmit();",
-        json!(["<b>hello</b> from the page"]),
-    );
-    let echoed = browser.wait_for(
-        "the page's echo",
-        "return [...document.querySelectorAll('#log .got')].map(e => e.textContent).join('\\n')",
-        PATIENCE,
-    );
-    assert_eq!(echoed, json!("← <b>hello</b> from the page"), "echoed, and shown as text");
-    assert_eq!(browser.eval("return document.querySelectorAll('#log b').length", json!([])), json!(0));
+    // A says something; B shows it with A's nick and a time.
+    browser.switch_to(&tab_a);
+    wait_for_line(&browser, &format!("{nick_b} joined lobby"));
+    type_line(&browser, "hello from A");
+    browser.switch_to(&tab_b);
+    let line = wait_for_line(&browser, "hello from A");
+    assert!(line.contains(&nick_a), "{line}");
+    assert!(line.chars().take(5).collect::<String>().contains(':'), "a time first: {line}");
+    let members = text_of(&browser, "members");
+    assert!(members.contains(&nick_a) && members.contains(&nick_b), "{members}");
 
-    // The blog's snippet, as typed into the console: connect, then send.
-    let url = format!("ws://{}", server.addr);
-    browser.eval(
-        "window.got = []; window.ws = new WebSocket(arguments[0]); ws.binaryType = 'arraybuffer'; \
-         ws.onmessage = e => { console.log(e.data); \
-           window.got.push(e.data instanceof ArrayBuffer ? Array.from(new Uint8Array(e.data)) : e.data); };",
-        json!([url]),
-    );
-    browser.wait_for("the snippet's socket to open", "return window.ws.readyState === WebSocket.OPEN", PATIENCE);
-    browser.eval("ws.send('hi'); ws.send(new Uint8Array([1, 2, 255]));", json!([]));
-    let got = browser.wait_for("the echo of 'hi'", "return window.got.length >= 2 && window.got", PATIENCE);
-    assert_eq!(got, json!(["hi", [1, 2, 255]]));
+    // B takes a nick: both tabs see it, and B's header follows.
+    type_line(&browser, "/nick bob");
+    wait_for_line(&browser, &format!("{nick_b} is now known as bob"));
+    assert_eq!(text_of(&browser, "nick"), "bob");
+    browser.switch_to(&tab_a);
+    wait_for_line(&browser, &format!("{nick_b} is now known as bob"));
+    assert!(text_of(&browser, "members").contains("bob"));
 
-    // A clean close from the browser side is answered.
-    browser.eval(
-        "window.closeInfo = null; ws.onclose = e => window.closeInfo = [e.code, e.wasClean]; ws.close(1000);",
+    // Markup from a user is shown as text, never run or rendered.
+    let evil = "<script>window.pwned = 1</script><img src=x onerror=\"window.pwned = 2\"><b>bold</b>";
+    type_line(&browser, evil);
+    browser.switch_to(&tab_b);
+    let line = wait_for_line(&browser, "<script>window.pwned = 1</script>");
+    assert!(line.contains(evil), "{line}");
+    let injected = browser.eval(
+        "return [document.querySelectorAll('#messages script, #messages img, #messages b').length, window.pwned ?? null]",
         json!([]),
     );
-    let closed = browser.wait_for("the close handshake", "return window.closeInfo", PATIENCE);
-    assert_eq!(closed, json!([1000, true]));
+    assert_eq!(injected, json!([0, null]));
 
-    browser.screenshot(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/target/screenshots/echo-page.png")));
-    let errors: Vec<_> = browser.console().into_iter().filter(|(level, _)| level == "SEVERE").collect();
-    assert!(errors.is_empty(), "console errors: {errors:?}");
+    // /join from the box moves B; A sees B leave.
+    type_line(&browser, "/join den");
+    browser.wait_for("B in den", "return document.getElementById('room').textContent === 'den'", PATIENCE);
+    browser.switch_to(&tab_a);
+    wait_for_line(&browser, "bob left lobby");
+    type_line(&browser, "/join den");
+    browser.wait_for("A in den", "return document.getElementById('room').textContent === 'den'", PATIENCE);
+
+    // The blog's console snippet, typed into tab A's console: it joins the lobby and hears itself.
+    let url = format!("ws://{}", server.addr);
+    browser.eval(
+        "window.snippet = []; ws = new WebSocket(arguments[0]); \
+         ws.onmessage = e => { console.log(e.data); window.snippet.push(JSON.parse(e.data)); };",
+        json!([url]),
+    );
+    browser.wait_for("the snippet's socket to open", "return ws.readyState === WebSocket.OPEN", PATIENCE);
+    browser.eval("ws.send('hi')", json!([]));
+    let got = browser.wait_for(
+        "the snippet's own message",
+        "return window.snippet.find(e => e.type === 'message') && window.snippet",
+        PATIENCE,
+    );
+    assert_eq!(got[0]["type"], "welcome");
+    assert_eq!(got[0]["room"], "lobby");
+    let message = got.as_array().unwrap().iter().find(|e| e["type"] == "message").unwrap();
+    assert_eq!((message["text"].as_str(), message["room"].as_str()), (Some("hi"), Some("lobby")));
+
+    browser.switch_to(&tab_b);
+    type_line(&browser, "/me waves from the den");
+    wait_for_line(&browser, "waves from the den");
+    browser.screenshot(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/target/screenshots/chat.png")));
+
+    for tab in [&tab_a, &tab_b] {
+        browser.switch_to(tab);
+        let errors: Vec<_> = browser.console().into_iter().filter(|(level, _)| level == "SEVERE").collect();
+        assert!(errors.is_empty(), "console errors: {errors:?}");
+    }
 }

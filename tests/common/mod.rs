@@ -34,7 +34,12 @@ impl TestServer {
     }
 
     pub fn with_config(config: Config) -> TestServer {
-        let config = Config { bind: "127.0.0.1:0".parse().unwrap(), ..config };
+        TestServer::at("127.0.0.1:0".parse().unwrap(), config)
+    }
+
+    /// A server on a given address (to restart one where clients expect it).
+    pub fn at(addr: SocketAddr, config: Config) -> TestServer {
+        let config = Config { bind: addr, ..config };
         let mut server = Server::bind(config).expect("bind");
         let addr = server.local_addr();
         let handle = server.handle();
@@ -271,5 +276,49 @@ impl RawClient {
 
     pub fn shutdown_write(&self) {
         let _ = self.stream.shutdown(Shutdown::Write);
+    }
+}
+
+/// A chat client on the raw protocol: text frames out, JSON events in.
+pub struct ChatClient {
+    pub raw: RawClient,
+}
+
+impl ChatClient {
+    /// Opens `/chat?QUERY` and returns the client with its `welcome` event.
+    pub fn join(addr: SocketAddr, query: &str) -> (ChatClient, serde_json::Value) {
+        let path = if query.is_empty() { "/chat".to_string() } else { format!("/chat?{query}") };
+        let mut client = ChatClient { raw: RawClient::open(addr, &path) };
+        let welcome = client.event();
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        (client, welcome)
+    }
+
+    pub fn say(&mut self, text: &str) {
+        self.raw.send_text(text);
+    }
+
+    /// The next event (a text frame of JSON).
+    pub fn event(&mut self) -> serde_json::Value {
+        let frame = self.raw.read_frame();
+        assert_eq!(frame.opcode, TEXT, "chat events are text frames: {frame:?}");
+        serde_json::from_slice(&frame.payload).expect("a JSON event")
+    }
+
+    /// The next event, which must be of type `kind`.
+    pub fn expect(&mut self, kind: &str) -> serde_json::Value {
+        let event = self.event();
+        assert_eq!(event["type"], kind, "{event}");
+        event
+    }
+
+    /// Skips events until one of type `kind` arrives.
+    pub fn until(&mut self, kind: &str) -> serde_json::Value {
+        loop {
+            let event = self.event();
+            if event["type"] == kind {
+                return event;
+            }
+        }
     }
 }

@@ -123,6 +123,24 @@ impl Browser {
         self.request("POST", &self.session_path("/url"), Some(json!({"url": url})));
     }
 
+    /// The handle of the current window.
+    pub fn window(&self) -> String {
+        self.request("GET", &self.session_path("/window"), None)["value"].as_str().expect("a window handle").to_string()
+    }
+
+    /// Opens a new tab and switches to it; returns its handle.
+    pub fn new_tab(&self) -> String {
+        let reply = self.request("POST", &self.session_path("/window/new"), Some(json!({"type": "tab"})));
+        let handle = reply["value"]["handle"].as_str().expect("a new window").to_string();
+        self.switch_to(&handle);
+        handle
+    }
+
+    /// Makes `handle` the window that commands act on.
+    pub fn switch_to(&self, handle: &str) {
+        self.request("POST", &self.session_path("/window"), Some(json!({"handle": handle})));
+    }
+
     /// Runs `script` (a function body; `arguments` are `args`) and returns its value.
     pub fn eval(&self, script: &str, args: Value) -> Value {
         self.request("POST", &self.session_path("/execute/sync"), Some(json!({"script": script, "args": args})))

@@ -1,0 +1,150 @@
+//! The chat wire format, server to client: one JSON object per text frame,
+//! each with a `"type"`. `docs/protocol.md` shows an example of every event.
+
+use crate::frame::{FrameHeader, OpCode};
+use crate::outgoing::SharedFrame;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+/// Machine-readable codes of `error` events.
+pub mod code {
+    /// The nickname is not 1–32 letters, digits, `_` or `-`.
+    pub const INVALID_NICK: &str = "invalid_nick";
+    /// Someone else has that nickname.
+    pub const NICK_TAKEN: &str = "nick_taken";
+    /// The room name is not 1–32 letters, digits, `_` or `-`.
+    pub const INVALID_ROOM: &str = "invalid_room";
+    /// The connection is already in that room.
+    pub const ALREADY_IN_ROOM: &str = "already_in_room";
+    /// The room has as many members as it may.
+    pub const ROOM_FULL: &str = "room_full";
+    /// The server has as many rooms as it may.
+    pub const TOO_MANY_ROOMS: &str = "too_many_rooms";
+    /// The text is longer than the limit.
+    pub const MESSAGE_TOO_LONG: &str = "message_too_long";
+    /// The text is empty (or only white space).
+    pub const EMPTY_MESSAGE: &str = "empty_message";
+    /// A command the server does not know.
+    pub const UNKNOWN_COMMAND: &str = "unknown_command";
+    /// A command without its argument, or with one too many.
+    pub const BAD_ARGUMENT: &str = "bad_argument";
+    /// More messages than the rate limit allows.
+    pub const RATE_LIMITED: &str = "rate_limited";
+    /// A binary frame: the chat speaks text.
+    pub const BINARY_NOT_SUPPORTED: &str = "binary_not_supported";
+}
+
+/// Encodes a JSON event as one complete text frame, ready to share.
+pub fn frame(event: &str) -> SharedFrame {
+    let header = FrameHeader::new(OpCode::Text, event.len() as u64);
+    let mut bytes = Vec::with_capacity(header.encoded_len() + event.len());
+    header.encode(&mut bytes);
+    bytes.extend_from_slice(event.as_bytes());
+    Arc::from(bytes)
+}
+
+/// `message`: what someone said in a room. Kept verbatim in the room's history.
+pub fn message(room: &str, nick: &str, text: &str, time_ms: u64, seq: u64, action: bool) -> String {
+    let mut event = json!({"type": "message", "room": room, "nick": nick, "text": text, "time": time_ms, "seq": seq});
+    if action {
+        event["action"] = Value::Bool(true);
+    }
+    event.to_string()
+}
+
+/// `welcome`: you are in `room` as `nick`; here are its members and recent messages.
+/// `history` holds `message` events, already serialised.
+pub fn welcome(nick: &str, room: &str, members: &[&str], history: impl Iterator<Item = impl AsRef<str>>) -> String {
+    let head = json!({"type": "welcome", "nick": nick, "room": room, "members": members}).to_string();
+    // Splice the stored events in as they are, instead of parsing them back.
+    let mut out = String::with_capacity(head.len() + 64);
+    out.push_str(&head[..head.len() - 1]);
+    out.push_str(",\"history\":[");
+    for (i, event) in history.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(event.as_ref());
+    }
+    out.push_str("]}");
+    out
+}
+
+/// `join`: someone entered the room.
+pub fn join(room: &str, nick: &str) -> String {
+    json!({"type": "join", "room": room, "nick": nick}).to_string()
+}
+
+/// `leave`: someone left the room (for another room, or the server).
+pub fn leave(room: &str, nick: &str) -> String {
+    json!({"type": "leave", "room": room, "nick": nick}).to_string()
+}
+
+/// `nick`: someone in the room changed nickname.
+pub fn nick(room: &str, old: &str, new: &str) -> String {
+    json!({"type": "nick", "room": room, "old": old, "nick": new}).to_string()
+}
+
+/// `who`: the members of your room, in the order they joined.
+pub fn who(room: &str, members: &[&str]) -> String {
+    json!({"type": "who", "room": room, "members": members}).to_string()
+}
+
+/// `rooms`: every room with its member count, by name.
+pub fn rooms(rooms: &[(&str, usize)]) -> String {
+    let list: Vec<Value> = rooms.iter().map(|(name, members)| json!({"name": name, "members": members})).collect();
+    json!({"type": "rooms", "rooms": list}).to_string()
+}
+
+/// `help`: the commands, with a line on each.
+pub fn help() -> String {
+    let commands = [
+        ("/nick NAME", "change your nickname (1-32 letters, digits, _ or -)"),
+        ("/join ROOM", "move to another room, creating it if needed"),
+        ("/who", "list the members of your room"),
+        ("/rooms", "list the rooms"),
+        ("/me ACTION", "say that you do something"),
+        ("/help", "this list"),
+        ("//text", "send a message that starts with a slash"),
+    ];
+    let list: Vec<Value> = commands.iter().map(|(usage, what)| json!({"usage": usage, "description": what})).collect();
+    json!({"type": "help", "commands": list}).to_string()
+}
+
+/// `error`: what went wrong, as a code for programs and a sentence for people.
+pub fn error(code: &str, message: &str) -> String {
+    json!({"type": "error", "code": code, "message": message}).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Value {
+        serde_json::from_str(s).expect("valid JSON")
+    }
+
+    #[test]
+    fn text_is_escaped_not_injected() {
+        let event = parse(&message("lobby", "a", "\"}<script>\n", 5, 1, false));
+        assert_eq!(event["text"], "\"}<script>\n");
+        assert!(event.get("action").is_none());
+        assert_eq!(parse(&message("r", "n", "waves", 0, 2, true))["action"], true);
+    }
+
+    #[test]
+    fn welcome_splices_history_as_events() {
+        let history = [message("lobby", "a", "one", 1, 1, false), message("lobby", "b", "two", 2, 2, false)];
+        let event = parse(&welcome("me", "lobby", &["a", "me"], history.iter()));
+        assert_eq!(event["type"], "welcome");
+        assert_eq!(event["members"], json!(["a", "me"]));
+        assert_eq!(event["history"][1]["text"], "two");
+        assert_eq!(parse(&welcome("me", "lobby", &[], std::iter::empty::<&str>()))["history"], json!([]));
+    }
+
+    #[test]
+    fn frames_are_single_unmasked_text_frames() {
+        let frame = frame("{}");
+        assert_eq!(&frame[..], &[0x81, 0x02, b'{', b'}']);
+    }
+}

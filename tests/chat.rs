@@ -1,0 +1,402 @@
+//! The chat service over real TCP, spoken to in raw frames and JSON events.
+
+mod common;
+
+use common::*;
+use rust_chat::Config;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+fn no_rate_limit() -> Config {
+    Config { rate_limit_per_sec: 0, ..Config::default() }
+}
+
+#[test]
+fn welcome_join_message_nick_leave() {
+    let server = TestServer::start();
+    let (mut a, welcome) = ChatClient::join(server.addr, "");
+    assert_eq!(
+        welcome,
+        json!({"type": "welcome", "nick": "guest-1", "room": "lobby", "members": ["guest-1"], "history": []})
+    );
+
+    let (mut b, welcome) = ChatClient::join(server.addr, "");
+    assert_eq!(welcome["members"], json!(["guest-1", "guest-2"]));
+    assert_eq!(a.expect("join"), json!({"type": "join", "room": "lobby", "nick": "guest-2"}));
+
+    let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    a.say("hello, lobby");
+    for client in [&mut a, &mut b] {
+        let message = client.expect("message");
+        assert_eq!(message["nick"], "guest-1");
+        assert_eq!(message["room"], "lobby");
+        assert_eq!(message["text"], "hello, lobby");
+        assert_eq!(message["seq"], 1);
+        let time = message["time"].as_u64().unwrap();
+        assert!(time >= before && time < before + 10_000, "server time in ms: {time}");
+    }
+
+    b.say("/nick bob");
+    for client in [&mut a, &mut b] {
+        assert_eq!(client.expect("nick"), json!({"type": "nick", "room": "lobby", "old": "guest-2", "nick": "bob"}));
+    }
+
+    b.raw.send_close(1000, "bye");
+    assert_eq!(a.expect("leave"), json!({"type": "leave", "room": "lobby", "nick": "bob"}));
+}
+
+#[test]
+fn the_blogs_snippet_path_joins_the_lobby() {
+    // `new WebSocket('ws://127.0.0.1:10000')` asks for `/`.
+    let server = TestServer::start();
+    let mut client = RawClient::open(server.addr, "/");
+    let welcome: Value = serde_json::from_slice(&client.read_frame().payload).unwrap();
+    assert_eq!((welcome["type"].as_str(), welcome["room"].as_str()), (Some("welcome"), Some("lobby")));
+    client.send_text("hi");
+    let message: Value = serde_json::from_slice(&client.read_frame().payload).unwrap();
+    assert_eq!(message["text"], "hi");
+}
+
+#[test]
+fn the_query_chooses_room_and_nick_and_bad_choices_get_errors() {
+    let server = TestServer::start();
+    let (_alice, welcome) = ChatClient::join(server.addr, "room=Den&nick=alice");
+    assert_eq!((welcome["room"].as_str(), welcome["nick"].as_str()), (Some("den"), Some("alice")));
+    let (mut other, welcome) = ChatClient::join(server.addr, "nick=ALICE&room=bad%20name");
+    assert_eq!((welcome["room"].as_str(), welcome["nick"].as_str()), (Some("lobby"), Some("guest-1")));
+    assert_eq!(other.expect("error")["code"], "invalid_room");
+    assert_eq!(other.expect("error")["code"], "nick_taken");
+    let (mut third, _) = ChatClient::join(server.addr, &format!("nick={}", "x".repeat(33)));
+    assert_eq!(third.expect("error")["code"], "invalid_nick");
+}
+
+#[test]
+fn every_command() {
+    let server = TestServer::with_config(no_rate_limit());
+    let (mut a, _) = ChatClient::join(server.addr, "nick=alice");
+    let (mut b, _) = ChatClient::join(server.addr, "nick=bob");
+    a.expect("join");
+
+    a.say("/who");
+    assert_eq!(a.expect("who"), json!({"type": "who", "room": "lobby", "members": ["alice", "bob"]}));
+
+    a.say("/me waves");
+    for client in [&mut a, &mut b] {
+        let event = client.expect("message");
+        assert_eq!((event["text"].as_str(), event["action"].as_bool()), (Some("waves"), Some(true)));
+    }
+    a.say("//slash at the start");
+    assert_eq!(b.expect("message")["text"], "/slash at the start");
+    a.expect("message");
+
+    a.say("/help");
+    let help = a.expect("help");
+    let usages: Vec<&str> = help["commands"].as_array().unwrap().iter().map(|c| c["usage"].as_str().unwrap()).collect();
+    for command in ["/nick NAME", "/join ROOM", "/who", "/rooms", "/me ACTION", "/help"] {
+        assert!(usages.contains(&command), "{usages:?}");
+    }
+
+    a.say("/join Den");
+    let welcome = a.expect("welcome");
+    assert_eq!((welcome["room"].as_str(), &welcome["members"]), (Some("den"), &json!(["alice"])));
+    assert_eq!(b.expect("leave"), json!({"type": "leave", "room": "lobby", "nick": "alice"}));
+
+    b.say("/rooms");
+    assert_eq!(
+        b.expect("rooms"),
+        json!({"type": "rooms", "rooms": [{"name": "den", "members": 1}, {"name": "lobby", "members": 1}]})
+    );
+    b.say("/join den");
+    b.expect("welcome");
+    assert_eq!(a.expect("join")["nick"], "bob");
+    // The room went away with its last member; the lobby stays.
+    b.say("/rooms");
+    assert_eq!(b.expect("rooms")["rooms"], json!([{"name": "den", "members": 2}, {"name": "lobby", "members": 0}]));
+
+    for (text, code) in [
+        ("/dance", "unknown_command"),
+        ("/nick", "bad_argument"),
+        ("/nick not valid!", "bad_argument"),
+        ("/nick bad!", "invalid_nick"),
+        ("/nick alice", "nick_taken"),
+        ("/join", "bad_argument"),
+        ("/join den", "already_in_room"),
+        ("/join no/slash", "invalid_room"),
+        ("/me", "bad_argument"),
+        ("", "empty_message"),
+    ] {
+        b.say(text);
+        let error = b.expect("error");
+        assert_eq!(error["code"], code, "{text:?}");
+        assert!(!error["message"].as_str().unwrap().is_empty());
+    }
+
+    // Binary frames get an error event, not a disconnect.
+    b.raw.send_frame(true, BINARY, &[1, 2, 3]);
+    assert_eq!(b.expect("error")["code"], "binary_not_supported");
+    b.say("still here");
+    assert_eq!(b.expect("message")["text"], "still here");
+    assert_eq!(a.expect("message")["text"], "still here");
+}
+
+#[test]
+fn history_arrives_in_welcome_and_on_join() {
+    let server = TestServer::with_config(Config { history_len: 3, ..no_rate_limit() });
+    let (mut a, _) = ChatClient::join(server.addr, "room=den");
+    for i in 1..=5 {
+        a.say(&format!("message {i}"));
+        a.expect("message");
+    }
+    let (_b, welcome) = ChatClient::join(server.addr, "room=den");
+    let texts: Vec<&str> = welcome["history"].as_array().unwrap().iter().map(|e| e["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["message 3", "message 4", "message 5"]);
+    let seqs: Vec<u64> = welcome["history"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [3, 4, 5]);
+
+    let (mut c, welcome) = ChatClient::join(server.addr, "");
+    assert_eq!(welcome["history"], json!([]));
+    c.say("/join den");
+    let texts: Vec<String> =
+        c.expect("welcome")["history"].as_array().unwrap().iter().map(|e| e["text"].as_str().unwrap().into()).collect();
+    assert_eq!(texts, ["message 3", "message 4", "message 5"]);
+}
+
+#[test]
+fn text_length_limit_at_its_edge() {
+    let server = TestServer::start();
+    let (mut a, _) = ChatClient::join(server.addr, "");
+    let exact = "é".repeat(2048); // 4096 bytes of UTF-8
+    a.say(&exact);
+    assert_eq!(a.expect("message")["text"], exact.as_str());
+    a.say(&format!("{exact}x"));
+    assert_eq!(a.expect("error")["code"], "message_too_long");
+}
+
+#[test]
+fn room_and_member_limits_at_their_edges() {
+    let config = Config { max_rooms: 2, max_room_members: 2, ..no_rate_limit() };
+    let server = TestServer::with_config(config);
+    let (mut a, _) = ChatClient::join(server.addr, "");
+    let (_b, _) = ChatClient::join(server.addr, "");
+    a.expect("join");
+    // The lobby has its two members: a third is turned away with 1008.
+    let mut c = RawClient::open(server.addr, "/chat");
+    let close = c.read_close();
+    assert_eq!(close.close_code(), Some(1008));
+    assert_eq!(&close.payload[2..], b"the lobby is full");
+
+    let (mut d, _) = ChatClient::join(server.addr, "room=den");
+    a.say("/join third");
+    assert_eq!(a.expect("error")["code"], "too_many_rooms");
+    let (_e, _) = ChatClient::join(server.addr, "room=den");
+    d.expect("join");
+    a.say("/join den");
+    assert_eq!(a.expect("error")["code"], "room_full");
+}
+
+#[test]
+fn the_rate_limit_drops_excess_messages_and_keeps_the_connection() {
+    let config = Config { rate_limit_per_sec: 1, rate_limit_burst: 3, ..Config::default() };
+    let server = TestServer::with_config(config);
+    let (mut a, _) = ChatClient::join(server.addr, "");
+    let mut wire = Vec::new();
+    for i in 0..5 {
+        wire.extend(a.raw.frame_bytes(true, TEXT, format!("burst {i}").as_bytes()));
+    }
+    a.raw.send_raw(&wire);
+    let events: Vec<Value> = (0..5).map(|_| a.event()).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["message", "message", "message", "error", "error"]);
+    assert_eq!(events[3]["code"], "rate_limited");
+    // A token comes back within a second; the connection is still fine.
+    std::thread::sleep(Duration::from_millis(1100));
+    a.say("after a pause");
+    assert_eq!(a.expect("message")["text"], "after a pause");
+}
+
+#[test]
+fn broadcast_order_is_the_same_for_every_member() {
+    let server = TestServer::with_config(no_rate_limit());
+    const CLIENTS: usize = 4;
+    const EACH: usize = 200;
+    let mut clients: Vec<ChatClient> = (0..CLIENTS).map(|_| ChatClient::join(server.addr, "").0).collect();
+    // Let every join reach everyone before the talking starts.
+    for (i, client) in clients.iter_mut().enumerate() {
+        for _ in i + 1..CLIENTS {
+            client.expect("join");
+        }
+    }
+    let threads: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut client)| {
+            std::thread::spawn(move || {
+                let mut writer = client.raw.stream.try_clone().unwrap();
+                let mut wire = Vec::new();
+                for n in 0..EACH {
+                    wire.extend(client.raw.frame_bytes(true, TEXT, format!("{i}:{n}").as_bytes()));
+                }
+                let sender = std::thread::spawn(move || writer.write_all(&wire).unwrap());
+                let got: Vec<(u64, String)> = (0..CLIENTS * EACH)
+                    .map(|_| {
+                        let event = client.expect("message");
+                        (event["seq"].as_u64().unwrap(), event["text"].as_str().unwrap().to_string())
+                    })
+                    .collect();
+                sender.join().unwrap();
+                got
+            })
+        })
+        .collect();
+    let results: Vec<Vec<(u64, String)>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let seqs: Vec<u64> = results[0].iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(seqs, (1..=(CLIENTS * EACH) as u64).collect::<Vec<_>>(), "contiguous seq");
+    for other in &results[1..] {
+        assert_eq!(other, &results[0], "every member sees the same order");
+    }
+    // Each sender's messages keep the order it sent them in.
+    for i in 0..CLIENTS {
+        let mine: Vec<usize> = results[0]
+            .iter()
+            .filter_map(|(_, text)| text.strip_prefix(&format!("{i}:")).map(|n| n.parse().unwrap()))
+            .collect();
+        assert_eq!(mine, (0..EACH).collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn a_member_that_vanishes_leaves_its_room() {
+    let server = TestServer::start();
+    let (mut a, _) = ChatClient::join(server.addr, "nick=stays");
+    let (mut b, _) = ChatClient::join(server.addr, "nick=vanishes");
+    a.expect("join");
+    // b has unread events (its own message) when it drops: the kernel sends RST.
+    b.say("about to vanish");
+    a.expect("message");
+    let start = Instant::now();
+    let mut peek = [0u8; 1];
+    while b.raw.stream.peek(&mut peek).unwrap_or(0) == 0 && start.elapsed() < PATIENCE {}
+    drop(b);
+    assert_eq!(a.expect("leave"), json!({"type": "leave", "room": "lobby", "nick": "vanishes"}));
+    a.say("/who");
+    assert_eq!(a.expect("who")["members"], json!(["stays"]));
+}
+
+#[test]
+fn plain_http_to_the_chat_socket_path_is_426_and_unknown_paths_404() {
+    let server = TestServer::start();
+    let mut client = RawClient::connect(server.addr);
+    client.send_raw(b"GET /chat HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(client.read_http_response().starts_with("HTTP/1.1 426 "));
+    let mut client = RawClient::connect(server.addr);
+    client.send_raw(&upgrade_request("/room/lobby"));
+    assert!(client.read_http_response().starts_with("HTTP/1.1 404 "));
+}
+
+/// The release-style binary, started on a free port with `args`; killed on drop.
+struct Spawned {
+    child: Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Spawned {
+    fn start(args: &[&str]) -> Spawned {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rust-chat"))
+            .args(["--bind", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start rust-chat");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr =
+            line.split("ws://").nth(1).and_then(|rest| rest.split('/').next()).expect("the URL").parse().unwrap();
+        Spawned { child, addr }
+    }
+
+    /// (current, peak) resident memory of the server process, in KiB.
+    fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_slow_consumer_is_closed_while_everyone_else_gets_everything() {
+    let server = Spawned::start(&["--rate-limit", "0", "--close-timeout", "30s"]);
+    let (mut stalled, _) = ChatClient::join(server.addr, "nick=stalled");
+    let (mut listener, _) = ChatClient::join(server.addr, "nick=listener");
+    let (mut talker, _) = ChatClient::join(server.addr, "nick=talker");
+    stalled.raw.stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    listener.expect("join");
+    talker.raw.stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let (base_rss, _) = server.memory_kib();
+
+    // 16,000 messages of 4,000 bytes: 64 MB that the stalled client never
+    // reads. They go out in batches paced by the listener, as a rate limit
+    // would pace them, so that only the stalled client falls behind.
+    const COUNT: usize = 16_000;
+    const BATCH: usize = 100;
+    let text = "x".repeat(4000);
+    let mut writer = talker.raw.stream.try_clone().unwrap();
+    let batch: Vec<Vec<u8>> = (0..COUNT / BATCH)
+        .map(|_| (0..BATCH).flat_map(|_| talker.raw.frame_bytes(true, TEXT, text.as_bytes())).collect())
+        .collect();
+    // The talker hears itself too, so it must read as well.
+    let talker_reader = std::thread::spawn(move || {
+        let mut seqs = Vec::with_capacity(COUNT);
+        while seqs.len() < COUNT {
+            let event = talker.event();
+            if event["type"] == "message" {
+                seqs.push(event["seq"].as_u64().unwrap());
+            }
+        }
+        seqs
+    });
+    let mut seqs = Vec::with_capacity(COUNT);
+    let mut saw_leave = false;
+    for wire in &batch {
+        writer.write_all(wire).unwrap();
+        let target = seqs.len() + BATCH;
+        while seqs.len() < target {
+            let event = listener.event();
+            match event["type"].as_str() {
+                Some("message") => seqs.push(event["seq"].as_u64().unwrap()),
+                Some("leave") if event["nick"] == "stalled" => saw_leave = true,
+                _ => panic!("unexpected {event}"),
+            }
+        }
+    }
+    let expected: Vec<u64> = (1..=COUNT as u64).collect();
+    assert_eq!(seqs, expected, "the listener got every message, in order");
+    assert_eq!(talker_reader.join().unwrap(), expected, "and so did the talker");
+
+    let (_, peak_rss) = server.memory_kib();
+    let growth_mib = peak_rss.saturating_sub(base_rss) / 1024;
+    eprintln!("server RSS: base {base_rss} KiB, peak {peak_rss} KiB (+{growth_mib} MiB for 64 MB sent)");
+    assert!(growth_mib < 24, "server memory grew by {growth_mib} MiB: the stalled client's share was kept");
+    assert!(saw_leave, "the stalled member left the room");
+
+    // When it finally reads, the stalled client finds a Close 1008 after what it had.
+    let close = stalled.raw.read_close();
+    assert_eq!(close.close_code(), Some(1008));
+    assert!(String::from_utf8_lossy(&close.payload[2..]).contains("slow consumer"));
+}
