@@ -107,7 +107,10 @@ fn two_tabs_chat_and_the_blogs_snippet_joins_the_lobby() {
     let message = got.as_array().unwrap().iter().find(|e| e["type"] == "message").unwrap();
     assert_eq!((message["text"].as_str(), message["room"].as_str()), (Some("hi"), Some("lobby")));
 
+    browser.switch_to(&tab_a);
+    type_line(&browser, "hi bob, welcome to the den");
     browser.switch_to(&tab_b);
+    wait_for_line(&browser, "welcome to the den");
     type_line(&browser, "/me waves from the den");
     wait_for_line(&browser, "waves from the den");
     browser.screenshot(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/target/screenshots/chat.png")));
@@ -117,4 +120,33 @@ fn two_tabs_chat_and_the_blogs_snippet_joins_the_lobby() {
         let errors: Vec<_> = browser.console().into_iter().filter(|(level, _)| level == "SEVERE").collect();
         assert!(errors.is_empty(), "console errors: {errors:?}");
     }
+}
+
+#[test]
+fn the_page_says_it_is_offline_and_reconnects_when_the_server_restarts() {
+    let Some(browser) = Browser::start("the_page_says_it_is_offline_and_reconnects_when_the_server_restarts") else {
+        return;
+    };
+    let server = TestServer::start();
+    let addr = server.addr;
+    browser.goto(&format!("http://{addr}/?nick=carol&room=den"));
+    browser.wait_for("online", "return document.getElementById('status').className === 'online'", PATIENCE);
+    assert_eq!((text_of(&browser, "nick"), text_of(&browser, "room")), ("carol".into(), "den".into()));
+
+    drop(server);
+    let status = browser.wait_for(
+        "the page to notice",
+        "const s = document.getElementById('status'); return s.className === 'offline' && s.textContent",
+        PATIENCE,
+    );
+    assert!(status.as_str().unwrap().contains("reconnecting"), "{status}");
+    wait_for_line(&browser, "Disconnected");
+
+    // The server comes back on the same address: the page reconnects by itself,
+    // as the same nick in the same room.
+    let _server = TestServer::at(addr, rust_chat::Config::default());
+    browser.wait_for("online again", "return document.getElementById('status').className === 'online'", PATIENCE * 3);
+    assert_eq!((text_of(&browser, "nick"), text_of(&browser, "room")), ("carol".into(), "den".into()));
+    type_line(&browser, "back again");
+    wait_for_line(&browser, "back again");
 }
