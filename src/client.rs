@@ -146,6 +146,18 @@ pub enum CloseInfo {
     Abrupt,
 }
 
+impl std::fmt::Display for CloseInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloseInfo::Handshake(Some(code)) => write!(f, "close handshake, code {code}"),
+            CloseInfo::Handshake(None) => write!(f, "close handshake, no code"),
+            CloseInfo::Failed(code, reason) => write!(f, "closed by the server with {code} ({reason})"),
+            CloseInfo::Http(status) => write!(f, "answered with HTTP {status}"),
+            CloseInfo::Abrupt => write!(f, "the peer closed TCP without a close handshake"),
+        }
+    }
+}
+
 /// One connection [Part 1, Part 2 §17]: its state, the bytes of an
 /// incomplete unit, the message being reassembled and the outgoing queue.
 #[derive(Debug)]
@@ -158,19 +170,27 @@ pub struct WebSocketClient {
     message: MessageAssembler,
     /// Encoded bytes waiting for the socket [Part 2 §19 "the outgoing queue"].
     pub outgoing: Outgoing,
-    deadline: Option<Instant>,
+    /// The end of the handshake (while awaiting it) or of the close (once closing).
+    deadline: Instant,
+    /// When the peer last sent anything: the idle clock of an open connection.
+    last_input: Instant,
+    /// A keepalive Ping has gone out since the last input.
+    ping_sent: bool,
     close_info: Option<CloseInfo>,
 }
 
-impl Default for WebSocketClient {
-    fn default() -> Self {
-        WebSocketClient::new()
-    }
+/// What a timer asks of the event loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerAction {
+    /// Nothing more than writing what may now be queued (a Ping, a 408, a Close).
+    Continue,
+    /// Drop the connection now.
+    Drop,
 }
 
 impl WebSocketClient {
-    /// A freshly accepted connection, waiting for its upgrade request.
-    pub fn new() -> WebSocketClient {
+    /// A connection accepted at `now`, waiting for its upgrade request.
+    pub fn new(now: Instant, config: &Config) -> WebSocketClient {
         WebSocketClient {
             state: ClientState::AwaitingHandshake(Vec::new()),
             endpoint: None,
@@ -178,7 +198,9 @@ impl WebSocketClient {
             frame: None,
             message: MessageAssembler::default(),
             outgoing: Outgoing::default(),
-            deadline: None,
+            deadline: now + config.handshake_timeout,
+            last_input: now,
+            ping_sent: false,
             close_info: None,
         }
     }
@@ -193,9 +215,58 @@ impl WebSocketClient {
         self.endpoint
     }
 
-    /// When the connection must be dropped if it has not finished closing.
-    pub fn deadline(&self) -> Option<Instant> {
-        self.deadline
+    /// When the connection next needs [`on_timer`](Self::on_timer): the end
+    /// of the handshake, the next keepalive Ping, the idle timeout, or the end
+    /// of the close. `None` when no timer applies.
+    pub fn next_deadline(&self, config: &Config) -> Option<Instant> {
+        if !self.is_open() {
+            return Some(self.deadline);
+        }
+        let ping = (!config.ping_interval.is_zero() && !self.ping_sent).then(|| self.last_input + config.ping_interval);
+        let idle = (!config.idle_timeout.is_zero()).then(|| self.last_input + config.idle_timeout);
+        match (ping, idle) {
+            (Some(ping), Some(idle)) => Some(ping.min(idle)),
+            (ping, idle) => ping.or(idle),
+        }
+    }
+
+    /// Acts on whatever timer is due at `now`: answers a handshake that took
+    /// too long with 408, pings a quiet connection, closes an idle one with
+    /// 1001, and gives up on a close that is not finishing.
+    pub fn on_timer(&mut self, now: Instant, config: &Config) -> TimerAction {
+        match self.state {
+            ClientState::AwaitingHandshake(_) if now >= self.deadline => {
+                let body = "the request took too long to arrive\n";
+                self.outgoing.push(&handshake::http_response(
+                    408,
+                    "Request Timeout",
+                    &[],
+                    "text/plain",
+                    body.as_bytes(),
+                ));
+                self.close_info = Some(CloseInfo::Http(408));
+                self.enter_closed(now, config);
+            }
+            ClientState::Closing | ClientState::Closed if now >= self.deadline => return TimerAction::Drop,
+            ClientState::HandshakeResponse { .. } | ClientState::Connected => {
+                if !config.idle_timeout.is_zero() && now >= self.last_input + config.idle_timeout {
+                    let code = message::close_code::GOING_AWAY;
+                    self.outgoing.push_frame(OpCode::Close, &message::close_payload(code, "idle timeout"));
+                    self.close_info = Some(CloseInfo::Failed(code, "idle timeout"));
+                    self.enter_closed(now, config);
+                } else if !config.ping_interval.is_zero()
+                    && !self.ping_sent
+                    && now >= self.last_input + config.ping_interval
+                {
+                    // §5.5.2: a Ping "may serve either as a keepalive or as a
+                    // means to verify that the remote endpoint is still responsive".
+                    self.outgoing.push_frame(OpCode::Ping, b"");
+                    self.ping_sent = true;
+                }
+            }
+            _ => {}
+        }
+        TimerAction::Continue
     }
 
     /// How the connection ended, once it has.
@@ -222,6 +293,9 @@ impl WebSocketClient {
 
     /// Handles bytes read from the connection.
     pub fn handle_input<H: Handler>(&mut self, input: &mut [u8], now: Instant, config: &Config, handler: &mut H) {
+        // Any byte from the peer is a sign of life (a Pong, or anything else).
+        self.last_input = now;
+        self.ping_sent = false;
         if let ClientState::AwaitingHandshake(head) = &mut self.state {
             let mut head = std::mem::take(head);
             head.extend_from_slice(input);
@@ -496,7 +570,7 @@ impl WebSocketClient {
         if self.is_open() {
             self.outgoing.push_frame(OpCode::Close, &message::close_payload(code, reason));
             self.state = ClientState::Closing;
-            self.deadline = Some(now + config.close_timeout);
+            self.deadline = now + config.close_timeout;
         } else if matches!(self.state, ClientState::AwaitingHandshake(_)) {
             self.enter_closed(now, config);
         }
@@ -515,6 +589,17 @@ impl WebSocketClient {
         self.enter_closed(now, config);
     }
 
+    /// Answers a connection that has not finished its handshake with an HTTP
+    /// error (`response`, of status `status`) and closes it.
+    pub fn reject(&mut self, response: &[u8], status: u16, now: Instant, config: &Config) {
+        if !self.is_awaiting_handshake() {
+            return;
+        }
+        self.outgoing.push(response);
+        self.close_info = Some(CloseInfo::Http(status));
+        self.enter_closed(now, config);
+    }
+
     /// The peer closed its side of TCP (read returned 0).
     pub fn handle_eof(&mut self, now: Instant, config: &Config) {
         if self.close_info.is_none() {
@@ -530,7 +615,7 @@ impl WebSocketClient {
         self.frame = None;
         self.pending = Vec::new();
         self.message = MessageAssembler::default();
-        self.deadline = Some(now + config.close_timeout);
+        self.deadline = now + config.close_timeout;
     }
 
     /// Writes as much of the outgoing queue as `writer` takes without blocking.
@@ -544,9 +629,9 @@ impl WebSocketClient {
         Ok(written)
     }
 
-    /// Whether the deadline has passed: the connection should be dropped.
-    pub fn is_expired(&self, now: Instant) -> bool {
-        self.deadline.is_some_and(|deadline| deadline <= now)
+    /// Whether the request head is still being awaited.
+    pub fn is_awaiting_handshake(&self) -> bool {
+        matches!(self.state, ClientState::AwaitingHandshake(_))
     }
 }
 
@@ -588,7 +673,7 @@ mod tests {
     }
 
     fn connected(config: &Config, now: Instant) -> WebSocketClient {
-        let mut client = WebSocketClient::new();
+        let mut client = WebSocketClient::new(now, config);
         client.handle_input(&mut REQUEST.to_vec(), now, config, &mut Echo);
         let (head, frames) = take_output(&mut client);
         assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
@@ -610,7 +695,7 @@ mod tests {
     fn handshake_and_first_frame_in_one_read() {
         let config = Config::default();
         let now = Instant::now();
-        let mut client = WebSocketClient::new();
+        let mut client = WebSocketClient::new(now, &config);
         let mut input = REQUEST.to_vec();
         input.extend(masked(OpCode::Text, true, b"first"));
         client.handle_input(&mut input, now, &config, &mut Echo);
@@ -639,7 +724,7 @@ mod tests {
             WebSocketFrame::new(OpCode::Text, ""),
         ];
         for size in 1..=stream.len() {
-            let mut client = WebSocketClient::new();
+            let mut client = WebSocketClient::new(now, &config);
             for chunk in stream.chunks(size) {
                 feed(&mut client, chunk, now, &config);
             }
@@ -650,7 +735,7 @@ mod tests {
         }
         // And cut at every single point into two reads.
         for cut in 0..stream.len() {
-            let mut client = WebSocketClient::new();
+            let mut client = WebSocketClient::new(now, &config);
             feed(&mut client, &stream[..cut], now, &config);
             feed(&mut client, &stream[cut..], now, &config);
             assert_eq!(take_output(&mut client).1, expected, "cut {cut}");
@@ -669,16 +754,16 @@ mod tests {
             (b"GET / HTTP/1.1\r\nHost a\r\n\r\n", "400"),
         ];
         for (request, status) in cases {
-            let mut client = WebSocketClient::new();
+            let mut client = WebSocketClient::new(now, &config);
             feed(&mut client, request, now, &config);
             assert_eq!(client.state(), &ClientState::Closed);
             let (head, _) = take_output(&mut client);
             assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{head}");
             assert!(client.is_done_writing());
-            assert_eq!(client.deadline(), Some(now + config.close_timeout));
+            assert_eq!(client.next_deadline(&config), Some(now + config.close_timeout));
         }
         // A head that never ends: 431 once it reaches the limit.
-        let mut client = WebSocketClient::new();
+        let mut client = WebSocketClient::new(now, &config);
         feed(&mut client, b"GET / HTTP/1.1\r\nX: ", now, &config);
         for _ in 0..config.max_handshake_bytes {
             feed(&mut client, b"a", now, &config);
@@ -827,8 +912,9 @@ mod tests {
         feed(&mut client, &masked(OpCode::Text, true, b"in flight"), t0, &config);
         feed(&mut client, &masked(OpCode::Ping, true, b""), t0, &config);
         assert!(take_output(&mut client).1.is_empty());
-        assert!(!client.is_expired(t0 + Duration::from_millis(4999)));
-        assert!(client.is_expired(t0 + Duration::from_secs(5)));
+        assert_eq!(client.next_deadline(&config), Some(t0 + Duration::from_secs(5)));
+        assert_eq!(client.on_timer(t0 + Duration::from_millis(4999), &config), TimerAction::Continue);
+        assert_eq!(client.on_timer(t0 + Duration::from_secs(5), &config), TimerAction::Drop);
         // The peer's Close completes the handshake without a second Close from us.
         feed(&mut client, &masked(OpCode::Close, true, b"\x03\xe9"), t0, &config);
         assert!(take_output(&mut client).1.is_empty());
@@ -846,6 +932,61 @@ mod tests {
         assert!(!client.wants_read(&config));
         take_output(&mut client);
         assert!(client.wants_read(&config));
+    }
+
+    #[test]
+    fn a_handshake_that_takes_too_long_gets_408_however_it_trickles() {
+        let config = Config { handshake_timeout: Duration::from_secs(10), ..Config::default() };
+        let t0 = Instant::now();
+        let mut client = WebSocketClient::new(t0, &config);
+        // A byte a second keeps arriving: the deadline stays where it was.
+        for (i, byte) in REQUEST[..REQUEST.len() - 1].iter().take(12).enumerate() {
+            feed(&mut client, &[*byte], t0 + Duration::from_secs(i as u64), &config);
+            assert_eq!(client.next_deadline(&config), Some(t0 + Duration::from_secs(10)));
+        }
+        assert_eq!(client.on_timer(t0 + Duration::from_millis(9999), &config), TimerAction::Continue);
+        assert!(client.outgoing.is_empty());
+        assert_eq!(client.on_timer(t0 + Duration::from_secs(10), &config), TimerAction::Continue);
+        assert!(take_output(&mut client).0.starts_with("HTTP/1.1 408 Request Timeout\r\n"));
+        assert_eq!(client.close_info(), Some(&CloseInfo::Http(408)));
+        assert_eq!(client.on_timer(t0 + Duration::from_secs(15), &config), TimerAction::Drop);
+    }
+
+    #[test]
+    fn a_quiet_connection_is_pinged_then_closed_when_it_stays_silent() {
+        let config = Config {
+            ping_interval: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(120),
+            ..Config::default()
+        };
+        let t0 = Instant::now();
+        let mut client = connected(&config, t0);
+        assert_eq!(client.next_deadline(&config), Some(t0 + Duration::from_secs(60)));
+        client.on_timer(t0 + Duration::from_secs(60), &config);
+        assert_eq!(take_output(&mut client).1, vec![WebSocketFrame::new(OpCode::Ping, Vec::new())]);
+        // One ping per quiet spell.
+        assert_eq!(client.next_deadline(&config), Some(t0 + Duration::from_secs(120)));
+        client.on_timer(t0 + Duration::from_secs(90), &config);
+        assert!(take_output(&mut client).1.is_empty());
+        // A pong is life: the clocks start again from it.
+        let t1 = t0 + Duration::from_secs(100);
+        feed(&mut client, &masked(OpCode::Pong, true, b""), t1, &config);
+        assert_eq!(client.next_deadline(&config), Some(t1 + Duration::from_secs(60)));
+        client.on_timer(t1 + Duration::from_secs(60), &config);
+        assert_eq!(take_output(&mut client).1[0].header.opcode, OpCode::Ping);
+        // Silence after that ping: closed with 1001.
+        client.on_timer(t1 + Duration::from_secs(120), &config);
+        let (_, frames) = take_output(&mut client);
+        assert_eq!(close_code_of(&frames[0]), Some(1001));
+        assert_eq!(client.state(), &ClientState::Closed);
+    }
+
+    #[test]
+    fn keepalive_can_be_turned_off() {
+        let config = Config { ping_interval: Duration::ZERO, idle_timeout: Duration::ZERO, ..Config::default() };
+        let t0 = Instant::now();
+        let client = connected(&config, t0);
+        assert_eq!(client.next_deadline(&config), None);
     }
 
     #[test]

@@ -29,6 +29,38 @@ pub struct Config {
     /// Default 8 KiB, like most web servers. Longer heads get HTTP 431.
     pub max_handshake_bytes: usize,
 
+    /// How long a new connection may take to send its complete HTTP upgrade
+    /// request. Default 10 s. A request trickled in a byte at a time does not
+    /// extend it: the clock starts at accept. Too slow gets HTTP 408.
+    pub handshake_timeout: Duration,
+
+    /// Keepalive: after this long without a byte from an open connection the
+    /// server sends it a Ping. Default 60 s. Zero turns pings off.
+    pub ping_interval: Duration,
+
+    /// After this long without a byte from an open connection (a Pong, or any
+    /// frame, counts as life) the server closes it with 1001 "idle timeout".
+    /// Default 120 s. Zero turns the idle timeout off.
+    pub idle_timeout: Duration,
+
+    /// Graceful shutdown (SIGINT, SIGTERM): how long the server waits for
+    /// connections to finish their close handshakes before it exits anyway.
+    /// Default 5 s.
+    pub drain_timeout: Duration,
+
+    /// The most connections open at once. Default: the process's open-file
+    /// limit less 64 for the listener, the poller and headroom (so 19,936
+    /// with a limit of 20,000). Beyond it a new connection is answered with
+    /// HTTP 503 and `Retry-After`, then closed.
+    pub max_connections: usize,
+
+    /// The most connections still sending their upgrade request at once.
+    /// Default 1,024. When a new connection would pass it, the one that has
+    /// been waiting longest is answered with 503 and closed: real clients
+    /// send their request at once, so a flood of slow ones (slowloris) only
+    /// pushes out its own kind.
+    pub max_pending_handshakes: usize,
+
     /// How long a closing connection may take: after the server sends a Close
     /// frame it waits this long for the peer's Close (and after the close
     /// handshake, for the peer to close TCP) before dropping the connection.
@@ -85,6 +117,12 @@ impl Default for Config {
             max_frame_size: 16 << 20,
             max_message_size: 16 << 20,
             max_handshake_bytes: 8 << 10,
+            handshake_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(120),
+            drain_timeout: Duration::from_secs(5),
+            max_connections: open_file_limit().saturating_sub(FD_HEADROOM).max(1),
+            max_pending_handshakes: 1024,
             close_timeout: Duration::from_secs(5),
             max_outgoing_bytes: 1 << 20,
             read_buffer_size: 64 << 10,
@@ -96,6 +134,23 @@ impl Default for Config {
             rate_limit_burst: 20,
         }
     }
+}
+
+/// File descriptors kept back from [`Config::max_connections`]: the
+/// listener, the poller, the signal pipe, log files, and a margin.
+const FD_HEADROOM: usize = 64;
+
+/// The soft limit on open files (`ulimit -n`), read from `/proc/self/limits`
+/// (the standard library has no `getrlimit`, and this keeps the crate free of
+/// `unsafe`). 1,024, the usual default, where it cannot be read.
+pub fn open_file_limit() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| {
+            let line = limits.lines().find(|line| line.starts_with("Max open files"))?;
+            line["Max open files".len()..].split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or(1024)
 }
 
 /// A setting that cannot work, found by [`Config::validate`].
@@ -133,6 +188,18 @@ impl Config {
         if self.close_timeout.is_zero() {
             return fail("close timeout must be longer than zero".into());
         }
+        if self.handshake_timeout.is_zero() || self.drain_timeout.is_zero() {
+            return fail("handshake and drain timeouts must be longer than zero".into());
+        }
+        if !self.idle_timeout.is_zero() && !self.ping_interval.is_zero() && self.ping_interval >= self.idle_timeout {
+            return fail(
+                "the ping interval must be shorter than the idle timeout, or a ping could never save a connection"
+                    .into(),
+            );
+        }
+        if self.max_connections == 0 || self.max_pending_handshakes == 0 {
+            return fail("max connections and max pending handshakes must be at least 1".into());
+        }
         if self.max_text_bytes == 0 {
             return fail("max text bytes must be at least 1".into());
         }
@@ -158,6 +225,14 @@ mod tests {
         assert_eq!(config.max_message_size, 16 * 1024 * 1024);
         assert_eq!(config.max_handshake_bytes, 8192);
         assert_eq!(config.close_timeout, Duration::from_secs(5));
+        assert_eq!(config.max_connections, open_file_limit() - 64);
+    }
+
+    #[test]
+    fn the_open_file_limit_is_read() {
+        // Whatever the machine's limit, it is the one `ulimit -n` reports.
+        let limit = open_file_limit();
+        assert!(limit >= 64, "{limit}");
     }
 
     #[test]
@@ -170,6 +245,10 @@ mod tests {
             Config { max_outgoing_bytes: 0, ..Config::default() },
             Config { close_timeout: Duration::ZERO, ..Config::default() },
             Config { max_text_bytes: 0, ..Config::default() },
+            Config { handshake_timeout: Duration::ZERO, ..Config::default() },
+            Config { ping_interval: Duration::from_secs(120), ..Config::default() },
+            Config { max_connections: 0, ..Config::default() },
+            Config { max_pending_handshakes: 0, ..Config::default() },
             Config { max_rooms: 0, ..Config::default() },
             Config { max_room_members: 0, ..Config::default() },
             Config { rate_limit_burst: 0, ..Config::default() },
@@ -178,6 +257,8 @@ mod tests {
             assert!(config.validate().is_err(), "{config:?}");
         }
         let edge = Config {
+            ping_interval: Duration::ZERO,
+            idle_timeout: Duration::ZERO,
             max_handshake_bytes: 256,
             read_buffer_size: 1024,
             rate_limit_per_sec: 0,

@@ -1,6 +1,7 @@
 //! The `rust-chat` binary: command-line flags onto a [`Config`], bind, print
 //! the URL, serve.
 
+use rust_chat::server::Exit;
 use rust_chat::{Config, Server};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -23,6 +24,18 @@ OPTIONS:
                                  its output waits to be sent [default: 1MiB]
     --close-timeout DURATION     How long a closing connection may take before it is
                                  dropped [default: 5s]
+    --handshake-timeout DURATION How long a new connection may take to send its
+                                 upgrade request; then 408 [default: 10s]
+    --ping-interval DURATION     Ping a connection after this long without input;
+                                 0 = never [default: 60s]
+    --idle-timeout DURATION      Close (1001) a connection after this long without
+                                 input; 0 = never [default: 120s]
+    --drain-timeout DURATION     On SIGINT/SIGTERM, how long to wait for clients to
+                                 finish closing [default: 5s]
+    --max-connections N          Open connections at most; more get 503
+                                 [default: the open-file limit less 64]
+    --max-pending-handshakes N   Connections still sending their request at most;
+                                 the oldest is dropped for a new one [default: 1024]
 
 CHAT OPTIONS:
     --history N                  Messages each room keeps for newcomers [default: 100]
@@ -37,6 +50,14 @@ CHAT OPTIONS:
 SIZE is a number of bytes, optionally with a suffix: 512, 64KiB, 16MiB (K, M, G also work).
 DURATION is a number with a unit: 500ms, 5s, 2m (a bare number is seconds).
 
+SIGNALS:
+    SIGINT, SIGTERM   stop accepting, close every connection with 1001, wait up to
+                      the drain timeout, exit 0; a second signal exits at once (1)
+
+LOGS:
+    To standard error. RUST_LOG sets the level [default: info]; RUST_LOG=debug
+    adds a line for each connection opened and closed.
+
 ENDPOINTS:
     http://ADDR/                      the chat page
     ws://ADDR/ and ws://ADDR/chat     the chat (?room=NAME&nick=NAME to pick both)
@@ -44,7 +65,7 @@ ENDPOINTS:
 ";
 
 enum Command {
-    Run(Config),
+    Run(Box<Config>),
     Help,
     Version,
 }
@@ -71,6 +92,12 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
             "--max-handshake-bytes" => config.max_handshake_bytes = parse_size(&value()?, &name)?,
             "--max-outgoing-bytes" => config.max_outgoing_bytes = parse_size(&value()?, &name)?,
             "--close-timeout" => config.close_timeout = parse_duration(&value()?, &name)?,
+            "--handshake-timeout" => config.handshake_timeout = parse_duration(&value()?, &name)?,
+            "--ping-interval" => config.ping_interval = parse_duration(&value()?, &name)?,
+            "--idle-timeout" => config.idle_timeout = parse_duration(&value()?, &name)?,
+            "--drain-timeout" => config.drain_timeout = parse_duration(&value()?, &name)?,
+            "--max-connections" => config.max_connections = parse_count(&value()?, &name)?,
+            "--max-pending-handshakes" => config.max_pending_handshakes = parse_count(&value()?, &name)?,
             "--history" => config.history_len = parse_count(&value()?, &name)?,
             "--max-text-bytes" => config.max_text_bytes = parse_size(&value()?, &name)?,
             "--max-rooms" => config.max_rooms = parse_count(&value()?, &name)?,
@@ -81,7 +108,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
         }
     }
     config.validate().map_err(|err| err.to_string())?;
-    Ok(Command::Run(config))
+    Ok(Command::Run(Box::new(config)))
 }
 
 fn parse_size(text: &str, flag: &str) -> Result<usize, String> {
@@ -114,9 +141,16 @@ fn parse_duration(text: &str, flag: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("{flag}: '{text}' is out of range"))
 }
 
+/// Logs go to standard error, at the level RUST_LOG asks for (info by default).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
 fn main() -> ExitCode {
     let config = match parse_args(std::env::args().skip(1)) {
-        Ok(Command::Run(config)) => config,
+        Ok(Command::Run(config)) => *config,
         Ok(Command::Help) => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -130,6 +164,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_logging();
     let mut server = match Server::bind(config) {
         Ok(server) => server,
         Err(err) => {
@@ -137,10 +172,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(err) = server.shutdown_on_signals() {
+        eprintln!("rust-chat: cannot install signal handlers: {err}");
+        return ExitCode::FAILURE;
+    }
     let addr = server.local_addr();
     println!("rust-chat listening on ws://{addr}/ (chat page at http://{addr}/, echo at ws://{addr}/echo)");
     match server.run() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Exit::Forced) => ExitCode::FAILURE,
+        Ok(_) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("rust-chat: event loop failed: {err}");
             ExitCode::FAILURE
@@ -154,7 +194,7 @@ mod tests {
 
     fn run(args: &[&str]) -> Result<Config, String> {
         match parse_args(args.iter().map(|s| s.to_string()))? {
-            Command::Run(config) => Ok(config),
+            Command::Run(config) => Ok(*config),
             _ => Err("not a run".into()),
         }
     }
@@ -197,6 +237,26 @@ mod tests {
             (7, 1024, 3, 4)
         );
         assert_eq!((config.rate_limit_per_sec, config.rate_limit_burst), (0, 9));
+        let timeouts = run(&[
+            "--handshake-timeout",
+            "2s",
+            "--ping-interval",
+            "0",
+            "--idle-timeout",
+            "1m",
+            "--drain-timeout",
+            "3s",
+            "--max-connections",
+            "500",
+            "--max-pending-handshakes",
+            "50",
+        ])
+        .unwrap();
+        assert_eq!(timeouts.handshake_timeout, Duration::from_secs(2));
+        assert_eq!(timeouts.ping_interval, Duration::ZERO);
+        assert_eq!(timeouts.idle_timeout, Duration::from_secs(60));
+        assert_eq!(timeouts.drain_timeout, Duration::from_secs(3));
+        assert_eq!((timeouts.max_connections, timeouts.max_pending_handshakes), (500, 50));
         assert_eq!(config.bind.to_string(), "0.0.0.0:9000");
         assert_eq!(config.max_message_size, 1 << 20);
         assert_eq!(config.max_frame_size, 64 << 10);

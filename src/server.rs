@@ -13,30 +13,40 @@
 //! not copied), closes recipients whose queue would pass its cap, and writes
 //! each touched connection once.
 //!
+//! Time: each connection has at most one live entry in a heap of deadlines
+//! (handshake, keepalive ping, idle timeout, close). An entry that fires
+//! early, because the connection was active since, is simply re-armed, so a
+//! busy connection costs no heap work per message and an idle one costs one
+//! wake-up per ping interval. `poll` sleeps until the soonest entry.
+//!
 //! mio's readiness is edge-triggered: an event says "something changed", not
 //! "there is data", so every read and accept loop runs until `WouldBlock`,
 //! and spurious events (for a connection already removed, or with nothing to
 //! read) are expected and ignored.
 
 use crate::chat::{Chat, ConnId};
-use crate::client::{Endpoint, Handler, WebSocketClient};
+use crate::client::{CloseInfo, Endpoint, Handler, TimerAction, WebSocketClient};
 use crate::config::{Config, ConfigError};
-use crate::message::Message;
+use crate::handshake;
+use crate::message::{Message, close_code};
 use crate::outgoing::Outgoing;
-use mio::net::{TcpListener, TcpStream};
+use mio::net::{TcpListener, TcpStream, UnixStream};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-use std::io::{self, Read};
+use std::collections::{BinaryHeap, VecDeque};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tracing::{debug, info, warn};
 
 /// The listening socket's token. Connections use their slot index.
 const LISTENER: Token = Token(usize::MAX);
-/// The token of the waker that [`ServerHandle::stop`] pokes.
+/// The token of the waker that [`ServerHandle`] pokes.
 const WAKER: Token = Token(usize::MAX - 1);
+/// The token of the pipe that SIGINT and SIGTERM write to.
+const SIGNALS: Token = Token(usize::MAX - 2);
 
 /// Reads one connection may do per turn of the loop (16 × 64 KiB = 1 MiB by
 /// default). A client that sends faster than we can process would otherwise
@@ -44,6 +54,13 @@ const WAKER: Token = Token(usize::MAX - 1);
 /// A connection that uses up its budget goes on the ready list and is served
 /// again after the others, without waiting for a new event.
 const READ_BUDGET: usize = 16;
+
+/// How long to stop accepting after the process runs out of file descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How often a repeated warning (connection limit, out of descriptors, slow
+/// consumers) may be logged; the ones in between are counted, not printed.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// The operating system says "try again later": not an error, just the end of this burst.
 fn would_block(err: &io::Error) -> bool {
@@ -55,11 +72,18 @@ fn interrupted(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::Interrupted
 }
 
+/// The process (EMFILE) or the system (ENFILE) has no file descriptor left,
+/// or the kernel no buffer memory (ENOBUFS, ENOMEM): accepting must pause.
+fn out_of_resources(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(23 | 24 | 105 | 12))
+}
+
 /// One accepted TCP connection and the WebSocket state that goes with it.
 struct Connection {
     /// Who this is to the chat: the slot and a generation unique to this connection.
     id: ConnId,
     stream: TcpStream,
+    peer: SocketAddr,
     client: WebSocketClient,
     /// What the registry currently watches for this connection.
     interest: Interest,
@@ -67,7 +91,7 @@ struct Connection {
     write_shut: bool,
     /// The peer has closed its writing side (read returned 0).
     peer_eof: bool,
-    /// The deadline last pushed onto the timer heap, to push each one once.
+    /// The time of this connection's live entry in the timer heap, if any.
     timer: Option<Instant>,
     /// Reading stopped because the outgoing queue was over its limit; resume
     /// as soon as it drains, whatever event reports the drain.
@@ -76,6 +100,8 @@ struct Connection {
     in_ready: bool,
     /// Chat frames were queued for it this turn: write them at the end of the turn.
     dirty: bool,
+    /// Counted among the handshakes in progress.
+    pending: bool,
 }
 
 /// Connections by token: a vector of slots and a list of free ones.
@@ -121,39 +147,93 @@ impl Slab {
         self.len -= 1;
         Some(conn)
     }
+
+    fn indices(&self) -> Vec<usize> {
+        self.slots.iter().enumerate().filter(|(_, slot)| slot.is_some()).map(|(i, _)| i).collect()
+    }
 }
 
-/// Stops a running [`Server`] from another thread.
+/// Logs a repeated warning at most once per [`WARN_EVERY`], with a count of the ones skipped.
+#[derive(Default)]
+struct Throttle {
+    last: Option<Instant>,
+    skipped: u64,
+}
+
+impl Throttle {
+    /// `Some(skipped)` when it is time to log again.
+    fn ready(&mut self, now: Instant) -> Option<u64> {
+        if self.last.is_some_and(|last| now < last + WARN_EVERY) {
+            self.skipped += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.skipped))
+    }
+}
+
+/// What a [`ServerHandle`] asks of the loop.
+#[derive(Default)]
+struct Control {
+    stop: AtomicBool,
+    shutdown: AtomicBool,
+    open: AtomicUsize,
+}
+
+/// Controls a running [`Server`] from another thread.
 #[derive(Clone)]
 pub struct ServerHandle {
     waker: Arc<Waker>,
-    stop: Arc<AtomicBool>,
-    open: Arc<AtomicUsize>,
+    control: Arc<Control>,
 }
 
 impl ServerHandle {
-    /// Asks the server to return from [`Server::run`]. Open connections are dropped.
+    /// Makes [`Server::run`] return at once. Open connections are dropped without a Close.
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.control.stop.store(true, Ordering::SeqCst);
         // If the wake fails the loop is gone already.
+        let _ = self.waker.wake();
+    }
+
+    /// Starts a graceful shutdown, as SIGTERM does: stop accepting, send
+    /// every client Close 1001, and return from [`Server::run`] once they are
+    /// gone or the drain timeout has passed.
+    pub fn shutdown(&self) {
+        self.control.shutdown.store(true, Ordering::SeqCst);
         let _ = self.waker.wake();
     }
 
     /// The number of open connections, as of the end of the loop's last turn.
     pub fn connections(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
+        self.control.open.load(Ordering::Relaxed)
     }
+}
+
+/// How [`Server::run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// [`ServerHandle::stop`] was called.
+    Stopped,
+    /// A graceful shutdown finished: every connection closed, or the drain
+    /// timeout passed with this many still open.
+    Drained {
+        /// Connections still open when the drain timeout ended the wait.
+        left: usize,
+    },
+    /// A second signal arrived during the drain: the server gave up waiting.
+    Forced,
 }
 
 /// A bound WebSocket server, ready to [`run`](Server::run).
 pub struct Server {
     poll: Poll,
-    listener: TcpListener,
+    /// `None` once a shutdown has begun.
+    listener: Option<TcpListener>,
     local_addr: SocketAddr,
     config: Config,
     connections: Slab,
-    /// Connection deadlines, soonest first. Entries may be stale (the
-    /// connection is gone or has a new deadline); each is checked when it fires.
+    /// Connection deadlines, soonest first; at most one live entry per
+    /// connection (the one its `timer` names), the rest stale and skipped.
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     /// The one read buffer, shared by all connections in turn.
     read_buf: Vec<u8>,
@@ -164,10 +244,20 @@ pub struct Server {
     chat: Chat,
     /// Numbers connections, so a reused slot is never mistaken for its last owner.
     generation: u64,
+    /// Handshakes in progress, oldest first (entries that finished are skipped).
+    pending: VecDeque<ConnId>,
+    pending_count: usize,
+    /// Accepting is paused until then (out of file descriptors).
+    accept_paused_until: Option<Instant>,
+    /// A graceful shutdown is under way and ends at the latest then.
+    draining_until: Option<Instant>,
+    signals: Option<UnixStream>,
+    signals_seen: usize,
     waker: Arc<Waker>,
-    stop: Arc<AtomicBool>,
-    /// Open connections, published for [`ServerHandle::connections`].
-    open: Arc<AtomicUsize>,
+    control: Arc<Control>,
+    limit_warning: Throttle,
+    fd_warning: Throttle,
+    slow_warning: Throttle,
 }
 
 /// Why the server could not start.
@@ -207,19 +297,27 @@ impl Server {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         Ok(Server {
             poll,
-            listener,
+            listener: Some(listener),
             local_addr,
             read_buf: vec![0; config.read_buffer_size],
             ready: Vec::new(),
             dirty: Vec::new(),
             chat: Chat::new(&config),
             generation: 0,
+            pending: VecDeque::new(),
+            pending_count: 0,
             config,
             connections: Slab::default(),
             timers: BinaryHeap::new(),
+            accept_paused_until: None,
+            draining_until: None,
+            signals: None,
+            signals_seen: 0,
             waker,
-            stop: Arc::new(AtomicBool::new(false)),
-            open: Arc::new(AtomicUsize::new(0)),
+            control: Arc::new(Control::default()),
+            limit_warning: Throttle::default(),
+            fd_warning: Throttle::default(),
+            slow_warning: Throttle::default(),
         })
     }
 
@@ -235,15 +333,41 @@ impl Server {
 
     /// A handle that can stop the server from another thread.
     pub fn handle(&self) -> ServerHandle {
-        ServerHandle { waker: Arc::clone(&self.waker), stop: Arc::clone(&self.stop), open: Arc::clone(&self.open) }
+        ServerHandle { waker: Arc::clone(&self.waker), control: Arc::clone(&self.control) }
     }
 
-    /// Serves until [`ServerHandle::stop`] is called.
-    pub fn run(&mut self) -> io::Result<()> {
+    /// Makes SIGINT and SIGTERM start a graceful shutdown (and a second one
+    /// end it at once). The signal handler only writes a byte to a pipe that
+    /// the loop watches, so no work happens in signal context.
+    pub fn shutdown_on_signals(&mut self) -> io::Result<()> {
+        let (read, write) = std::os::unix::net::UnixStream::pair()?;
+        read.set_nonblocking(true)?;
+        signal_hook::low_level::pipe::register(signal_hook::consts::SIGINT, write.try_clone()?)?;
+        signal_hook::low_level::pipe::register(signal_hook::consts::SIGTERM, write)?;
+        let mut read = UnixStream::from_std(read);
+        self.poll.registry().register(&mut read, SIGNALS, Interest::READABLE)?;
+        self.signals = Some(read);
+        Ok(())
+    }
+
+    /// Serves until stopped, or until a graceful shutdown has drained.
+    pub fn run(&mut self) -> io::Result<Exit> {
+        let c = &self.config;
+        info!(
+            addr = %self.local_addr,
+            max_connections = c.max_connections,
+            max_pending_handshakes = c.max_pending_handshakes,
+            max_message_size = c.max_message_size,
+            max_outgoing_bytes = c.max_outgoing_bytes,
+            handshake_timeout = ?c.handshake_timeout,
+            ping_interval = ?c.ping_interval,
+            idle_timeout = ?c.idle_timeout,
+            rate_limit = c.rate_limit_per_sec,
+            "rust-chat listening"
+        );
         let mut events = Events::with_capacity(1024);
         loop {
-            // With connections on the ready list, only look for new events.
-            let timeout = if self.ready.is_empty() { self.next_timeout(Instant::now()) } else { Some(Duration::ZERO) };
+            let timeout = self.poll_timeout(Instant::now());
             if let Err(err) = self.poll.poll(&mut events, timeout) {
                 if interrupted(&err) {
                     continue;
@@ -253,8 +377,14 @@ impl Server {
             let now = Instant::now();
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept(),
+                    LISTENER => self.accept(now),
                     WAKER => {}
+                    SIGNALS => {
+                        if self.handle_signals(now) {
+                            warn!(open = self.connections.len, "second signal: exiting without waiting for the drain");
+                            return Ok(Exit::Forced);
+                        }
+                    }
                     Token(index) => {
                         // Errors and hang-ups show up as a read that fails or returns 0.
                         let readable = event.is_readable() || event.is_read_closed() || event.is_error();
@@ -268,57 +398,182 @@ impl Server {
                     self.service(index, true, now);
                 }
             }
-            if self.stop.load(Ordering::SeqCst) {
-                return Ok(());
+            if self.control.stop.load(Ordering::SeqCst) {
+                return Ok(Exit::Stopped);
+            }
+            if self.control.shutdown.load(Ordering::SeqCst) && self.draining_until.is_none() {
+                self.begin_shutdown(now);
             }
             self.expire(now);
             self.deliver(now);
-            self.open.store(self.connections.len, Ordering::Relaxed);
+            self.control.open.store(self.connections.len, Ordering::Relaxed);
+            if let Some(until) = self.draining_until {
+                let left = self.connections.len;
+                if left == 0 || now >= until {
+                    info!(left, "shutdown complete");
+                    return Ok(Exit::Drained { left });
+                }
+            }
         }
     }
 
-    /// Accepts every pending connection.
-    fn accept(&mut self) {
-        loop {
-            match self.listener.accept() {
-                Ok((mut stream, _addr)) => {
-                    // Replies are small and already batched per turn: send them now.
-                    let _ = stream.set_nodelay(true);
-                    let index = self.connections.next_index();
-                    if self.poll.registry().register(&mut stream, Token(index), Interest::READABLE).is_err() {
-                        continue;
-                    }
-                    self.generation += 1;
-                    let conn = Connection {
-                        id: ConnId { index, generation: self.generation },
-                        stream,
-                        client: WebSocketClient::new(),
-                        interest: Interest::READABLE,
-                        write_shut: false,
-                        peer_eof: false,
-                        timer: None,
-                        read_paused: false,
-                        in_ready: false,
-                        dirty: false,
-                    };
-                    let inserted = self.connections.insert(conn);
-                    debug_assert_eq!(inserted, index);
+    /// How long `poll` may sleep: until the soonest deadline, or forever.
+    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.ready.is_empty() {
+            return Some(Duration::ZERO); // connections with input waiting: only look for new events
+        }
+        let soonest = [self.timers.peek().map(|Reverse((at, _))| *at), self.accept_paused_until, self.draining_until]
+            .into_iter()
+            .flatten()
+            .min();
+        soonest.map(|at| at.saturating_duration_since(now))
+    }
+
+    /// Reads the signal pipe. Returns `true` when the server should exit at once.
+    fn handle_signals(&mut self, now: Instant) -> bool {
+        let mut buf = [0u8; 16];
+        let mut count = 0;
+        if let Some(pipe) = self.signals.as_mut() {
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => count += n,
+                    Err(err) if interrupted(&err) => continue,
+                    Err(_) => break,
                 }
+            }
+        }
+        if count == 0 {
+            return false;
+        }
+        self.signals_seen += count;
+        if self.signals_seen >= 2 {
+            return true;
+        }
+        self.begin_shutdown(now);
+        false
+    }
+
+    /// Graceful shutdown: stop accepting, close every connection with 1001,
+    /// and give them [`Config::drain_timeout`] to finish.
+    fn begin_shutdown(&mut self, now: Instant) {
+        if self.draining_until.is_some() {
+            return;
+        }
+        info!(open = self.connections.len, drain_timeout = ?self.config.drain_timeout, "shutting down");
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        self.draining_until = Some(now + self.config.drain_timeout);
+        for index in self.connections.indices() {
+            let Some(conn) = self.connections.get_mut(index) else { continue };
+            if conn.client.is_awaiting_handshake() {
+                // It has been told nothing yet, and there is nothing to finish.
+                remove(&mut self.connections, self.poll.registry(), &mut self.chat, &mut self.pending_count, index);
+                continue;
+            }
+            conn.client.close(close_code::GOING_AWAY, "server shutting down", now, &self.config);
+            self.service(index, false, now);
+        }
+    }
+
+    /// Accepts every pending connection, unless accepting is paused.
+    fn accept(&mut self, now: Instant) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        loop {
+            let Some(listener) = self.listener.as_ref() else { return };
+            match listener.accept() {
+                Ok((stream, peer)) => self.admit(stream, peer, now),
                 Err(err) if would_block(&err) => return,
                 Err(err) if interrupted(&err) => continue,
-                // A connection that died while queued (ECONNABORTED) and the
-                // like: skip it. Running out of file descriptors ends this
-                // burst; the next connection attempt wakes us again.
+                // The peer gave up while queued: nothing to do.
                 Err(err) if err.kind() == io::ErrorKind::ConnectionAborted => continue,
-                Err(_) => return,
+                Err(err) => {
+                    // Out of descriptors (or another failure): pause instead of
+                    // spinning on a listener that stays readable; the clients
+                    // already connected are served meanwhile.
+                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                    if let Some(skipped) = self.fd_warning.ready(now) {
+                        let kind = if out_of_resources(&err) { "out of resources" } else { "failed" };
+                        warn!(error = %err, open = self.connections.len, skipped, "accept {kind}: pausing accepts for 100 ms");
+                    }
+                    return;
+                }
             }
+        }
+    }
+
+    /// Takes in one accepted connection, or turns it away with 503.
+    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
+        if self.connections.len >= self.config.max_connections {
+            if let Some(skipped) = self.limit_warning.ready(now) {
+                warn!(
+                    max_connections = self.config.max_connections,
+                    skipped, "connection limit reached: answering 503"
+                );
+            }
+            refuse(&mut stream, &mut self.read_buf);
+            return;
+        }
+        if self.pending_count >= self.config.max_pending_handshakes {
+            self.evict_oldest_handshake(now);
+        }
+        // Replies are small and already batched per turn: send them now.
+        let _ = stream.set_nodelay(true);
+        let index = self.connections.next_index();
+        if self.poll.registry().register(&mut stream, Token(index), Interest::READABLE).is_err() {
+            return;
+        }
+        self.generation += 1;
+        let id = ConnId { index, generation: self.generation };
+        let conn = Connection {
+            id,
+            stream,
+            peer,
+            client: WebSocketClient::new(now, &self.config),
+            interest: Interest::READABLE,
+            write_shut: false,
+            peer_eof: false,
+            timer: None,
+            read_paused: false,
+            in_ready: false,
+            dirty: false,
+            pending: true,
+        };
+        let inserted = self.connections.insert(conn);
+        debug_assert_eq!(inserted, index);
+        self.pending.push_back(id);
+        self.pending_count += 1;
+        debug!(conn = index, %peer, "accepted");
+        // Arms the handshake timer.
+        self.service(index, false, now);
+    }
+
+    /// Makes room among the handshakes in progress by answering the oldest with 503.
+    fn evict_oldest_handshake(&mut self, now: Instant) {
+        while let Some(id) = self.pending.pop_front() {
+            let Some(conn) = self.connections.get_id(id) else { continue };
+            if !conn.pending {
+                continue;
+            }
+            debug!(conn = id.index, peer = %conn.peer, "too many handshakes in progress: dropping the oldest");
+            conn.client.reject(
+                &service_unavailable("too many connections are still handshaking"),
+                503,
+                now,
+                &self.config,
+            );
+            self.service(id.index, false, now);
+            return;
         }
     }
 
     /// Reads, processes and writes for one connection, then updates its
-    /// interest and deadline, or removes it when it is finished.
+    /// interest and timer, or removes it when it is finished.
     fn service(&mut self, index: usize, readable: bool, now: Instant) {
-        let Server { connections, read_buf, config, poll, timers, ready, chat, .. } = self;
+        let Server { connections, read_buf, config, poll, timers, ready, chat, pending_count, .. } = self;
         let Some(conn) = connections.get_mut(index) else {
             return; // a spurious event for a connection already removed
         };
@@ -359,8 +614,12 @@ impl Server {
             break false;
         };
         if finished {
-            remove(connections, poll.registry(), chat, index);
+            remove(connections, poll.registry(), chat, pending_count, index);
             return;
+        }
+        if conn.pending && !conn.client.is_awaiting_handshake() {
+            conn.pending = false;
+            *pending_count -= 1;
         }
         if budget == 0 && !conn.in_ready {
             conn.in_ready = true;
@@ -370,17 +629,43 @@ impl Server {
             if conn.client.wants_write() { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
         if wanted != conn.interest {
             if poll.registry().reregister(&mut conn.stream, Token(index), wanted).is_err() {
-                remove(connections, poll.registry(), chat, index);
+                remove(connections, poll.registry(), chat, pending_count, index);
                 return;
             }
             conn.interest = wanted;
         }
-        let deadline = conn.client.deadline();
-        if deadline != conn.timer {
-            conn.timer = deadline;
-            if let Some(at) = deadline {
-                timers.push(Reverse((at, index)));
+        // Arm the timer if the connection now needs one sooner than its live entry.
+        if let Some(at) = conn.client.next_deadline(config)
+            && conn.timer.is_none_or(|armed| at < armed)
+        {
+            conn.timer = Some(at);
+            timers.push(Reverse((at, index)));
+        }
+    }
+
+    /// Runs every timer that is due, and resumes accepting after a pause.
+    fn expire(&mut self, now: Instant) {
+        while let Some(&Reverse((at, index))) = self.timers.peek() {
+            if at > now {
+                break;
             }
+            self.timers.pop();
+            let Some(conn) = self.connections.get_mut(index) else { continue };
+            if conn.timer != Some(at) {
+                continue; // stale: superseded by a sooner entry, or the slot's last owner's
+            }
+            conn.timer = None;
+            match conn.client.on_timer(now, &self.config) {
+                TimerAction::Drop => {
+                    remove(&mut self.connections, self.poll.registry(), &mut self.chat, &mut self.pending_count, index)
+                }
+                // Writes what the timer queued (a Ping, a 408, a Close) and re-arms.
+                TimerAction::Continue => self.service(index, false, now),
+            }
+        }
+        if self.accept_paused_until.is_some_and(|until| now >= until) {
+            self.accept_paused_until = None;
+            self.accept(now);
         }
     }
 
@@ -417,6 +702,9 @@ impl Server {
             for id in slow.drain(..) {
                 self.chat.disconnect(id);
                 if let Some(conn) = self.connections.get_id(id) {
+                    if let Some(skipped) = self.slow_warning.ready(now) {
+                        warn!(conn = id.index, peer = %conn.peer, queued = conn.client.outgoing.len(), skipped, "closing a slow consumer (1008)");
+                    }
                     conn.client.close_slow_consumer("slow consumer: too much unread data", now, &self.config);
                     mark_dirty(conn, &mut self.dirty);
                 }
@@ -432,25 +720,27 @@ impl Server {
             }
         }
     }
+}
 
-    /// How long `poll` may sleep: until the soonest deadline, or forever.
-    fn next_timeout(&self, now: Instant) -> Option<Duration> {
-        self.timers.peek().map(|Reverse((at, _))| at.saturating_duration_since(now))
-    }
+/// The 503 response for a connection the server cannot take now.
+fn service_unavailable(why: &str) -> Vec<u8> {
+    handshake::http_response(
+        503,
+        "Service Unavailable",
+        &["Retry-After: 5"],
+        "text/plain",
+        format!("{why}\n").as_bytes(),
+    )
+}
 
-    /// Drops every connection whose deadline has passed.
-    fn expire(&mut self, now: Instant) {
-        while let Some(&Reverse((at, index))) = self.timers.peek() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
-            let expired = self.connections.get_mut(index).is_some_and(|conn| conn.client.is_expired(now));
-            if expired {
-                remove(&mut self.connections, self.poll.registry(), &mut self.chat, index);
-            }
-        }
-    }
+/// Answers a connection over the limit with 503 and closes it, without ever
+/// registering it. Best effort: a fresh socket's send buffer is empty, so
+/// the short response goes out in one non-blocking write.
+fn refuse(stream: &mut TcpStream, scratch: &mut [u8]) {
+    // Read what the client already sent, so closing does not reset the connection.
+    let _ = stream.read(scratch);
+    let _ = stream.write(&service_unavailable("the server is at its connection limit; try again shortly"));
+    let _ = stream.shutdown(Shutdown::Write);
 }
 
 /// What the endpoints do, for one connection: `/echo` answers in place, the
@@ -465,12 +755,12 @@ struct Endpoints<'a> {
 
 impl Handler for Endpoints<'_> {
     fn on_open(&mut self, endpoint: Endpoint, query: &str, _: &mut Outgoing) -> Result<(), (u16, &'static str)> {
+        debug!(conn = self.id.index, ?endpoint, "upgraded");
         match endpoint {
             Endpoint::Echo => Ok(()),
-            Endpoint::Chat => self
-                .chat
-                .connect(self.id, query, self.now)
-                .map_err(|refusal| (crate::message::close_code::POLICY, refusal.0)),
+            Endpoint::Chat => {
+                self.chat.connect(self.id, query, self.now).map_err(|refusal| (close_code::POLICY, refusal.0))
+            }
         }
     }
 
@@ -527,11 +817,18 @@ fn read_into<H: Handler>(
 }
 
 /// Closes a connection for good: it leaves the chat, and its socket is closed.
-fn remove(connections: &mut Slab, registry: &Registry, chat: &mut Chat, index: usize) {
-    if let Some(mut conn) = connections.remove(index) {
-        chat.disconnect(conn.id);
-        // Dropping the stream closes the socket; deregistering first keeps the
-        // registry tidy even if the descriptor number is soon reused.
-        let _ = registry.deregister(&mut conn.stream);
+fn remove(connections: &mut Slab, registry: &Registry, chat: &mut Chat, pending_count: &mut usize, index: usize) {
+    let Some(mut conn) = connections.remove(index) else { return };
+    if conn.pending {
+        *pending_count -= 1;
     }
+    chat.disconnect(conn.id);
+    let clean = matches!(conn.client.close_info(), Some(CloseInfo::Handshake(_)));
+    match conn.client.close_info() {
+        Some(info) => debug!(conn = index, peer = %conn.peer, clean, close = %info, "closed"),
+        None => debug!(conn = index, peer = %conn.peer, clean, "closed (reset or error)"),
+    }
+    // Dropping the stream closes the socket; deregistering first keeps the
+    // registry tidy even if the descriptor number is soon reused.
+    let _ = registry.deregister(&mut conn.stream);
 }

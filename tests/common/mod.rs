@@ -43,7 +43,9 @@ impl TestServer {
         let mut server = Server::bind(config).expect("bind");
         let addr = server.local_addr();
         let handle = server.handle();
-        let thread = std::thread::spawn(move || server.run().expect("event loop"));
+        let thread = std::thread::spawn(move || {
+            server.run().expect("event loop");
+        });
         TestServer { addr, handle, thread: Some(thread) }
     }
 
