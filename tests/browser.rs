@@ -89,9 +89,10 @@ fn two_tabs_chat_and_the_blogs_snippet_joins_the_lobby() {
     browser.wait_for("A in den", "return document.getElementById('room').textContent === 'den'", PATIENCE);
 
     // The blog's console snippet, typed into tab A's console: it joins the lobby and hears itself.
+    // (`window.ws =` is what `ws =` means in the console; WebDriver scripts run in strict mode.)
     let url = format!("ws://{}", server.addr);
     browser.eval(
-        "window.snippet = []; ws = new WebSocket(arguments[0]); \
+        "window.snippet = []; window.ws = new WebSocket(arguments[0]); \
          ws.onmessage = e => { console.log(e.data); window.snippet.push(JSON.parse(e.data)); };",
         json!([url]),
     );
@@ -113,11 +114,13 @@ fn two_tabs_chat_and_the_blogs_snippet_joins_the_lobby() {
     wait_for_line(&browser, "welcome to the den");
     type_line(&browser, "/me waves from the den");
     wait_for_line(&browser, "waves from the den");
-    browser.screenshot(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/target/screenshots/chat.png")));
+    let name =
+        format!("/target/screenshots/chat-{}.png", std::env::var("RUST_CHAT_BROWSER").unwrap_or("chromium".into()));
+    browser.screenshot(Path::new(&(env!("CARGO_MANIFEST_DIR").to_string() + &name)));
 
     for tab in [&tab_a, &tab_b] {
         browser.switch_to(tab);
-        let errors: Vec<_> = browser.console().into_iter().filter(|(level, _)| level == "SEVERE").collect();
+        let errors = browser.console_errors();
         assert!(errors.is_empty(), "console errors: {errors:?}");
     }
 }

@@ -1,10 +1,15 @@
-//! A minimal W3C WebDriver client for headless Chromium through chromedriver,
-//! spoken as JSON over plain HTTP/1.1 on a `TcpStream`.
+//! A minimal W3C WebDriver client, spoken as JSON over plain HTTP/1.1 on a
+//! `TcpStream`, for headless Chromium (through chromedriver) or Firefox
+//! (through geckodriver).
 //!
 //! Browser tests need Debian's `chromium` and `chromium-driver`. `.ci/run`
 //! installs them; on a machine without them the tests print a loud notice and
 //! pass without running, except under CI (`CI` set), where a missing browser
-//! fails the test.
+//! fails the test. `RUST_CHAT_BROWSER=firefox` runs the same tests in Firefox
+//! (`firefox-esr` and a `geckodriver` on the PATH or in `GECKODRIVER`); run
+//! that inside a network namespace with only loopback, since Firefox has no
+//! single switch for its background connections:
+//! `unshare -n sh -c 'ip link set lo up && RUST_CHAT_BROWSER=firefox cargo test --offline --test browser'`.
 #![allow(dead_code)]
 
 use serde_json::{Value, json};
@@ -20,6 +25,8 @@ pub struct Browser {
     addr: SocketAddr,
     session: String,
     profile: PathBuf,
+    /// Firefox only: where the driver's output (with the page's console) goes.
+    console_log: Option<PathBuf>,
 }
 
 fn find(env: &str, default: &str) -> Option<PathBuf> {
@@ -27,10 +34,66 @@ fn find(env: &str, default: &str) -> Option<PathBuf> {
     path.exists().then_some(path)
 }
 
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|dir| PathBuf::from(dir).join(name)).find(|p| p.exists())
+}
+
 impl Browser {
-    /// Starts chromedriver and a headless Chromium, or returns `None` (after a
-    /// loud notice) when they are not installed outside CI.
+    /// Starts the browser the environment asks for (Chromium unless
+    /// `RUST_CHAT_BROWSER=firefox`), or returns `None` (after a loud notice)
+    /// when it is not installed, outside CI.
     pub fn start(test: &str) -> Option<Browser> {
+        match std::env::var("RUST_CHAT_BROWSER").as_deref() {
+            Ok("firefox") => Browser::start_firefox(test),
+            _ => Browser::start_chromium(test),
+        }
+    }
+
+    fn start_firefox(test: &str) -> Option<Browser> {
+        let driver = std::env::var_os("GECKODRIVER").map(PathBuf::from).or_else(|| on_path("geckodriver"));
+        let (Some(driver), Some(firefox)) = (driver, find("FIREFOX", "/usr/bin/firefox-esr")) else {
+            panic!("{test}: RUST_CHAT_BROWSER=firefox, but firefox-esr or geckodriver is missing");
+        };
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let tag = format!("{}-{port}", std::process::id());
+        let console_log = std::env::temp_dir().join(format!("rust-chat-geckodriver-{tag}.log"));
+        let log = std::fs::File::create(&console_log).unwrap();
+        let child = Command::new(driver)
+            .args(["--port", &port.to_string(), "--host", "127.0.0.1"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start geckodriver");
+        let profile = std::env::temp_dir().join(format!("rust-chat-firefox-{tag}"));
+        std::fs::create_dir_all(&profile).unwrap();
+        let mut browser =
+            Browser { driver: child, addr, session: String::new(), profile, console_log: Some(console_log) };
+        browser.wait_for_driver();
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "firefox",
+            "moz:firefoxOptions": {
+                "binary": firefox,
+                "args": ["-headless", "-profile", browser.profile],
+                // The page's console goes to standard output, where the test reads it.
+                "prefs": {"devtools.console.stdout.content": true},
+            },
+        }}});
+        let reply = browser.request("POST", "/session", Some(caps));
+        browser.session = reply["value"]["sessionId"].as_str().expect("a session id").to_string();
+        browser.request("POST", &browser.session_path("/window/rect"), Some(json!({"width": 1000, "height": 700})));
+        Some(browser)
+    }
+
+    fn wait_for_driver(&self) {
+        let start = Instant::now();
+        while TcpStream::connect(self.addr).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(20), "the WebDriver server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn start_chromium(test: &str) -> Option<Browser> {
         let (Some(driver), Some(chromium)) =
             (find("CHROMEDRIVER", "/usr/bin/chromedriver"), find("CHROMIUM", "/usr/bin/chromium"))
         else {
@@ -51,12 +114,8 @@ impl Browser {
             .spawn()
             .expect("start chromedriver");
         let profile = std::env::temp_dir().join(format!("rust-chat-chromium-{}-{port}", std::process::id()));
-        let mut browser = Browser { driver: child, addr, session: String::new(), profile };
-        let start = Instant::now();
-        while TcpStream::connect(addr).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(20), "chromedriver did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let mut browser = Browser { driver: child, addr, session: String::new(), profile, console_log: None };
+        browser.wait_for_driver();
         let args = [
             "--headless=new",
             "--no-sandbox",
@@ -162,7 +221,24 @@ impl Browser {
         }
     }
 
-    /// The browser console's messages so far (level and text).
+    /// The page's console errors so far.
+    pub fn console_errors(&self) -> Vec<String> {
+        if let Some(log) = &self.console_log {
+            // Firefox prints consoles as `console.error: ...` and uncaught
+            // errors as `JavaScript error: URL, line N: ...`; the browser's own
+            // (its update and settings services, offline here) name no page of ours.
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            return text
+                .lines()
+                .filter(|line| line.contains("console.error") || line.contains("JavaScript error"))
+                .filter(|line| line.contains("127.0.0.1") || line.contains("FaviconLoader"))
+                .map(str::to_string)
+                .collect();
+        }
+        self.console().into_iter().filter(|(level, _)| level == "SEVERE").map(|(_, text)| text).collect()
+    }
+
+    /// The browser console's messages so far (level and text), Chromium only.
     pub fn console(&self) -> Vec<(String, String)> {
         let logs = self.request("POST", &self.session_path("/se/log"), Some(json!({"type": "browser"})));
         logs["value"]
@@ -200,5 +276,8 @@ impl Drop for Browser {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
+        if let Some(log) = &self.console_log {
+            let _ = std::fs::remove_file(log);
+        }
     }
 }
