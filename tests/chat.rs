@@ -5,8 +5,7 @@ mod common;
 use common::*;
 use rust_chat::Config;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 fn no_rate_limit() -> Config {
@@ -293,50 +292,6 @@ fn plain_http_to_the_chat_socket_path_is_426_and_unknown_paths_404() {
     let mut client = RawClient::connect(server.addr);
     client.send_raw(&upgrade_request("/room/lobby"));
     assert!(client.read_http_response().starts_with("HTTP/1.1 404 "));
-}
-
-/// The release-style binary, started on a free port with `args`; killed on drop.
-struct Spawned {
-    child: Child,
-    addr: std::net::SocketAddr,
-}
-
-impl Spawned {
-    fn start(args: &[&str]) -> Spawned {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rust-chat"))
-            .args(["--bind", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start rust-chat");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr =
-            line.split("ws://").nth(1).and_then(|rest| rest.split('/').next()).expect("the URL").parse().unwrap();
-        Spawned { child, addr }
-    }
-
-    /// (current, peak) resident memory of the server process, in KiB.
-    fn memory_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .unwrap()
-                .parse()
-                .unwrap()
-        };
-        (field("VmRSS:"), field("VmHWM:"))
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

@@ -6,8 +6,9 @@
 pub mod webdriver;
 
 use rust_chat::{Config, Server, ServerHandle};
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -322,5 +323,94 @@ impl ChatClient {
                 return event;
             }
         }
+    }
+}
+
+/// The `rust-chat` binary, started on a free port with `args`; killed on drop.
+/// Its log (standard error) goes to a file that [`Spawned::log`] reads.
+pub struct Spawned {
+    pub child: Child,
+    pub addr: SocketAddr,
+    log: std::path::PathBuf,
+}
+
+impl Spawned {
+    pub fn start(args: &[&str]) -> Spawned {
+        Spawned::start_limited(None, args)
+    }
+
+    /// Starts it with `ulimit -n files` when `files` is given.
+    pub fn start_limited(files: Option<u32>, args: &[&str]) -> Spawned {
+        static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = std::env::temp_dir().join(format!("rust-chat-test-{}-{n}.log", std::process::id()));
+        let binary = env!("CARGO_BIN_EXE_rust-chat");
+        let mut command = match files {
+            Some(files) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("ulimit -n {files} && exec \"$0\" \"$@\""), binary]);
+                c
+            }
+            None => Command::new(binary),
+        };
+        let mut child = command
+            .args(["--bind", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start rust-chat");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr =
+            line.split("ws://").nth(1).and_then(|rest| rest.split('/').next()).expect("the URL").parse().unwrap();
+        Spawned { child, addr, log }
+    }
+
+    /// (current, peak) resident memory of the server process, in KiB.
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// Sends a signal (`TERM`, `INT`) to the server.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits up to `within` for the server to exit; its exit code, if it did.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// What the server has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
     }
 }
