@@ -1,0 +1,154 @@
+//! The whole connection state machine fed an arbitrary script of bytes, in
+//! arbitrary pieces, with time passing: it never panics, and everything the
+//! server writes is an HTTP response, followed (after a 101) only by valid
+//! server frames, with nothing after a Close.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use rust_chat::chat::{Chat, ConnId};
+use rust_chat::client::{Endpoint, Handler, WebSocketClient};
+use rust_chat::frame::{DecodeRules, OpCode, decode};
+use rust_chat::message::Message;
+use rust_chat::outgoing::Outgoing;
+use rust_chat::Config;
+use std::io::{self, Write};
+use std::time::{Duration, Instant};
+
+struct Endpoints<'a> {
+    chat: &'a mut Chat,
+    now: Instant,
+}
+
+const ME: ConnId = ConnId { index: 0, generation: 1 };
+
+impl Handler for Endpoints<'_> {
+    fn on_open(&mut self, endpoint: Endpoint, query: &str, _: &mut Outgoing) -> Result<(), (u16, &'static str)> {
+        match endpoint {
+            Endpoint::Echo => Ok(()),
+            Endpoint::Chat => self.chat.connect(ME, query, self.now).map_err(|r| (1008, r.0)),
+        }
+    }
+
+    fn on_message(&mut self, endpoint: Endpoint, message: Message<'_>, out: &mut Outgoing) {
+        match (endpoint, message) {
+            (Endpoint::Echo, m) => out.push_frame(m.opcode(), m.as_bytes()),
+            (Endpoint::Chat, Message::Text(text)) => self.chat.handle_text(ME, text, self.now, 0),
+            (Endpoint::Chat, Message::Binary(_)) => self.chat.handle_binary(ME, self.now),
+        }
+    }
+}
+
+/// A socket that takes at most `step` bytes a call and, if `stutter`, blocks every other call.
+struct Trickle<'a> {
+    out: &'a mut Vec<u8>,
+    step: usize,
+    stutter: bool,
+    blocked: bool,
+}
+
+impl Write for Trickle<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.stutter {
+            self.blocked = !self.blocked;
+            if self.blocked {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+        }
+        let n = buf.len().min(self.step);
+        self.out.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, script)) = data.split_first() else { return };
+    let config = Config {
+        max_frame_size: 1 << 14,
+        max_message_size: 1 << 15,
+        max_handshake_bytes: 1024,
+        max_outgoing_bytes: 1 << 15,
+        handshake_timeout: Duration::from_secs(2),
+        ping_interval: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(3),
+        close_timeout: Duration::from_secs(1),
+        max_text_bytes: 512,
+        ..Config::default()
+    };
+    // Half the time, start with a valid upgrade so the fuzzer spends its effort on frames.
+    let mut input = Vec::new();
+    if mode & 1 == 1 {
+        let path = if mode & 2 == 0 { "/echo" } else { "/chat?room=fuzz" };
+        input.extend_from_slice(
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    input.extend_from_slice(script);
+
+    let mut now = Instant::now();
+    let mut client = WebSocketClient::new(now, &config);
+    let mut chat = Chat::new(&config);
+    let mut out = Vec::new();
+    let mut rng = u32::from(mode) | 0x1000;
+    let mut pos = 0;
+    let mut dropped = false;
+    while pos < input.len() && !dropped {
+        rng ^= rng << 13;
+        rng ^= rng >> 17;
+        rng ^= rng << 5;
+        let next = (pos + 1 + (rng % 200) as usize).min(input.len());
+        let mut piece = input[pos..next].to_vec();
+        pos = next;
+        client.handle_input(&mut piece, now, &config, &mut Endpoints { chat: &mut chat, now });
+        // Deliver what the chat said to this one connection, as the server would.
+        let outbox = chat.take_outbox();
+        for (frame, to) in outbox.iter() {
+            if to.contains(&ME) && client.is_open() {
+                client.outgoing.push_shared(frame);
+            }
+        }
+        chat.restore_outbox(outbox);
+        let step = 1 + (rng >> 8) as usize % 300;
+        let _ = client.write_to(&mut Trickle { out: &mut out, step, stutter: rng & 4 == 0, blocked: false });
+        if rng & 0x30 == 0 {
+            now += Duration::from_millis(u64::from(rng >> 20));
+            dropped = client.on_timer(now, &config) == rust_chat::client::TimerAction::Drop;
+        }
+    }
+    while client.write_to(&mut Trickle { out: &mut out, step: 4096, stutter: false, blocked: false }).unwrap_or(0) > 0 {}
+
+    check_output(&out);
+});
+
+fn check_output(out: &[u8]) {
+    if out.is_empty() {
+        return;
+    }
+    assert!(out.starts_with(b"HTTP/1.1 "), "output starts with an HTTP response");
+    let head_end = out.windows(4).position(|w| w == b"\r\n\r\n").expect("a complete head") + 4;
+    if !out.starts_with(b"HTTP/1.1 101 ") {
+        return; // an error response and its body, then nothing
+    }
+    let mut rest = out[head_end..].to_vec();
+    let rules = DecodeRules::client(u64::MAX >> 1);
+    let mut closed = false;
+    while !rest.is_empty() {
+        let frame = decode(&mut rest, &rules).expect("valid server frames").expect("whole frames only");
+        assert!(!closed, "nothing after a Close");
+        assert!(frame.header.fin, "the server sends whole messages");
+        assert_ne!(frame.header.opcode, OpCode::Continuation);
+        if frame.header.opcode == OpCode::Text {
+            assert!(std::str::from_utf8(&frame.payload).is_ok(), "text is UTF-8");
+        }
+        if frame.header.opcode == OpCode::Close {
+            assert!(frame.payload.len() != 1);
+            closed = true;
+        }
+    }
+}
