@@ -274,3 +274,18 @@ fn five_thousand_slowloris_connections_do_not_keep_a_real_client_out() {
     eprintln!("5,000 slowloris connections; chat worked after {:?}", start.elapsed());
     drop(slow);
 }
+
+#[test]
+fn a_close_the_server_starts_gives_up_after_the_close_timeout() {
+    // The drain would wait a minute; the close timeout drops the mute client first.
+    let mut server = Spawned::start(&["--drain-timeout", "60s", "--close-timeout", "500ms"]);
+    let mut mute = RawClient::open(server.addr, "/echo");
+    let start = Instant::now();
+    server.signal("TERM");
+    assert_eq!(mute.read_close().close_code(), Some(1001));
+    // No Close from us: the connection is dropped after 500 ms, and with it gone the server is done.
+    assert!(mute.wait_eof());
+    assert_eq!(server.wait_exit(ms(5000)), Some(0));
+    let waited = start.elapsed();
+    assert!(waited >= ms(450) && waited < ms(3000), "{waited:?}");
+}
