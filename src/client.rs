@@ -25,7 +25,8 @@
 //! read buffer at all.
 
 use crate::config::Config;
-use crate::frame::{DecodeRules, FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode, ProtocolError, apply_mask};
+use crate::deflate::{self, Agreement, DeflateState, SharedDeflaters};
+use crate::frame::{DecodeRules, FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode, ProtocolError, RSV1, apply_mask};
 use crate::handshake::{self, HandshakeError};
 use crate::message::{self, ClosePayload, Message, MessageAssembler};
 use crate::outgoing::Outgoing;
@@ -44,25 +45,56 @@ pub trait Handler {
     /// The upgrade to `endpoint` was accepted (the 101 is queued); `query` is
     /// the request's query string. An `Err((code, reason))` closes the new
     /// connection at once with that close code.
-    fn on_open(&mut self, endpoint: Endpoint, query: &str, out: &mut Outgoing) -> Result<(), (u16, &'static str)>;
+    fn on_open(&mut self, endpoint: Endpoint, query: &str, reply: &mut Reply<'_>) -> Result<(), (u16, &'static str)>;
 
-    /// Called once for each complete text or binary message. Replies may go
-    /// into `out`, this connection's outgoing queue.
-    fn on_message(&mut self, endpoint: Endpoint, message: Message<'_>, out: &mut Outgoing);
+    /// Called once for each complete text or binary message. Replies go
+    /// through `reply`, to this connection.
+    fn on_message(&mut self, endpoint: Endpoint, message: Message<'_>, reply: &mut Reply<'_>);
+}
+
+/// Where a handler's replies to one connection go: its outgoing queue,
+/// compressed when the connection negotiated permessage-deflate.
+pub struct Reply<'a> {
+    /// The connection's outgoing queue.
+    pub outgoing: &'a mut Outgoing,
+    deflate: Option<&'a mut DeflateState>,
+    threshold: usize,
+}
+
+impl Reply<'_> {
+    /// Sends one message as one frame, compressed if the connection agreed
+    /// to permessage-deflate and compression pays for this message.
+    pub fn send(&mut self, opcode: OpCode, payload: &[u8], shared: &mut SharedDeflaters) {
+        if let Some(state) = self.deflate.as_deref_mut() {
+            let mut compressed = Vec::new();
+            if state.compress(payload, self.threshold, shared, &mut compressed) {
+                self.outgoing.push_frame_rsv(opcode, RSV1, &compressed);
+                return;
+            }
+        }
+        self.outgoing.push_frame(opcode, payload);
+    }
+
+    /// What the connection agreed to for compression, if anything.
+    pub fn deflate(&self) -> Option<&Agreement> {
+        self.deflate.as_deref().map(|state| &state.agreement)
+    }
 }
 
 /// Sends every message back unchanged: same type, same bytes, one frame.
 /// The blog's server, and what `/echo` does.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Echo;
+#[derive(Debug, Default)]
+pub struct Echo {
+    deflaters: SharedDeflaters,
+}
 
 impl Handler for Echo {
-    fn on_open(&mut self, _: Endpoint, _: &str, _: &mut Outgoing) -> Result<(), (u16, &'static str)> {
+    fn on_open(&mut self, _: Endpoint, _: &str, _: &mut Reply<'_>) -> Result<(), (u16, &'static str)> {
         Ok(())
     }
 
-    fn on_message(&mut self, _: Endpoint, message: Message<'_>, out: &mut Outgoing) {
-        out.push_frame(message.opcode(), message.as_bytes());
+    fn on_message(&mut self, _: Endpoint, message: Message<'_>, reply: &mut Reply<'_>) {
+        reply.send(message.opcode(), message.as_bytes(), &mut self.deflaters);
     }
 }
 
@@ -116,8 +148,14 @@ const INDEX_HTML: &[u8] = include_bytes!("../static/index.html");
 
 /// How a complete request head is answered.
 enum Answer {
-    /// Switch to WebSocket: the endpoint, the query string, the accept key, and the head's length.
-    Upgrade(Endpoint, String, String, usize),
+    /// Switch to WebSocket.
+    Upgrade {
+        endpoint: Endpoint,
+        query: String,
+        accept: String,
+        deflate: Option<Agreement>,
+        head_len: usize,
+    },
     /// Serve the page.
     Page,
 }
@@ -170,6 +208,8 @@ pub struct WebSocketClient {
     message: MessageAssembler,
     /// Encoded bytes waiting for the socket [Part 2 §19 "the outgoing queue"].
     pub outgoing: Outgoing,
+    /// permessage-deflate, when negotiated (boxed: most connections have none).
+    deflate: Option<Box<DeflateState>>,
     /// The end of the handshake (while awaiting it) or of the close (once closing).
     deadline: Instant,
     /// When the peer last sent anything: the idle clock of an open connection.
@@ -198,6 +238,7 @@ impl WebSocketClient {
             frame: None,
             message: MessageAssembler::default(),
             outgoing: Outgoing::default(),
+            deflate: None,
             deadline: now + config.handshake_timeout,
             last_input: now,
             ping_sent: false,
@@ -213,6 +254,16 @@ impl WebSocketClient {
     /// The endpoint the upgrade request chose, once it has been accepted.
     pub fn endpoint(&self) -> Option<Endpoint> {
         self.endpoint
+    }
+
+    /// What the connection agreed to for compression, if anything.
+    pub fn deflate_agreement(&self) -> Option<&Agreement> {
+        self.deflate.as_deref().map(|state| &state.agreement)
+    }
+
+    /// This connection's reply channel, as handlers get it.
+    pub fn reply(&mut self, config: &Config) -> Reply<'_> {
+        Reply { outgoing: &mut self.outgoing, deflate: self.deflate.as_deref_mut(), threshold: config.deflate_threshold }
     }
 
     /// When the connection next needs [`on_timer`](Self::on_timer): the end
@@ -368,16 +419,24 @@ impl WebSocketClient {
                 return Ok(Some(Answer::Page));
             }
             let accept = request.validate_upgrade()?;
-            let query = request.target.split_once('?').map_or("", |(_, query)| query);
-            Ok(Some(Answer::Upgrade(endpoint, query.to_string(), accept, used)))
+            let query = request.target.split_once('?').map_or("", |(_, query)| query).to_string();
+            let deflate = if config.deflate {
+                let offers = request.header_values("Sec-WebSocket-Extensions");
+                deflate::negotiate(offers, config.deflate_context_takeover).map_err(HandshakeError::BadRequest)?
+            } else {
+                None
+            };
+            Ok(Some(Answer::Upgrade { endpoint, query, accept, deflate, head_len: used }))
         });
         match result {
             Ok(None) => None,
-            Ok(Some(Answer::Upgrade(endpoint, query, accept, used))) => {
-                self.outgoing.push(&handshake::accept_response(&accept));
+            Ok(Some(Answer::Upgrade { endpoint, query, accept, deflate, head_len: used })) => {
+                let extension = deflate.map(|agreement| agreement.response_header());
+                self.outgoing.push(&handshake::accept_response(&accept, extension.as_deref()));
+                self.deflate = deflate.map(|agreement| Box::new(DeflateState::new(agreement)));
                 self.endpoint = Some(endpoint);
                 self.state = ClientState::HandshakeResponse { ends_at: self.outgoing.queued_total() };
-                if let Err((code, reason)) = handler.on_open(endpoint, &query, &mut self.outgoing) {
+                if let Err((code, reason)) = handler.on_open(endpoint, &query, &mut self.reply(config)) {
                     self.outgoing.push_frame(OpCode::Close, &message::close_payload(code, reason));
                     self.close_info = Some(CloseInfo::Failed(code, reason));
                     self.enter_closed(now, config);
@@ -436,22 +495,28 @@ impl WebSocketClient {
             frame.remaining -= n as u64;
             let (done, discard) = (frame.remaining == 0, frame.discard);
             if !discard {
-                self.message.feed(piece)?;
+                self.feed_payload(piece, config)?;
             }
             if done {
                 self.frame = None;
-                self.end_data_frame(discard, handler)?;
+                self.end_data_frame(discard, config, handler)?;
             }
             return Ok(Some(n));
         }
 
-        let rules = DecodeRules::server(config.max_frame_size as u64);
+        let mut rules = DecodeRules::server(config.max_frame_size as u64);
+        if self.deflate.is_some() {
+            rules.allowed_rsv = RSV1;
+        }
         let Some((header, header_len)) = FrameHeader::decode(buf, &rules)? else {
             return Ok(None);
         };
         let key = header.mask.unwrap_or_default();
 
         if header.opcode.is_control() {
+            if header.rsv != 0 {
+                return Err(ProtocolError::MisplacedCompressionBit);
+            }
             // At most 125 bytes (checked by decode): wait for the whole frame.
             let end = header_len + header.payload_len as usize;
             let Some(payload) = buf.get_mut(header_len..end) else {
@@ -479,6 +544,7 @@ impl WebSocketClient {
         // in place and hand it over without copying it anywhere.
         if header.fin
             && !was_in_progress
+            && !self.message.is_compressed()
             && let Some(payload) = end.and_then(|end| buf.get_mut(header_len..end))
         {
             apply_mask(payload, key, 0);
@@ -487,25 +553,50 @@ impl WebSocketClient {
                 _ => Message::Binary(payload),
             };
             let used = header_len + payload.len();
-            handler.on_message(self.routed_endpoint(), message, &mut self.outgoing);
+            let endpoint = self.routed_endpoint();
+            let mut reply =
+                Reply { outgoing: &mut self.outgoing, deflate: self.deflate.as_deref_mut(), threshold: config.deflate_threshold };
+            handler.on_message(endpoint, message, &mut reply);
             self.message.reset();
             return Ok(Some(used));
         }
         // Otherwise stream the payload into the reassembly buffer as it arrives.
         if header.payload_len == 0 {
-            self.end_data_frame(false, handler)?;
+            self.end_data_frame(false, config, handler)?;
         } else {
             self.frame = Some(PayloadInProgress { key, offset: 0, remaining: header.payload_len, discard });
         }
         Ok(Some(header_len))
     }
 
-    fn end_data_frame<H: Handler>(&mut self, discard: bool, handler: &mut H) -> Result<(), ProtocolError> {
+    /// Adds a piece of (unmasked) payload to the message, through the inflater if it is compressed.
+    fn feed_payload(&mut self, piece: &[u8], config: &Config) -> Result<(), ProtocolError> {
+        if !self.message.is_compressed() {
+            return self.message.feed(piece);
+        }
+        // RSV1 passed the decoder, so permessage-deflate was negotiated.
+        let Some(state) = self.deflate.as_deref_mut() else { return Err(ProtocolError::ReservedBits) };
+        let message = &mut self.message;
+        state.inflater().inflate(piece, config.max_message_size, &mut |out| message.feed(out))
+    }
+
+    fn end_data_frame<H: Handler>(&mut self, discard: bool, config: &Config, handler: &mut H) -> Result<(), ProtocolError> {
         if discard {
             return Ok(());
         }
+        if self.message.is_compressed()
+            && self.message.is_final_frame()
+            && let Some(state) = self.deflate.as_deref_mut()
+        {
+            let reset = state.agreement.client_no_context_takeover;
+            let message = &mut self.message;
+            state.inflater().finish_message(config.max_message_size, reset, &mut |out| message.feed(out))?;
+        }
         if self.message.end_frame()? {
-            handler.on_message(self.routed_endpoint(), self.message.message(), &mut self.outgoing);
+            let endpoint = self.routed_endpoint();
+            let mut reply =
+                Reply { outgoing: &mut self.outgoing, deflate: self.deflate.as_deref_mut(), threshold: config.deflate_threshold };
+            handler.on_message(endpoint, self.message.message(), &mut reply);
             self.message.reset();
         }
         Ok(())
@@ -674,7 +765,7 @@ mod tests {
 
     fn connected(config: &Config, now: Instant) -> WebSocketClient {
         let mut client = WebSocketClient::new(now, config);
-        client.handle_input(&mut REQUEST.to_vec(), now, config, &mut Echo);
+        client.handle_input(&mut REQUEST.to_vec(), now, config, &mut Echo::default());
         let (head, frames) = take_output(&mut client);
         assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
         assert!(frames.is_empty());
@@ -683,7 +774,7 @@ mod tests {
     }
 
     fn feed(client: &mut WebSocketClient, bytes: &[u8], now: Instant, config: &Config) {
-        client.handle_input(&mut bytes.to_vec(), now, config, &mut Echo);
+        client.handle_input(&mut bytes.to_vec(), now, config, &mut Echo::default());
     }
 
     fn close_code_of(frame: &WebSocketFrame) -> Option<u16> {
@@ -698,7 +789,7 @@ mod tests {
         let mut client = WebSocketClient::new(now, &config);
         let mut input = REQUEST.to_vec();
         input.extend(masked(OpCode::Text, true, b"first"));
-        client.handle_input(&mut input, now, &config, &mut Echo);
+        client.handle_input(&mut input, now, &config, &mut Echo::default());
         assert!(matches!(client.state(), ClientState::HandshakeResponse { .. }));
         let (head, frames) = take_output(&mut client);
         assert!(head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));

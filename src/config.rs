@@ -84,6 +84,22 @@ pub struct Config {
     /// per connection (at most 139 bytes).
     pub read_buffer_size: usize,
 
+    /// permessage-deflate (RFC 7692): whether to accept a client's offer to
+    /// compress messages. Default on (`--no-deflate` turns it off).
+    pub deflate: bool,
+
+    /// permessage-deflate: messages shorter than this many bytes are sent
+    /// raw, because compressing them costs more than it saves. Default 256.
+    pub deflate_threshold: usize,
+
+    /// permessage-deflate: keep a compressor per connection and carry its
+    /// context from message to message (better ratios for streams of similar
+    /// messages, about 256 KiB per connection that receives compressed
+    /// replies). Default off: the server answers every offer with
+    /// `server_no_context_takeover` and compresses with a few shared
+    /// compressors, so broadcasts are compressed once for all recipients.
+    pub deflate_context_takeover: bool,
+
     /// Chat: how many recent messages each room keeps and sends to newcomers
     /// (in `welcome`, and on `/join`). Default 100.
     pub history_len: usize,
@@ -126,6 +142,9 @@ impl Default for Config {
             close_timeout: Duration::from_secs(5),
             max_outgoing_bytes: 1 << 20,
             read_buffer_size: 64 << 10,
+            deflate: true,
+            deflate_threshold: 256,
+            deflate_context_takeover: false,
             history_len: 100,
             max_text_bytes: 4 << 10,
             max_rooms: 1000,

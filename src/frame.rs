@@ -122,6 +122,10 @@ pub enum ProtocolError {
     InvalidCloseCode(u16),
     /// A close reason that is not valid UTF-8 (§5.5.1).
     InvalidCloseReason,
+    /// RSV1 (compressed) on a control frame or a continuation frame (RFC 7692 §6.1).
+    MisplacedCompressionBit,
+    /// A compressed message whose payload is not valid DEFLATE data (RFC 7692 §8).
+    InvalidCompressedData,
 }
 
 impl ProtocolError {
@@ -130,7 +134,7 @@ impl ProtocolError {
         use crate::message::close_code::*;
         match self {
             ProtocolError::FrameTooLarge | ProtocolError::MessageTooLarge => TOO_BIG,
-            ProtocolError::InvalidUtf8 => INVALID_PAYLOAD,
+            ProtocolError::InvalidUtf8 | ProtocolError::InvalidCompressedData => INVALID_PAYLOAD,
             _ => PROTOCOL_ERROR,
         }
     }
@@ -153,6 +157,8 @@ impl ProtocolError {
             ProtocolError::InvalidClosePayload => "close payload of one byte",
             ProtocolError::InvalidCloseCode(_) => "invalid close code",
             ProtocolError::InvalidCloseReason => "close reason is not valid UTF-8",
+            ProtocolError::MisplacedCompressionBit => "RSV1 on a control or continuation frame",
+            ProtocolError::InvalidCompressedData => "compressed data is not valid DEFLATE",
         }
     }
 }

@@ -121,6 +121,11 @@ impl<'h, 'b> Request<'h, 'b> {
             .any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
     }
 
+    /// The values of every `name` header, in order.
+    pub fn header_values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'b [u8]> + 's {
+        self.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
+    }
+
     /// Whether the client asked to upgrade to WebSocket at all.
     pub fn is_upgrade(&self) -> bool {
         self.has_token("Upgrade", "websocket")
@@ -208,15 +213,21 @@ pub fn gen_key(key: &str) -> String {
     BASE64.encode(sha1.finalize())
 }
 
-/// The `101 Switching Protocols` response for an accepted upgrade.
-pub fn accept_response(accept: &str) -> Vec<u8> {
-    format!(
+/// The `101 Switching Protocols` response for an accepted upgrade, with any
+/// `extra` header lines (the negotiated extension).
+pub fn accept_response(accept: &str, extra: Option<&str>) -> Vec<u8> {
+    let mut response = format!(
         "HTTP/1.1 101 Switching Protocols\r\n\
          Upgrade: websocket\r\n\
          Connection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {accept}\r\n\r\n"
-    )
-    .into_bytes()
+         Sec-WebSocket-Accept: {accept}\r\n"
+    );
+    if let Some(line) = extra {
+        response.push_str(line);
+        response.push_str("\r\n");
+    }
+    response.push_str("\r\n");
+    response.into_bytes()
 }
 
 /// A complete HTTP response after which the server closes the connection.

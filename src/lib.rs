@@ -17,6 +17,7 @@
 //! | [`frame`] | the frame codec: `OpCode`, `FrameHeader`, `apply_mask`, `decode`, `encode` |
 //! | [`handshake`] | the HTTP upgrade: request parsing, validation, `gen_key`, responses |
 //! | [`message`] | fragment reassembly, incremental UTF-8, close codes |
+//! | [`deflate`] | permessage-deflate (RFC 7692): negotiation, bounded inflate, compression |
 //! | [`outgoing`] | the outgoing queue of encoded bytes, with partial and vectored writes |
 //! | [`client`] | `WebSocketClient` and `ClientState`: one connection's state machine |
 //! | [`chat`] | rooms, nicknames, history, rate limits; the chat's JSON events |
@@ -54,6 +55,7 @@
 pub mod chat;
 pub mod client;
 pub mod config;
+pub mod deflate;
 pub mod frame;
 pub mod handshake;
 pub mod message;

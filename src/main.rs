@@ -37,6 +37,12 @@ OPTIONS:
     --max-pending-handshakes N   Connections still sending their request at most;
                                  the oldest is dropped for a new one [default: 1024]
 
+COMPRESSION (permessage-deflate, RFC 7692):
+    --no-deflate                 Decline every client's offer to compress
+    --deflate-threshold SIZE     Send shorter messages raw [default: 256]
+    --deflate-context-takeover   Keep a compressor per connection (better ratios,
+                                 about 256 KiB each) instead of shared ones
+
 CHAT OPTIONS:
     --history N                  Messages each room keeps for newcomers [default: 100]
     --max-text-bytes SIZE        Longest chat message [default: 4KiB]
@@ -82,6 +88,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
         let mut value = || inline.clone().or_else(|| args.next()).ok_or(format!("{name} needs a value"));
         match name.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
+            "--no-deflate" => config.deflate = false,
+            "--deflate-context-takeover" => config.deflate_context_takeover = true,
+            "--deflate-threshold" => config.deflate_threshold = parse_size(&value()?, &name)?,
             "-V" | "--version" => return Ok(Command::Version),
             "--bind" => {
                 let v = value()?;
@@ -237,6 +246,10 @@ mod tests {
             (7, 1024, 3, 4)
         );
         assert_eq!((config.rate_limit_per_sec, config.rate_limit_burst), (0, 9));
+        let deflate = run(&["--no-deflate", "--deflate-threshold", "1k", "--deflate-context-takeover"]).unwrap();
+        assert!(!deflate.deflate && deflate.deflate_context_takeover);
+        assert_eq!(deflate.deflate_threshold, 1024);
+        assert!(Config::default().deflate, "on by default");
         let timeouts = run(&[
             "--handshake-timeout",
             "2s",

@@ -195,6 +195,8 @@ pub struct MessageAssembler {
     kind: Option<MessageKind>,
     /// The current frame is the final one of its message.
     fin: bool,
+    /// The message is compressed (RSV1 on its first frame): its payload goes through the inflater.
+    compressed: bool,
     /// Bytes declared so far by the message's frames (checked against the limit).
     declared: u64,
     buf: Vec<u8>,
@@ -216,6 +218,16 @@ impl MessageAssembler {
         self.buf.len()
     }
 
+    /// Whether the message in progress is compressed.
+    pub fn is_compressed(&self) -> bool {
+        self.compressed
+    }
+
+    /// Whether the current frame is the last of its message.
+    pub fn is_final_frame(&self) -> bool {
+        self.fin
+    }
+
     /// Starts a data frame: checks the continuation rules and the message size limit.
     pub fn begin_frame(&mut self, header: &FrameHeader, max_message: u64) -> Result<(), ProtocolError> {
         let kind = match (header.opcode, self.kind) {
@@ -230,6 +242,15 @@ impl MessageAssembler {
         // Overflow-safe: `declared` never exceeds `max_message`.
         if header.payload_len > max_message - self.declared {
             return Err(ProtocolError::MessageTooLarge);
+        }
+        // RFC 7692 §6.1: RSV1 marks a compressed message on its first frame only.
+        let rsv1 = header.rsv & crate::frame::RSV1 != 0;
+        if header.opcode == OpCode::Continuation {
+            if rsv1 {
+                return Err(ProtocolError::MisplacedCompressionBit);
+            }
+        } else {
+            self.compressed = rsv1;
         }
         self.declared += header.payload_len;
         self.kind = Some(kind);
@@ -274,6 +295,7 @@ impl MessageAssembler {
     pub fn reset(&mut self) {
         self.kind = None;
         self.fin = false;
+        self.compressed = false;
         self.declared = 0;
         self.utf8 = Utf8Validator::default();
         if self.buf.capacity() > KEEP_CAPACITY {

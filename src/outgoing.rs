@@ -81,7 +81,12 @@ impl Outgoing {
 
     /// Queues one unmasked, final frame.
     pub fn push_frame(&mut self, opcode: OpCode, payload: &[u8]) {
-        let header = FrameHeader::new(opcode, payload.len() as u64);
+        self.push_frame_rsv(opcode, 0, payload);
+    }
+
+    /// Queues one unmasked, final frame with the given RSV bits (RSV1: compressed).
+    pub fn push_frame_rsv(&mut self, opcode: OpCode, rsv: u8, payload: &[u8]) {
+        let header = FrameHeader { rsv, ..FrameHeader::new(opcode, payload.len() as u64) };
         let len = header.encoded_len() + payload.len();
         let tail = self.tail(len);
         header.encode(tail);

@@ -25,11 +25,13 @@
 //! read) are expected and ignored.
 
 use crate::chat::{Chat, ConnId};
-use crate::client::{CloseInfo, Endpoint, Handler, TimerAction, WebSocketClient};
+use crate::client::{CloseInfo, Endpoint, Handler, Reply, TimerAction, WebSocketClient};
 use crate::config::{Config, ConfigError};
+use crate::deflate::SharedDeflaters;
+use crate::frame::{DecodeRules, FrameHeader, OpCode, RSV1};
 use crate::handshake;
 use crate::message::{Message, close_code};
-use crate::outgoing::Outgoing;
+use crate::outgoing::SharedFrame;
 use mio::net::{TcpListener, TcpStream, UnixStream};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use std::cmp::Reverse;
@@ -242,6 +244,8 @@ pub struct Server {
     /// Connections with chat frames queued this turn, to be written at its end.
     dirty: Vec<usize>,
     chat: Chat,
+    /// Compressors for connections without server context takeover, shared by all.
+    deflaters: SharedDeflaters,
     /// Numbers connections, so a reused slot is never mistaken for its last owner.
     generation: u64,
     /// Handshakes in progress, oldest first (entries that finished are skipped).
@@ -303,6 +307,7 @@ impl Server {
             ready: Vec::new(),
             dirty: Vec::new(),
             chat: Chat::new(&config),
+            deflaters: SharedDeflaters::default(),
             generation: 0,
             pending: VecDeque::new(),
             pending_count: 0,
@@ -573,11 +578,11 @@ impl Server {
     /// Reads, processes and writes for one connection, then updates its
     /// interest and timer, or removes it when it is finished.
     fn service(&mut self, index: usize, readable: bool, now: Instant) {
-        let Server { connections, read_buf, config, poll, timers, ready, chat, pending_count, .. } = self;
+        let Server { connections, read_buf, config, poll, timers, ready, chat, deflaters, pending_count, .. } = self;
         let Some(conn) = connections.get_mut(index) else {
             return; // a spurious event for a connection already removed
         };
-        let mut endpoints = Endpoints { chat, id: conn.id, now, time_ms: unix_millis() };
+        let mut endpoints = Endpoints { chat, deflaters, id: conn.id, now, time_ms: unix_millis() };
         let mut budget = READ_BUDGET;
         let mut want_read = readable;
         let finished = loop {
@@ -676,25 +681,47 @@ impl Server {
     /// causes are delivered in the next round of the same loop.
     fn deliver(&mut self, now: Instant) {
         let cap = self.config.max_outgoing_bytes;
+        let threshold = self.config.deflate_threshold;
         let mut slow = Vec::new();
         // Writing may remove a connection, and its `leave` is more to deliver.
         while !self.chat.outbox().is_empty() || !self.dirty.is_empty() {
             let outbox = self.chat.take_outbox();
             for (frame, recipients) in outbox.iter() {
+                // Compressed once per window size, for every recipient without
+                // server context takeover; made on first need.
+                let mut compressed: [Option<Option<SharedFrame>>; 16] = Default::default();
+                let payload = frame_payload(frame);
                 for &id in recipients {
                     let Some(conn) = self.connections.get_id(id) else { continue };
                     if !conn.client.is_open() {
                         continue;
                     }
+                    let variant = match conn.client.deflate_agreement() {
+                        Some(agreed) if agreed.server_no_context_takeover => {
+                            let slot = &mut compressed[usize::from(agreed.server_max_window_bits)];
+                            let agreed = *agreed;
+                            slot.get_or_insert_with(|| compress_shared(&mut self.deflaters, &agreed, payload, threshold))
+                                .clone()
+                        }
+                        _ => None,
+                    };
                     let queued = conn.client.outgoing.len();
+                    let size = variant.as_ref().map_or(frame.len(), |v| v.len());
                     // A frame always fits an empty queue, however large.
-                    if queued > 0 && queued + frame.len() > cap {
+                    if queued > 0 && queued + size > cap {
                         if !slow.contains(&id) {
                             slow.push(id);
                         }
                         continue;
                     }
-                    conn.client.outgoing.push_shared(frame);
+                    match variant {
+                        Some(compressed) => conn.client.outgoing.push_shared(&compressed),
+                        // With its own compressor (context takeover), a connection compresses for itself.
+                        None if conn.client.deflate_agreement().is_some() => {
+                            conn.client.reply(&self.config).send(OpCode::Text, payload, &mut self.deflaters)
+                        }
+                        None => conn.client.outgoing.push_shared(frame),
+                    }
                     mark_dirty(conn, &mut self.dirty);
                 }
             }
@@ -722,6 +749,37 @@ impl Server {
     }
 }
 
+/// The payload of a frame the chat encoded (an unmasked text frame).
+fn frame_payload(frame: &[u8]) -> &[u8] {
+    match FrameHeader::decode(frame, &DecodeRules::client(u64::MAX)) {
+        Ok(Some((_, header_len))) => &frame[header_len..],
+        _ => &[],
+    }
+}
+
+/// A chat frame compressed for every connection with this agreement, or
+/// `None` when it is better sent raw (short, or no smaller compressed).
+fn compress_shared(
+    deflaters: &mut SharedDeflaters,
+    agreed: &crate::deflate::Agreement,
+    payload: &[u8],
+    threshold: usize,
+) -> Option<SharedFrame> {
+    if payload.len() < threshold || !agreed.may_compress(payload.len()) {
+        return None;
+    }
+    let mut body = Vec::new();
+    deflaters.compress(agreed, payload, &mut body);
+    if body.len() >= payload.len() {
+        return None;
+    }
+    let header = FrameHeader { rsv: RSV1, ..FrameHeader::new(OpCode::Text, body.len() as u64) };
+    let mut bytes = Vec::with_capacity(header.encoded_len() + body.len());
+    header.encode(&mut bytes);
+    bytes.extend_from_slice(&body);
+    Some(SharedFrame::from(bytes))
+}
+
 /// The 503 response for a connection the server cannot take now.
 fn service_unavailable(why: &str) -> Vec<u8> {
     handshake::http_response(
@@ -747,6 +805,7 @@ fn refuse(stream: &mut TcpStream, scratch: &mut [u8]) {
 /// chat speaks through its outbox.
 struct Endpoints<'a> {
     chat: &'a mut Chat,
+    deflaters: &'a mut SharedDeflaters,
     id: ConnId,
     now: Instant,
     /// Wall-clock time for chat timestamps, in milliseconds since 1970.
@@ -754,7 +813,7 @@ struct Endpoints<'a> {
 }
 
 impl Handler for Endpoints<'_> {
-    fn on_open(&mut self, endpoint: Endpoint, query: &str, _: &mut Outgoing) -> Result<(), (u16, &'static str)> {
+    fn on_open(&mut self, endpoint: Endpoint, query: &str, _: &mut Reply<'_>) -> Result<(), (u16, &'static str)> {
         debug!(conn = self.id.index, ?endpoint, "upgraded");
         match endpoint {
             Endpoint::Echo => Ok(()),
@@ -764,9 +823,9 @@ impl Handler for Endpoints<'_> {
         }
     }
 
-    fn on_message(&mut self, endpoint: Endpoint, message: Message<'_>, out: &mut Outgoing) {
+    fn on_message(&mut self, endpoint: Endpoint, message: Message<'_>, reply: &mut Reply<'_>) {
         match (endpoint, message) {
-            (Endpoint::Echo, message) => out.push_frame(message.opcode(), message.as_bytes()),
+            (Endpoint::Echo, message) => reply.send(message.opcode(), message.as_bytes(), self.deflaters),
             (Endpoint::Chat, Message::Text(text)) => self.chat.handle_text(self.id, text, self.now, self.time_ms),
             (Endpoint::Chat, Message::Binary(_)) => self.chat.handle_binary(self.id, self.now),
         }

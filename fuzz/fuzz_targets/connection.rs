@@ -6,32 +6,33 @@
 
 use libfuzzer_sys::fuzz_target;
 use rust_chat::chat::{Chat, ConnId};
-use rust_chat::client::{Endpoint, Handler, WebSocketClient};
+use rust_chat::client::{Endpoint, Handler, Reply, WebSocketClient};
+use rust_chat::deflate::SharedDeflaters;
 use rust_chat::frame::{DecodeRules, OpCode, decode};
 use rust_chat::message::Message;
-use rust_chat::outgoing::Outgoing;
 use rust_chat::Config;
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
 struct Endpoints<'a> {
     chat: &'a mut Chat,
+    deflaters: &'a mut SharedDeflaters,
     now: Instant,
 }
 
 const ME: ConnId = ConnId { index: 0, generation: 1 };
 
 impl Handler for Endpoints<'_> {
-    fn on_open(&mut self, endpoint: Endpoint, query: &str, _: &mut Outgoing) -> Result<(), (u16, &'static str)> {
+    fn on_open(&mut self, endpoint: Endpoint, query: &str, _: &mut Reply<'_>) -> Result<(), (u16, &'static str)> {
         match endpoint {
             Endpoint::Echo => Ok(()),
             Endpoint::Chat => self.chat.connect(ME, query, self.now).map_err(|r| (1008, r.0)),
         }
     }
 
-    fn on_message(&mut self, endpoint: Endpoint, message: Message<'_>, out: &mut Outgoing) {
+    fn on_message(&mut self, endpoint: Endpoint, message: Message<'_>, reply: &mut Reply<'_>) {
         match (endpoint, message) {
-            (Endpoint::Echo, m) => out.push_frame(m.opcode(), m.as_bytes()),
+            (Endpoint::Echo, m) => reply.send(m.opcode(), m.as_bytes(), self.deflaters),
             (Endpoint::Chat, Message::Text(text)) => self.chat.handle_text(ME, text, self.now, 0),
             (Endpoint::Chat, Message::Binary(_)) => self.chat.handle_binary(ME, self.now),
         }
@@ -75,15 +76,19 @@ fuzz_target!(|data: &[u8]| {
         idle_timeout: Duration::from_secs(3),
         close_timeout: Duration::from_secs(1),
         max_text_bytes: 512,
+        deflate_threshold: 16,
+        deflate_context_takeover: mode & 8 != 0,
         ..Config::default()
     };
     // Half the time, start with a valid upgrade so the fuzzer spends its effort on frames.
     let mut input = Vec::new();
     if mode & 1 == 1 {
         let path = if mode & 2 == 0 { "/echo" } else { "/chat?room=fuzz" };
+        // And, with bit 3, permessage-deflate (context takeover with bit 4).
+        let extension = if mode & 4 != 0 { "Sec-WebSocket-Extensions: permessage-deflate\r\n" } else { "" };
         input.extend_from_slice(
             format!(
-                "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{extension}\
                  Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
             )
             .as_bytes(),
@@ -94,6 +99,7 @@ fuzz_target!(|data: &[u8]| {
     let mut now = Instant::now();
     let mut client = WebSocketClient::new(now, &config);
     let mut chat = Chat::new(&config);
+    let mut deflaters = SharedDeflaters::default();
     let mut out = Vec::new();
     let mut rng = u32::from(mode) | 0x1000;
     let mut pos = 0;
@@ -105,7 +111,7 @@ fuzz_target!(|data: &[u8]| {
         let next = (pos + 1 + (rng % 200) as usize).min(input.len());
         let mut piece = input[pos..next].to_vec();
         pos = next;
-        client.handle_input(&mut piece, now, &config, &mut Endpoints { chat: &mut chat, now });
+        client.handle_input(&mut piece, now, &config, &mut Endpoints { chat: &mut chat, deflaters: &mut deflaters, now });
         // Deliver what the chat said to this one connection, as the server would.
         let outbox = chat.take_outbox();
         for (frame, to) in outbox.iter() {
@@ -135,16 +141,32 @@ fn check_output(out: &[u8]) {
     if !out.starts_with(b"HTTP/1.1 101 ") {
         return; // an error response and its body, then nothing
     }
+    let deflate = out[..head_end].windows(18).any(|w| w == b"permessage-deflate");
+    let mut inflater = rust_chat::deflate::Inflater::new();
     let mut rest = out[head_end..].to_vec();
-    let rules = DecodeRules::client(u64::MAX >> 1);
+    let mut rules = DecodeRules::client(u64::MAX >> 1);
+    if deflate {
+        rules.allowed_rsv = rust_chat::frame::RSV1;
+    }
     let mut closed = false;
     while !rest.is_empty() {
         let frame = decode(&mut rest, &rules).expect("valid server frames").expect("whole frames only");
         assert!(!closed, "nothing after a Close");
         assert!(frame.header.fin, "the server sends whole messages");
         assert_ne!(frame.header.opcode, OpCode::Continuation);
+        let mut payload = frame.payload.clone();
+        if frame.header.rsv != 0 {
+            assert!(!frame.header.opcode.is_control(), "control frames are never compressed");
+            payload.clear();
+            let mut sink = |piece: &[u8]| {
+                payload.extend_from_slice(piece);
+                Ok(())
+            };
+            inflater.inflate(&frame.payload, usize::MAX, &mut sink).expect("the server's DEFLATE inflates");
+            inflater.finish_message(usize::MAX, false, &mut sink).expect("and ends cleanly");
+        }
         if frame.header.opcode == OpCode::Text {
-            assert!(std::str::from_utf8(&frame.payload).is_ok(), "text is UTF-8");
+            assert!(std::str::from_utf8(&payload).is_ok(), "text is UTF-8");
         }
         if frame.header.opcode == OpCode::Close {
             assert!(frame.payload.len() != 1);
