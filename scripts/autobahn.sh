@@ -3,15 +3,22 @@
 # release build of rust-chat, and fails unless every case is OK or
 # INFORMATIONAL and the results match autobahn/expected.txt.
 #
-#   scripts/autobahn.sh                 # cases 1.* to 10.*
+#   scripts/autobahn.sh                     # every case, 1.* to 13.* (517)
 #   AUTOBAHN_UPDATE=1 scripts/autobahn.sh   # accept changed results into autobahn/expected.txt
+#
+# The server runs with --deflate-threshold 0, which compresses every message
+# on a connection that negotiated permessage-deflate. RFC 7692 lets a server
+# send some messages uncompressed (rust-chat does by default, for short or
+# incompressible ones), but kosoku 0.1.0 mishandles an uncompressed message on
+# a compressed connection: its 12.* and 13.* cases then stop with "Strings must
+# be encoded before hashing" in its own Python code.
 #
 # Needs python3 with venv; installs kosoku into target/autobahn-venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 KOSOKU_VERSION=0.1.0
-CASES=(1.* 2.* 3.* 4.* 5.* 6.* 7.* 9.* 10.*)
+CASES=(1.* 2.* 3.* 4.* 5.* 6.* 7.* 9.* 10.* 12.* 13.*)
 OUT=target/autobahn
 VENV=target/autobahn-venv
 
@@ -24,7 +31,7 @@ cargo build --release --quiet
 rm -rf "$OUT" && mkdir -p "$OUT"
 
 # Port 0: the kernel picks a free port; the server prints the URL it got.
-./target/release/rust-chat --bind 127.0.0.1:0 >"$OUT/server.log" 2>&1 &
+./target/release/rust-chat --bind 127.0.0.1:0 --deflate-threshold 0 >"$OUT/server.log" 2>&1 &
 SERVER_PID=$!
 trap 'kill $SERVER_PID 2>/dev/null || true' EXIT
 for _ in $(seq 100); do

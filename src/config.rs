@@ -89,7 +89,10 @@ pub struct Config {
     pub deflate: bool,
 
     /// permessage-deflate: messages shorter than this many bytes are sent
-    /// raw, because compressing them costs more than it saves. Default 256.
+    /// raw, because compressing them costs more than it saves; so are
+    /// messages that compression would not make smaller. Default 256. `0`
+    /// compresses every message on a connection that negotiated the
+    /// extension, whatever its size (the conformance run uses this).
     pub deflate_threshold: usize,
 
     /// permessage-deflate: keep a compressor per connection and carry its

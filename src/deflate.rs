@@ -383,15 +383,16 @@ impl DeflateState {
 
     /// Compresses `message` into `out` if that is worth it: it is at least
     /// `threshold` bytes, the window allows it, and (without context
-    /// takeover, where a message may go raw) the result is smaller. Returns
-    /// whether `out` holds a compressed payload.
+    /// takeover, where a message may go raw) the result is smaller, unless
+    /// the threshold is 0, which compresses every message. Returns whether
+    /// `out` holds a compressed payload.
     pub fn compress(&mut self, message: &[u8], threshold: usize, shared: &mut SharedDeflaters, out: &mut Vec<u8>) -> bool {
         if message.len() < threshold || !self.agreement.may_compress(message.len()) {
             return false;
         }
         if self.agreement.server_no_context_takeover {
             shared.compress(&self.agreement, message, out);
-            if out.len() >= message.len() {
+            if threshold > 0 && out.len() >= message.len() {
                 out.clear();
                 return false;
             }

@@ -758,7 +758,8 @@ fn frame_payload(frame: &[u8]) -> &[u8] {
 }
 
 /// A chat frame compressed for every connection with this agreement, or
-/// `None` when it is better sent raw (short, or no smaller compressed).
+/// `None` when it is better sent raw (short, or no smaller compressed; a
+/// threshold of 0 compresses everything).
 fn compress_shared(
     deflaters: &mut SharedDeflaters,
     agreed: &crate::deflate::Agreement,
@@ -770,7 +771,7 @@ fn compress_shared(
     }
     let mut body = Vec::new();
     deflaters.compress(agreed, payload, &mut body);
-    if body.len() >= payload.len() {
+    if threshold > 0 && body.len() >= payload.len() {
         return None;
     }
     let header = FrameHeader { rsv: RSV1, ..FrameHeader::new(OpCode::Text, body.len() as u64) };
