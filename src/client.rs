@@ -26,7 +26,9 @@
 
 use crate::config::Config;
 use crate::deflate::{self, Agreement, DeflateState, SharedDeflaters};
-use crate::frame::{DecodeRules, FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode, ProtocolError, RSV1, apply_mask};
+use crate::frame::{
+    DecodeRules, FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode, ProtocolError, RSV1, apply_mask,
+};
 use crate::handshake::{self, HandshakeError};
 use crate::message::{self, ClosePayload, Message, MessageAssembler};
 use crate::outgoing::Outgoing;
@@ -149,13 +151,7 @@ const INDEX_HTML: &[u8] = include_bytes!("../static/index.html");
 /// How a complete request head is answered.
 enum Answer {
     /// Switch to WebSocket.
-    Upgrade {
-        endpoint: Endpoint,
-        query: String,
-        accept: String,
-        deflate: Option<Agreement>,
-        head_len: usize,
-    },
+    Upgrade { endpoint: Endpoint, query: String, accept: String, deflate: Option<Agreement>, head_len: usize },
     /// Serve the page.
     Page,
 }
@@ -263,7 +259,11 @@ impl WebSocketClient {
 
     /// This connection's reply channel, as handlers get it.
     pub fn reply(&mut self, config: &Config) -> Reply<'_> {
-        Reply { outgoing: &mut self.outgoing, deflate: self.deflate.as_deref_mut(), threshold: config.deflate_threshold }
+        Reply {
+            outgoing: &mut self.outgoing,
+            deflate: self.deflate.as_deref_mut(),
+            threshold: config.deflate_threshold,
+        }
     }
 
     /// When the connection next needs [`on_timer`](Self::on_timer): the end
@@ -554,8 +554,11 @@ impl WebSocketClient {
             };
             let used = header_len + payload.len();
             let endpoint = self.routed_endpoint();
-            let mut reply =
-                Reply { outgoing: &mut self.outgoing, deflate: self.deflate.as_deref_mut(), threshold: config.deflate_threshold };
+            let mut reply = Reply {
+                outgoing: &mut self.outgoing,
+                deflate: self.deflate.as_deref_mut(),
+                threshold: config.deflate_threshold,
+            };
             handler.on_message(endpoint, message, &mut reply);
             self.message.reset();
             return Ok(Some(used));
@@ -580,7 +583,12 @@ impl WebSocketClient {
         state.inflater().inflate(piece, config.max_message_size, &mut |out| message.feed(out))
     }
 
-    fn end_data_frame<H: Handler>(&mut self, discard: bool, config: &Config, handler: &mut H) -> Result<(), ProtocolError> {
+    fn end_data_frame<H: Handler>(
+        &mut self,
+        discard: bool,
+        config: &Config,
+        handler: &mut H,
+    ) -> Result<(), ProtocolError> {
         if discard {
             return Ok(());
         }
@@ -594,8 +602,11 @@ impl WebSocketClient {
         }
         if self.message.end_frame()? {
             let endpoint = self.routed_endpoint();
-            let mut reply =
-                Reply { outgoing: &mut self.outgoing, deflate: self.deflate.as_deref_mut(), threshold: config.deflate_threshold };
+            let mut reply = Reply {
+                outgoing: &mut self.outgoing,
+                deflate: self.deflate.as_deref_mut(),
+                threshold: config.deflate_threshold,
+            };
             handler.on_message(endpoint, self.message.message(), &mut reply);
             self.message.reset();
         }

@@ -91,7 +91,10 @@ struct Offer {
 /// (RFC 7692 §5.1), and the next is tried; with none left, the connection
 /// simply goes on without compression. `takeover` says whether the server
 /// is willing to keep compression context between messages.
-pub fn negotiate<'a>(values: impl Iterator<Item = &'a [u8]>, takeover: bool) -> Result<Option<Agreement>, &'static str> {
+pub fn negotiate<'a>(
+    values: impl Iterator<Item = &'a [u8]>,
+    takeover: bool,
+) -> Result<Option<Agreement>, &'static str> {
     let mut chosen = None;
     for value in values {
         for (name, params) in parse_header(value)? {
@@ -249,8 +252,10 @@ impl Inflater {
         loop {
             let before_in = self.raw.total_in();
             let before_out = self.raw.total_out();
-            let status =
-                self.raw.decompress(input, &mut out, FlushDecompress::Sync).map_err(|_| ProtocolError::InvalidCompressedData)?;
+            let status = self
+                .raw
+                .decompress(input, &mut out, FlushDecompress::Sync)
+                .map_err(|_| ProtocolError::InvalidCompressedData)?;
             let used = (self.raw.total_in() - before_in) as usize;
             let made = (self.raw.total_out() - before_out) as usize;
             input = &input[used..];
@@ -386,7 +391,13 @@ impl DeflateState {
     /// takeover, where a message may go raw) the result is smaller, unless
     /// the threshold is 0, which compresses every message. Returns whether
     /// `out` holds a compressed payload.
-    pub fn compress(&mut self, message: &[u8], threshold: usize, shared: &mut SharedDeflaters, out: &mut Vec<u8>) -> bool {
+    pub fn compress(
+        &mut self,
+        message: &[u8],
+        threshold: usize,
+        shared: &mut SharedDeflaters,
+        out: &mut Vec<u8>,
+    ) -> bool {
         if message.len() < threshold || !self.agreement.may_compress(message.len()) {
             return false;
         }
@@ -430,7 +441,10 @@ mod tests {
     #[test]
     fn a_plain_offer_is_accepted_without_server_takeover_by_default() {
         let agreed = offer("permessage-deflate").unwrap().unwrap();
-        assert_eq!(agreed.response_header(), "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover");
+        assert_eq!(
+            agreed.response_header(),
+            "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover"
+        );
         let with_takeover = negotiate(std::iter::once(&b"permessage-deflate"[..]), true).unwrap().unwrap();
         assert_eq!(with_takeover.response_header(), "Sec-WebSocket-Extensions: permessage-deflate");
     }
@@ -451,7 +465,10 @@ mod tests {
              client_no_context_takeover; server_max_window_bits=10"
         );
         // A quoted value is the same value.
-        assert_eq!(offer("permessage-deflate; server_max_window_bits=\"9\"").unwrap().unwrap().server_max_window_bits, 9);
+        assert_eq!(
+            offer("permessage-deflate; server_max_window_bits=\"9\"").unwrap().unwrap().server_max_window_bits,
+            9
+        );
         assert!(offer("permessage-deflate; client_max_window_bits=8").unwrap().is_some());
         assert!(offer("permessage-deflate; client_max_window_bits=15").unwrap().is_some());
         assert_eq!(offer("permessage-deflate; server_max_window_bits=8").unwrap().unwrap().server_max_window_bits, 8);
@@ -471,9 +488,10 @@ mod tests {
         ] {
             assert_eq!(offer(bad), Ok(None), "{bad}");
         }
-        let agreed = offer("permessage-deflate; server_max_window_bits=20, permessage-deflate; client_no_context_takeover")
-            .unwrap()
-            .unwrap();
+        let agreed =
+            offer("permessage-deflate; server_max_window_bits=20, permessage-deflate; client_no_context_takeover")
+                .unwrap()
+                .unwrap();
         assert!(agreed.client_no_context_takeover, "the second offer was taken");
         // Several header lines count as one list.
         let lines: [&[u8]; 2] = [b"foo", b"permessage-deflate; server_max_window_bits=12"];
@@ -482,7 +500,14 @@ mod tests {
 
     #[test]
     fn malformed_headers_are_errors() {
-        for bad in ["", "permessage-deflate;", "permessage deflate", "permessage-deflate; a=\"unterminated", "permessage-deflate; =1", ", ,"] {
+        for bad in [
+            "",
+            "permessage-deflate;",
+            "permessage deflate",
+            "permessage-deflate; a=\"unterminated",
+            "permessage-deflate; =1",
+            ", ,",
+        ] {
             assert!(offer(bad).is_err(), "{bad:?}");
         }
     }
@@ -534,7 +559,10 @@ mod tests {
     #[test]
     fn garbage_is_invalid_compressed_data() {
         let mut inflater = Inflater::new();
-        assert_eq!(inflate_all(&mut inflater, &[0xff, 0xff, 0xff, 0xff, 0xff], 100), Err(ProtocolError::InvalidCompressedData));
+        assert_eq!(
+            inflate_all(&mut inflater, &[0xff, 0xff, 0xff, 0xff, 0xff], 100),
+            Err(ProtocolError::InvalidCompressedData)
+        );
     }
 
     #[test]

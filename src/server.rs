@@ -700,8 +700,10 @@ impl Server {
                         Some(agreed) if agreed.server_no_context_takeover => {
                             let slot = &mut compressed[usize::from(agreed.server_max_window_bits)];
                             let agreed = *agreed;
-                            slot.get_or_insert_with(|| compress_shared(&mut self.deflaters, &agreed, payload, threshold))
-                                .clone()
+                            slot.get_or_insert_with(|| {
+                                compress_shared(&mut self.deflaters, &agreed, payload, threshold)
+                            })
+                            .clone()
                         }
                         _ => None,
                     };

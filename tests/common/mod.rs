@@ -209,11 +209,19 @@ impl RawClient {
 
     /// Parses one server frame from the buffer (unmasked, per §5.1).
     fn parse_frame(&mut self) -> Option<Frame> {
+        let (rsv1, frame) = self.parse_frame_rsv()?;
+        assert!(!rsv1, "server set RSV1 without permessage-deflate");
+        Some(frame)
+    }
+
+    /// Parses one server frame, returning whether RSV1 (compressed) was set.
+    fn parse_frame_rsv(&mut self) -> Option<(bool, Frame)> {
         let b = &self.buf;
         if b.len() < 2 {
             return None;
         }
-        assert_eq!(b[0] & 0x70, 0, "server set RSV bits");
+        assert_eq!(b[0] & 0x30, 0, "server set RSV2 or RSV3");
+        let rsv1 = b[0] & 0x40 != 0;
         assert_eq!(b[1] & 0x80, 0, "server frames must not be masked");
         let (len, start) = match b[1] & 0x7F {
             126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
@@ -232,7 +240,17 @@ impl RawClient {
         }
         let frame = Frame { fin: b[0] & 0x80 != 0, opcode: b[0] & 0x0F, payload: b[start..start + len].to_vec() };
         self.buf.drain(..start + len);
-        Some(frame)
+        Some((rsv1, frame))
+    }
+
+    /// Reads the next frame, which may be compressed: (RSV1 set, frame).
+    pub fn read_frame_with_rsv(&mut self) -> (bool, Frame) {
+        loop {
+            if let Some(frame) = self.parse_frame_rsv() {
+                return frame;
+            }
+            assert!(self.fill().expect("a frame from the server") > 0, "EOF before a frame");
+        }
     }
 
     /// Reads the next frame, failing the test if none comes within `PATIENCE`.

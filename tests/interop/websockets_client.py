@@ -1,0 +1,41 @@
+"""Interop: Python's `websockets` library (not written here) talks to rust-chat
+with permessage-deflate on, and both sides must agree it was negotiated.
+
+Usage: python websockets_client.py ws://127.0.0.1:PORT
+"""
+
+import asyncio
+import json
+import sys
+
+from websockets.asyncio.client import connect
+
+
+async def main(base: str) -> None:
+    async with connect(base + "/echo", compression="deflate", max_size=2**24) as ws:
+        header = ws.response.headers.get("Sec-WebSocket-Extensions", "")
+        assert header.startswith("permessage-deflate"), f"server did not accept: {header!r}"
+        names = [extension.name for extension in ws.protocol.extensions]
+        assert names == ["permessage-deflate"], f"client did not agree: {names}"
+        # Short (sent raw), long and compressible (sent compressed), non-ASCII, binary.
+        for message in ["hi", "x" * 10_000, "κόσμε " * 500, bytes(range(256)) * 100, "y" * 300]:
+            await ws.send(message)
+            echoed = await ws.recv()
+            assert echoed == message, f"echo differs for a {type(message).__name__} of {len(message)}"
+        # A fragmented compressed message.
+        await ws.send(["part one, " * 50, "part two, " * 50, "the end"])
+        assert await ws.recv() == "part one, " * 50 + "part two, " * 50 + "the end"
+
+    async with connect(base + "/chat?nick=python&room=interop", compression="deflate") as ws:
+        welcome = json.loads(await ws.recv())
+        assert (welcome["type"], welcome["nick"], welcome["room"]) == ("welcome", "python", "interop"), welcome
+        text = "hello from python " * 40
+        await ws.send(text)
+        event = json.loads(await ws.recv())
+        assert (event["type"], event["text"], event["seq"]) == ("message", text, 1), event
+
+    print(f"interop ok: {header}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1]))
