@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The benchmark harness: rust-chat against a tokio-tungstenite peer, on the
+# same machine in the same run, interleaved (A B A B ...) so that machine
+# noise hits both alike. Prints one JSON line per run, then medians,
+# min–max and ratios per scenario.
+#
+#   bench/run.sh              # every scenario, 3 runs each
+#   RUNS=5 bench/run.sh echo  # one scenario, 5 runs
+#
+# Scenarios: echo, broadcast, bulk, latency, idle, deflate (rust-chat only,
+# with and without compression). The server is pinned to core 0 and the load
+# generator to core 1 (taskset). Every run is bounded in time; servers are
+# stopped at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUNS=${RUNS:-3}
+SECONDS_EACH=${SECONDS_EACH:-5}
+SCENARIOS=("$@")
+[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(echo broadcast bulk latency idle deflate)
+OUT=target/bench
+mkdir -p "$OUT"
+
+cargo build --release --quiet
+(cd bench && cargo build --release --quiet)
+LOADGEN=bench/target/release/loadgen
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+# start_server NAME ARGS... -> sets ADDR and SERVER_PID
+start_server() {
+  local name=$1; shift
+  local log="$OUT/$name.log"
+  case "$name" in
+    rust-chat*) taskset -c 0 ./target/release/rust-chat --bind 127.0.0.1:0 --rate-limit 0 \
+                  --max-room-members 100000 --max-connections 100000 "$@" >"$log" 2>&1 & ;;
+    tungstenite) taskset -c 0 bench/target/release/peer 127.0.0.1:0 >"$log" 2>&1 & ;;
+  esac
+  SERVER_PID=$!
+  pids+=("$SERVER_PID")
+  for _ in $(seq 100); do grep -q 'listening on ws://' "$log" && break; sleep 0.05; done
+  ADDR=$(grep -o 'ws://[0-9.:]*' "$log" | head -n 1 | sed 's|ws://||')
+}
+
+stop_server() { kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; }
+
+load() { taskset -c 1 "$LOADGEN" --addr "$ADDR" --seconds "$SECONDS_EACH" "$@"; }
+
+run_one() { # scenario server -> one JSON line
+  local scenario=$1 server=$2
+  case "$scenario" in
+    echo)      start_server "$server"; load --mode echo --conns 100 --inflight 16 --size 32 --label "$server" ;;
+    broadcast) start_server "$server"; load --mode broadcast --conns 1000 --inflight 32 --size 64 --label "$server" ;;
+    bulk)      start_server "$server"; load --mode echo --conns 10 --inflight 4 --size 65536 --label "$server" ;;
+    latency)   start_server "$server"; load --mode latency --size 32 --label "$server" ;;
+    idle)      start_server "$server"; load --mode idle --conns "${IDLE_CONNS:-10000}" --pid "$SERVER_PID" --label "$server" ;;
+    deflate)   case "$server" in
+                 rust-chat-deflate) start_server rust-chat; load --mode echo --conns 100 --inflight 16 --size 1024 --deflate --label "$server" ;;
+                 *) start_server "$server"; load --mode echo --conns 100 --inflight 16 --size 1024 --label "$server" ;;
+               esac ;;
+  esac
+  stop_server
+}
+
+for scenario in "${SCENARIOS[@]}"; do
+  case "$scenario" in
+    deflate) pair=(rust-chat rust-chat-deflate) ;;
+    *) pair=(rust-chat tungstenite) ;;
+  esac
+  : >"$OUT/$scenario.jsonl"
+  for _ in $(seq "$RUNS"); do
+    for server in "${pair[@]}"; do
+      run_one "$scenario" "$server" | tee -a "$OUT/$scenario.jsonl"
+    done
+  done
+  python3 - "$OUT/$scenario.jsonl" "$scenario" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+metric = {"echo": "msgs_per_sec", "bulk": "mb_per_sec", "broadcast": "deliveries_per_sec",
+          "latency": "rtt_p50_us", "idle": "kib_per_conn", "deflate": "msgs_per_sec"}[sys.argv[2]]
+by = {}
+for r in rows:
+    by.setdefault(r["label"], []).append(r[metric])
+labels = list(by)
+med = {k: statistics.median(v) for k, v in by.items()}
+for k in labels:
+    v = by[k]
+    print(f"## {sys.argv[2]} {k}: {metric} median {med[k]:.1f} (min {min(v):.1f}, max {max(v):.1f}, n={len(v)})")
+if len(labels) == 2:
+    a, b = labels
+    print(f"## {sys.argv[2]} ratio {a}/{b}: {med[a] / med[b]:.2f}")
+PY
+done
