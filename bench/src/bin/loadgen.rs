@@ -382,8 +382,10 @@ fn broadcast(args: &Args) {
                     // Find `"text":"b SEQ NANOS`.
                     let Some(at) = payload.windows(9).position(|w| w == b"\"text\":\"b") else { return };
                     let mut fields = payload[at + 10..].split(|&b| b == b' ');
-                    let seq: u64 = std::str::from_utf8(fields.next().unwrap_or(b"")).unwrap_or("0").parse().unwrap_or(0);
-                    let sent: u128 = std::str::from_utf8(fields.next().unwrap_or(b"")).unwrap_or("0").parse().unwrap_or(0);
+                    let seq: u64 =
+                        std::str::from_utf8(fields.next().unwrap_or(b"")).unwrap_or("0").parse().unwrap_or(0);
+                    let sent: u128 =
+                        std::str::from_utf8(fields.next().unwrap_or(b"")).unwrap_or("0").parse().unwrap_or(0);
                     if next_seq != 0 && seq != next_seq {
                         out_of_order += 1;
                     }
