@@ -390,7 +390,7 @@ fn broadcast(args: &Args) {
                         out_of_order += 1;
                     }
                     next_seq = seq + 1;
-                    if counting && sampled % 97 == 0 {
+                    if counting && sampled.is_multiple_of(97) {
                         latencies.push((base.elapsed().as_nanos() - sent) as f64 / 1000.0);
                     }
                     sampled += 1;

@@ -59,6 +59,7 @@ async fn main() {
         .await;
 }
 
+#[allow(clippy::result_large_err)] // the handshake callback's error type is tungstenite's
 async fn serve(stream: TcpStream, room: Rc<RefCell<Room>>, id: u64) {
     let mut path = String::new();
     let callback = |request: &Request, response: Response| {
@@ -70,10 +71,8 @@ async fn serve(stream: TcpStream, room: Rc<RefCell<Room>>, id: u64) {
     let (mut sink, mut source) = ws.split();
     if path == "/echo" {
         while let Some(Ok(message)) = source.next().await {
-            if message.is_text() || message.is_binary() {
-                if sink.send(message).await.is_err() {
-                    break;
-                }
+            if (message.is_text() || message.is_binary()) && sink.send(message).await.is_err() {
+                break;
             }
         }
         return;
