@@ -38,6 +38,7 @@ for target in "${TARGETS[@]}"; do
     echo "fuzz: $target FAILED; the input is in fuzz/artifacts/$target/"
     exit 1
   fi
-  grep -E '^(Done|stat::number_of_executed_units|stat::peak_rss_mb)' "$log" | sed "s/^/fuzz: $target: /"
-  grep -E ' DONE ' "$log" | tail -n 1 | sed "s/^/fuzz: $target: /"
+  # The last status line has the coverage (cov:) and corpus figures.
+  { grep -E '^(Done|stat::number_of_executed_units|stat::peak_rss_mb)' "$log" || true; } | sed "s/^/fuzz: $target: /"
+  { grep -E 'DONE|pulse' "$log" || true; } | tail -n 1 | sed "s/^/fuzz: $target: /"
 done
