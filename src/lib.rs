@@ -49,6 +49,13 @@
 //!   bits, opcodes and masking are enforced, each error with its close code.
 //! * **Limits.** Every length from the network is checked against
 //!   [`Config`] before anything is allocated for it.
+//! * **Time.** Handshake deadlines, keepalive pings, idle and close timeouts
+//!   run off one heap of deadlines in the event loop.
+//! * **The chat.** Rooms, nicknames and history ([`chat`]), with a broadcast
+//!   encoded once and its bytes shared by every recipient's queue, and slow
+//!   consumers closed before they can make the server hold what they do not read.
+//! * **Compression.** permessage-deflate ([`deflate`]), inflated within the
+//!   message limit so that a small bomb cannot cost more than the limit.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
