@@ -158,8 +158,9 @@ impl Outgoing {
                 n = 0;
             }
         }
-        if self.chunks.is_empty() && self.chunks.capacity() > 16 {
-            // One burst should not pin a large ring for the connection's life.
+        if self.chunks.is_empty() {
+            // An idle connection holds no queue memory at all: the ring is
+            // made again (one small allocation) by the next reply.
             self.chunks = VecDeque::new();
         }
     }

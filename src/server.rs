@@ -894,3 +894,17 @@ fn remove(connections: &mut Slab, registry: &Registry, chat: &mut Chat, pending_
     // registry tidy even if the descriptor number is soon reused.
     let _ = registry.deregister(&mut conn.stream);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_is_small() {
+        // Idle memory per connection is mostly this slot (see BENCHMARKS.md).
+        let slot = std::mem::size_of::<Option<Connection>>();
+        let client = std::mem::size_of::<WebSocketClient>();
+        eprintln!("Option<Connection>: {slot} bytes; WebSocketClient: {client} bytes");
+        assert!(slot <= 384, "{slot}");
+    }
+}
