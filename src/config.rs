@@ -144,7 +144,7 @@ impl Default for Config {
             max_pending_handshakes: 1024,
             close_timeout: Duration::from_secs(5),
             max_outgoing_bytes: 1 << 20,
-            read_buffer_size: 64 << 10,
+            read_buffer_size: 256 << 10,
             deflate: true,
             deflate_threshold: 256,
             deflate_context_takeover: false,

@@ -19,6 +19,7 @@
 //! | [`message`] | fragment reassembly, incremental UTF-8, close codes |
 //! | [`deflate`] | permessage-deflate (RFC 7692): negotiation, bounded inflate, compression |
 //! | [`outgoing`] | the outgoing queue of encoded bytes, with partial and vectored writes |
+//! | [`pool`] | a bounded pool of large buffers, reused between messages |
 //! | [`client`] | `WebSocketClient` and `ClientState`: one connection's state machine |
 //! | [`chat`] | rooms, nicknames, history, rate limits; the chat's JSON events |
 //! | [`server`] | the mio loop: accept, read, write, interest, timers, chat delivery |
@@ -67,6 +68,7 @@ pub mod frame;
 pub mod handshake;
 pub mod message;
 pub mod outgoing;
+pub mod pool;
 pub mod server;
 
 pub use client::{ClientState, WebSocketClient};

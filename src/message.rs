@@ -253,6 +253,10 @@ impl MessageAssembler {
             self.compressed = rsv1;
         }
         self.declared += header.payload_len;
+        if self.buf.capacity() == 0 && header.payload_len as usize >= crate::pool::MIN_BUFFER {
+            // A large message: start from a pooled buffer sized for this frame.
+            self.buf = crate::pool::take(header.payload_len as usize);
+        }
         self.kind = Some(kind);
         self.fin = header.fin;
         Ok(())
@@ -299,7 +303,7 @@ impl MessageAssembler {
         self.declared = 0;
         self.utf8 = Utf8Validator::default();
         if self.buf.capacity() > KEEP_CAPACITY {
-            self.buf = Vec::new();
+            crate::pool::give(std::mem::take(&mut self.buf));
         } else {
             self.buf.clear();
         }

@@ -105,7 +105,7 @@ impl Outgoing {
     fn tail(&mut self, additional: usize) -> &mut Vec<u8> {
         let fits = matches!(self.chunks.back(), Some(Chunk::Owned(last)) if last.len() + additional <= COALESCE_LIMIT);
         if !fits {
-            self.chunks.push_back(Chunk::Owned(Vec::with_capacity(additional.max(1024))));
+            self.chunks.push_back(Chunk::Owned(crate::pool::take(additional.max(1024))));
         }
         match self.chunks.back_mut() {
             Some(Chunk::Owned(last)) => last,
@@ -151,7 +151,9 @@ impl Outgoing {
             let left = head.bytes().len() - self.head_written;
             if n >= left {
                 n -= left;
-                self.chunks.pop_front();
+                if let Some(Chunk::Owned(buf)) = self.chunks.pop_front() {
+                    crate::pool::give(buf);
+                }
                 self.head_written = 0;
             } else {
                 self.head_written += n;
