@@ -79,7 +79,8 @@ pub struct Config {
     pub max_outgoing_bytes: usize,
 
     /// Size of the one read buffer the event loop shares among all
-    /// connections. Default 64 KiB. Idle connections hold no read buffer of
+    /// connections. Default 256 KiB, so that a 64 KiB frame usually arrives
+    /// whole in one read. Idle connections hold no read buffer of
     /// their own; only an incomplete frame header or control frame is kept
     /// per connection (at most 139 bytes).
     pub read_buffer_size: usize,

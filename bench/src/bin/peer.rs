@@ -9,7 +9,7 @@
 //!
 //! Usage: `peer ADDR` (prints `listening on ws://ADDR/`).
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -70,9 +70,19 @@ async fn serve(stream: TcpStream, room: Rc<RefCell<Room>>, id: u64) {
     let Ok(ws) = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await else { return };
     let (mut sink, mut source) = ws.split();
     if path == "/echo" {
+        // Echo with batching: queue every message that is already decoded,
+        // then flush once (one write for many replies, as rust-chat does).
         while let Some(Ok(message)) = source.next().await {
-            if (message.is_text() || message.is_binary()) && sink.send(message).await.is_err() {
-                break;
+            if (message.is_text() || message.is_binary()) && sink.feed(message).await.is_err() {
+                return;
+            }
+            while let Some(Some(Ok(more))) = source.next().now_or_never() {
+                if (more.is_text() || more.is_binary()) && sink.feed(more).await.is_err() {
+                    return;
+                }
+            }
+            if sink.flush().await.is_err() {
+                return;
             }
         }
         return;
