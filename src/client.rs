@@ -727,6 +727,12 @@ impl WebSocketClient {
             && self.outgoing.written_total() >= ends_at
         {
             self.state = ClientState::Connected;
+            // Most connections then wait for a while: give the queue's memory back.
+            self.outgoing.release();
+        }
+        if self.ping_sent {
+            // A keepalive went out to a quiet connection: it is idle, so free its queue.
+            self.outgoing.release();
         }
         Ok(written)
     }

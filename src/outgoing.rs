@@ -160,9 +160,17 @@ impl Outgoing {
                 n = 0;
             }
         }
-        if self.chunks.is_empty() {
-            // An idle connection holds no queue memory at all: the ring is
-            // made again (one small allocation) by the next reply.
+        if self.chunks.is_empty() && self.chunks.capacity() > 16 {
+            // One burst should not pin a large ring for the connection's life.
+            self.chunks = VecDeque::new();
+        }
+    }
+
+    /// Frees the (empty) queue's memory. A busy connection keeps its small
+    /// ring from one reply to the next; a quiet one gives it back, so an idle
+    /// connection holds no queue memory (see `WebSocketClient::write_to`).
+    pub fn release(&mut self) {
+        if self.is_empty() {
             self.chunks = VecDeque::new();
         }
     }
