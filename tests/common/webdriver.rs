@@ -14,9 +14,9 @@
 
 use serde_json::{Value, json};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// A running chromedriver with one browser session, both ended on drop.
@@ -32,6 +32,31 @@ pub struct Browser {
 fn find(env: &str, default: &str) -> Option<PathBuf> {
     let path = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(default));
     path.exists().then_some(path)
+}
+
+/// A name no other test in any process will use.
+fn unique_tag() -> String {
+    static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    format!("{}-{}", std::process::id(), COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
+/// Waits for the driver to write `marker` followed by its port into `log`.
+fn wait_for_port(log: &std::path::Path, marker: &str) -> SocketAddr {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(at) = text.find(marker) {
+            let digits: String = text[at + marker.len()..].chars().take_while(char::is_ascii_digit).collect();
+            if let Ok(port) = digits.parse::<u16>() {
+                let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+                if TcpStream::connect(addr).is_ok() {
+                    return addr;
+                }
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "the WebDriver server did not start:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn on_path(name: &str) -> Option<PathBuf> {
@@ -54,22 +79,21 @@ impl Browser {
         let (Some(driver), Some(firefox)) = (driver, find("FIREFOX", "/usr/bin/firefox-esr")) else {
             panic!("{test}: RUST_CHAT_BROWSER=firefox, but firefox-esr or geckodriver is missing");
         };
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let tag = format!("{}-{port}", std::process::id());
+        let tag = unique_tag();
         let console_log = std::env::temp_dir().join(format!("rust-chat-geckodriver-{tag}.log"));
         let log = std::fs::File::create(&console_log).unwrap();
+        // Port 0: the driver picks a free port itself and says which (no race for it).
         let child = Command::new(driver)
-            .args(["--port", &port.to_string(), "--host", "127.0.0.1"])
+            .args(["--port", "0", "--host", "127.0.0.1"])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("start geckodriver");
+        let addr = wait_for_port(&console_log, "Listening on 127.0.0.1:");
         let profile = std::env::temp_dir().join(format!("rust-chat-firefox-{tag}"));
         std::fs::create_dir_all(&profile).unwrap();
         let mut browser =
             Browser { driver: child, addr, session: String::new(), profile, console_log: Some(console_log) };
-        browser.wait_for_driver();
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "firefox",
             "moz:firefoxOptions": {
@@ -85,14 +109,6 @@ impl Browser {
         Some(browser)
     }
 
-    fn wait_for_driver(&self) {
-        let start = Instant::now();
-        while TcpStream::connect(self.addr).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(20), "the WebDriver server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
     fn start_chromium(test: &str) -> Option<Browser> {
         let (Some(driver), Some(chromium)) =
             (find("CHROMEDRIVER", "/usr/bin/chromedriver"), find("CHROMIUM", "/usr/bin/chromium"))
@@ -105,17 +121,20 @@ impl Browser {
             eprintln!("*** apt-get install chromium chromium-driver to run the browser tests ***\n");
             return None;
         };
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let tag = unique_tag();
+        let driver_log = std::env::temp_dir().join(format!("rust-chat-chromedriver-{tag}.log"));
+        let log = std::fs::File::create(&driver_log).unwrap();
+        // Port 0: the driver picks a free port itself and says which (no race for it).
         let child = Command::new(driver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .arg("--port=0")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
             .spawn()
             .expect("start chromedriver");
-        let profile = std::env::temp_dir().join(format!("rust-chat-chromium-{}-{port}", std::process::id()));
+        let addr = wait_for_port(&driver_log, "started successfully on port ");
+        let _ = std::fs::remove_file(&driver_log);
+        let profile = std::env::temp_dir().join(format!("rust-chat-chromium-{tag}"));
         let mut browser = Browser { driver: child, addr, session: String::new(), profile, console_log: None };
-        browser.wait_for_driver();
         let args = [
             "--headless=new",
             "--no-sandbox",
