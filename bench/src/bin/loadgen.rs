@@ -11,7 +11,8 @@
 //! - `broadcast`: `--conns N --inflight K --size S`: N members join one chat
 //!   room; one of them sends with K in flight, each message carrying its
 //!   sequence number and send time; counts deliveries per second, checks
-//!   every member got every message in order, reports fan-out latency.
+//!   that one member in ten (and the sender) got every message in order, and
+//!   reports fan-out latency.
 //! - `idle`: `--conns N --pid P`: opens N connections and reports the
 //!   server's resident memory per connection (from /proc/P/status).
 //!
@@ -314,6 +315,10 @@ fn echo(args: &Args) {
     );
 }
 
+/// In broadcast mode, members whose index is a multiple of this parse every
+/// event (order, loss, latency); the others only count frames.
+const CHECK_EVERY: usize = 10;
+
 fn broadcast(args: &Args) {
     let mut poll = Poll::new().unwrap();
     let mut connections = Vec::new();
@@ -378,7 +383,14 @@ fn broadcast(args: &Args) {
                 let counting = counted_from.is_some();
                 let mut own = 0;
                 let mut next_seq = conn.next_seq;
+                // Every member counts its deliveries; one in CHECK_EVERY (and
+                // the sender) also parses each event to check order and
+                // latency, so the generator spends little per delivery.
+                let check = i % CHECK_EVERY == 0;
                 drain_frames(conn, &rules, |payload| {
+                    if !check {
+                        return;
+                    }
                     // Find `"text":"b SEQ NANOS`.
                     let Some(at) = payload.windows(9).position(|w| w == b"\"text\":\"b") else { return };
                     let mut fields = payload[at + 10..].split(|&b| b == b' ');
