@@ -589,7 +589,7 @@ impl Server {
         let Some(conn) = connections.get_mut(index) else {
             return; // a spurious event for a connection already removed
         };
-        let mut endpoints = Endpoints { chat, deflaters, id: conn.id, now, time_ms: unix_millis() };
+        let mut endpoints = Endpoints { chat, deflaters, id: conn.id, now };
         let mut budget = READ_BUDGET;
         let mut want_read = readable;
         let finished = loop {
@@ -818,8 +818,6 @@ struct Endpoints<'a> {
     deflaters: &'a mut SharedDeflaters,
     id: ConnId,
     now: Instant,
-    /// Wall-clock time for chat timestamps, in milliseconds since 1970.
-    time_ms: u64,
 }
 
 impl Handler for Endpoints<'_> {
@@ -836,7 +834,8 @@ impl Handler for Endpoints<'_> {
     fn on_message(&mut self, endpoint: Endpoint, message: Message<'_>, reply: &mut Reply<'_>) {
         match (endpoint, message) {
             (Endpoint::Echo, message) => reply.send(message.opcode(), message.as_bytes(), self.deflaters),
-            (Endpoint::Chat, Message::Text(text)) => self.chat.handle_text(self.id, text, self.now, self.time_ms),
+            // The wall clock is read only for a chat message, which carries the time.
+            (Endpoint::Chat, Message::Text(text)) => self.chat.handle_text(self.id, text, self.now, unix_millis()),
             (Endpoint::Chat, Message::Binary(_)) => self.chat.handle_binary(self.id, self.now),
         }
     }
