@@ -11,7 +11,9 @@
 //! says lands in its outbox; at the end of each turn of the loop the server
 //! delivers every frame to the queues of its recipients (the bytes shared,
 //! not copied), closes recipients whose queue would pass its cap, and writes
-//! each touched connection once.
+//! each touched connection once. Consecutive frames to the same recipients
+//! (a busy room) are joined into one shared buffer first, so a member gets
+//! one queue entry and one contiguous write per turn, not one per message.
 //!
 //! Time: each connection has at most one live entry in a heap of deadlines
 //! (handshake, keepalive ping, idle timeout, close). An entry that fires
@@ -693,43 +695,52 @@ impl Server {
         // Writing may remove a connection, and its `leave` is more to deliver.
         while !self.chat.outbox().is_empty() || !self.dirty.is_empty() {
             let outbox = self.chat.take_outbox();
-            for (frame, recipients) in outbox.iter() {
-                // Compressed once per window size, for every recipient without
-                // server context takeover; made on first need.
-                let mut compressed: [Option<Option<SharedFrame>>; 16] = Default::default();
-                let payload = frame_payload(frame);
+            for (frames, recipients) in outbox.runs() {
+                // A run (consecutive frames to the same recipients) is joined
+                // into one buffer, made on first need: raw, and compressed
+                // once per window size for every recipient without server
+                // context takeover.
+                let mut raw: Option<SharedFrame> = None;
+                let mut compressed: [Option<SharedFrame>; 16] = Default::default();
+                let raw_len: usize = frames.iter().map(|f| f.len()).sum();
                 for &id in recipients {
                     let Some(conn) = self.connections.get_id(id) else { continue };
                     if !conn.client.is_open() {
                         continue;
                     }
-                    let variant = match conn.client.deflate_agreement() {
-                        Some(agreed) if agreed.server_no_context_takeover => {
-                            let slot = &mut compressed[usize::from(agreed.server_max_window_bits)];
-                            let agreed = *agreed;
-                            slot.get_or_insert_with(|| {
-                                compress_shared(&mut self.deflaters, &agreed, payload, threshold)
-                            })
-                            .clone()
-                        }
-                        _ => None,
-                    };
+                    let shared =
+                        match conn.client.deflate_agreement() {
+                            Some(agreed) if agreed.server_no_context_takeover => {
+                                let agreed = *agreed;
+                                let slot = &mut compressed[usize::from(agreed.server_max_window_bits)];
+                                Some(&*slot.get_or_insert_with(|| {
+                                    compress_run(&mut self.deflaters, &agreed, frames, threshold)
+                                }))
+                            }
+                            // With its own compressor (context takeover), a connection compresses for itself.
+                            Some(_) => None,
+                            None => Some(&*raw.get_or_insert_with(|| join(frames, raw_len))),
+                        };
                     let queued = conn.client.outgoing.len();
-                    let size = variant.as_ref().map_or(frame.len(), |v| v.len());
-                    // A frame always fits an empty queue, however large.
+                    let size = shared.map_or(raw_len, |bytes| bytes.len());
+                    // A run always fits an empty queue, however large.
                     if queued > 0 && queued + size > cap {
                         if !slow.contains(&id) {
                             slow.push(id);
                         }
                         continue;
                     }
-                    match variant {
-                        Some(compressed) => conn.client.outgoing.push_shared(&compressed),
-                        // With its own compressor (context takeover), a connection compresses for itself.
-                        None if conn.client.deflate_agreement().is_some() => {
-                            conn.client.reply(&self.config).send(OpCode::Text, payload, &mut self.deflaters)
+                    match shared {
+                        Some(bytes) => conn.client.outgoing.push_shared(bytes),
+                        None => {
+                            for frame in frames {
+                                conn.client.reply(&self.config).send(
+                                    OpCode::Text,
+                                    frame_payload(frame),
+                                    &mut self.deflaters,
+                                );
+                            }
                         }
-                        None => conn.client.outgoing.push_shared(frame),
                     }
                     mark_dirty(conn, &mut self.dirty);
                 }
@@ -766,28 +777,49 @@ fn frame_payload(frame: &[u8]) -> &[u8] {
     }
 }
 
-/// A chat frame compressed for every connection with this agreement, or
-/// `None` when it is better sent raw (short, or no smaller compressed; a
-/// threshold of 0 compresses everything).
-fn compress_shared(
+/// The frames of a run as one buffer (the frame itself when it is alone).
+fn join(frames: &[SharedFrame], len: usize) -> SharedFrame {
+    match frames {
+        [one] => Arc::clone(one),
+        _ => {
+            let mut bytes = Vec::with_capacity(len);
+            for frame in frames {
+                bytes.extend_from_slice(frame);
+            }
+            SharedFrame::from(bytes)
+        }
+    }
+}
+
+/// The frames of a run as sent to every connection with this agreement, in
+/// one buffer: each message compressed on its own (no context takeover), or
+/// left raw when it is short or no smaller compressed (a threshold of 0
+/// compresses everything).
+fn compress_run(
     deflaters: &mut SharedDeflaters,
     agreed: &crate::deflate::Agreement,
-    payload: &[u8],
+    frames: &[SharedFrame],
     threshold: usize,
-) -> Option<SharedFrame> {
-    if payload.len() < threshold || !agreed.may_compress(payload.len()) {
-        return None;
-    }
+) -> SharedFrame {
+    let mut out = Vec::new();
     let mut body = Vec::new();
-    deflaters.compress(agreed, payload, &mut body);
-    if threshold > 0 && body.len() >= payload.len() {
-        return None;
+    for frame in frames {
+        let payload = frame_payload(frame);
+        if payload.len() < threshold || !agreed.may_compress(payload.len()) {
+            out.extend_from_slice(frame);
+            continue;
+        }
+        body.clear();
+        deflaters.compress(agreed, payload, &mut body);
+        if threshold > 0 && body.len() >= payload.len() {
+            out.extend_from_slice(frame);
+            continue;
+        }
+        let header = FrameHeader { rsv: RSV1, ..FrameHeader::new(OpCode::Text, body.len() as u64) };
+        header.encode(&mut out);
+        out.extend_from_slice(&body);
     }
-    let header = FrameHeader { rsv: RSV1, ..FrameHeader::new(OpCode::Text, body.len() as u64) };
-    let mut bytes = Vec::with_capacity(header.encoded_len() + body.len());
-    header.encode(&mut bytes);
-    bytes.extend_from_slice(&body);
-    Some(SharedFrame::from(bytes))
+    SharedFrame::from(out)
 }
 
 /// The 503 response for a connection the server cannot take now.

@@ -303,3 +303,69 @@ fn chat_broadcasts_arrive_compressed_for_members_that_asked() {
     let event: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(event["text"], long.as_str());
 }
+
+/// The next chat `message` event, inflated if it came compressed (with the
+/// connection's own decompressor when the server keeps its context).
+fn next_chat_message(client: &mut RawClient, context: &mut Option<Decompress>) -> (bool, Value) {
+    loop {
+        let (compressed, body, _) = read_message(client);
+        let bytes = match (compressed, context.as_mut()) {
+            (false, _) => body,
+            (true, Some(decompressor)) => inflate(decompressor, &body),
+            (true, None) => inflate(&mut raw_decompressor(), &body),
+        };
+        let event: Value = serde_json::from_slice(&bytes).unwrap();
+        if event["type"] == "message" {
+            return (compressed, event);
+        }
+    }
+}
+
+#[test]
+fn a_burst_of_chat_messages_reaches_every_kind_of_member_whole_and_in_order() {
+    // The burst arrives in one read, so the server delivers it as one run
+    // (one buffer per kind of member): raw, shared compressors for two
+    // window sizes, and a connection with its own compressor.
+    let server =
+        TestServer::with_config(Config { deflate_context_takeover: true, rate_limit_per_sec: 0, ..Config::default() });
+    let offers = [
+        ("raw", None),
+        ("shared-15", Some("permessage-deflate; server_no_context_takeover")),
+        ("shared-9", Some("permessage-deflate; server_no_context_takeover; server_max_window_bits=9")),
+        ("own", Some("permessage-deflate")),
+    ];
+    let mut members: Vec<(RawClient, Option<Decompress>)> = offers
+        .iter()
+        .map(|(nick, offer)| {
+            let path = format!("/chat?nick={nick}");
+            match offer {
+                None => (RawClient::open(server.addr, &path), None),
+                Some(offer) => {
+                    let (client, head) = open_offering(server.addr, &path, offer);
+                    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+                    let own = !offer.contains("server_no_context_takeover");
+                    (client, own.then(raw_decompressor))
+                }
+            }
+        })
+        .collect();
+    // Short ones (compressible, but under the 256-byte threshold) go raw.
+    let long = "a long line that is worth compressing, again and again. ".repeat(10);
+    let texts: Vec<String> = (0..40)
+        .map(|n| if n % 2 == 0 { format!("short {n} {}", "ab".repeat(40)) } else { format!("{n} {long}") })
+        .collect();
+    let sender = &mut members[0].0;
+    let mut wire = Vec::new();
+    for text in &texts {
+        wire.extend(sender.frame_bytes(true, TEXT, text.as_bytes()));
+    }
+    sender.send_raw(&wire);
+    for (i, (client, context)) in members.iter_mut().enumerate() {
+        for (n, text) in texts.iter().enumerate() {
+            let (compressed, event) = next_chat_message(client, context);
+            assert_eq!(event["text"], text.as_str(), "member {}, message {n}", offers[i].0);
+            let expect_compressed = offers[i].1.is_some() && n % 2 == 1;
+            assert_eq!(compressed, expect_compressed, "member {}, message {n}", offers[i].0);
+        }
+    }
+}

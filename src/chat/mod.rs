@@ -42,19 +42,51 @@ pub struct ConnId {
 /// Recipients are fixed when the frame is made, so a member who sends a
 /// message and then `/join`s another room in the same read still gets the
 /// message in the first room.
+///
+/// Consecutive frames that go to exactly the same connections (a busy room)
+/// form one *run*, up to [`RUN_LIMIT`] bytes. The event loop joins a run's
+/// frames into one buffer that every recipient's queue shares: one queue
+/// entry and one contiguous copy into the kernel per member per turn,
+/// however many messages the room had.
 #[derive(Debug, Default)]
 pub struct Outbox {
-    frames: Vec<(SharedFrame, usize, usize)>,
+    frames: Vec<SharedFrame>,
+    runs: Vec<Run>,
     recipients: Vec<ConnId>,
+}
+
+/// The most bytes of frames one run holds; a frame that would pass it starts a new run.
+pub const RUN_LIMIT: usize = 64 * 1024;
+
+/// Frames `frames` of the outbox, all to `recipients`, `bytes` long together.
+#[derive(Debug)]
+struct Run {
+    frames: std::ops::Range<usize>,
+    recipients: std::ops::Range<usize>,
+    bytes: usize,
 }
 
 impl Outbox {
     fn send(&mut self, frame: SharedFrame, to: impl IntoIterator<Item = ConnId>) {
         let start = self.recipients.len();
         self.recipients.extend(to);
-        if self.recipients.len() > start {
-            self.frames.push((frame, start, self.recipients.len()));
+        if self.recipients.len() == start {
+            return;
         }
+        self.frames.push(frame);
+        let len = self.frames.last().map_or(0, |f| f.len());
+        let (earlier, new) = self.recipients.split_at(start);
+        if let Some(last) = self.runs.last_mut()
+            && last.bytes + len <= RUN_LIMIT
+            && earlier.get(last.recipients.clone()) == Some(new)
+        {
+            self.recipients.truncate(start);
+            last.frames.end += 1;
+            last.bytes += len;
+            return;
+        }
+        let index = self.frames.len() - 1;
+        self.runs.push(Run { frames: index..index + 1, recipients: start..self.recipients.len(), bytes: len });
     }
 
     /// Whether nothing waits.
@@ -64,12 +96,18 @@ impl Outbox {
 
     /// Every frame with its recipients, in the order they were made.
     pub fn iter(&self) -> impl Iterator<Item = (&SharedFrame, &[ConnId])> {
-        self.frames.iter().map(|(frame, start, end)| (frame, &self.recipients[*start..*end]))
+        self.runs().flat_map(|(frames, to)| frames.iter().map(move |frame| (frame, to)))
+    }
+
+    /// Runs of consecutive frames with the same recipients, in order.
+    pub fn runs(&self) -> impl Iterator<Item = (&[SharedFrame], &[ConnId])> {
+        self.runs.iter().map(|run| (&self.frames[run.frames.clone()], &self.recipients[run.recipients.clone()]))
     }
 
     /// Empties the outbox, keeping its capacity.
     pub fn clear(&mut self) {
         self.frames.clear();
+        self.runs.clear();
         self.recipients.clear();
     }
 }
@@ -725,5 +763,49 @@ mod tests {
         let deliveries: Vec<_> = chat.outbox().iter().map(|(f, to)| (Arc::clone(f), to.len())).collect();
         assert_eq!(deliveries.len(), 1, "one frame");
         assert_eq!(deliveries[0].1, 50, "fifty recipients");
+    }
+
+    #[test]
+    fn consecutive_frames_to_the_same_members_form_one_run() {
+        let (mut chat, now) = chat_with(Config { rate_limit_per_sec: 0, ..Config::default() });
+        for i in 0..3 {
+            chat.connect(id(i), "", now).unwrap();
+        }
+        chat.outbox().clear();
+        for n in 0..5 {
+            chat.handle_text(id(0), &format!("m{n}"), now, 0);
+        }
+        // A reply to one member, then the room again, then the room after a change of members.
+        chat.handle_text(id(1), "/who", now, 0);
+        chat.handle_text(id(1), "after who", now, 0);
+        chat.handle_text(id(2), "/join den", now, 0);
+        chat.handle_text(id(0), "fewer now", now, 0);
+        let runs: Vec<(usize, Vec<ConnId>)> =
+            chat.outbox().runs().map(|(frames, to)| (frames.len(), to.to_vec())).collect();
+        let everyone = vec![id(0), id(1), id(2)];
+        assert_eq!(runs[0], (5, everyone.clone()), "five messages to the room: one run");
+        assert_eq!(runs[1], (1, vec![id(1)]), "the /who answer");
+        assert_eq!(runs[2], (1, everyone), "the room again");
+        // id(2) leaves the lobby (a leave event to the other two) and joins den.
+        let last = runs.last().unwrap();
+        assert_eq!(last.1, vec![id(0), id(1)]);
+        let flat: Vec<usize> = chat.outbox().iter().map(|(_, to)| to.len()).collect();
+        assert_eq!(&flat[..5], &[3; 5], "per-frame view unchanged");
+    }
+
+    #[test]
+    fn a_run_stops_growing_at_its_limit() {
+        let (mut chat, now) = chat_with(Config { rate_limit_per_sec: 0, ..Config::default() });
+        chat.connect(id(0), "", now).unwrap();
+        chat.outbox().clear();
+        let text = "x".repeat(1000);
+        for _ in 0..200 {
+            chat.handle_text(id(0), &text, now, 0);
+        }
+        let sizes: Vec<usize> = chat.outbox().runs().map(|(frames, _)| frames.iter().map(|f| f.len()).sum()).collect();
+        assert!(sizes.len() > 1, "{sizes:?}");
+        assert!(sizes.iter().all(|&bytes| bytes <= RUN_LIMIT), "{sizes:?}");
+        assert!(sizes[0] + 1100 > RUN_LIMIT, "runs are filled before a new one starts: {sizes:?}");
+        assert_eq!(chat.outbox().iter().count(), 200, "no frame lost");
     }
 }
