@@ -306,8 +306,9 @@ fn a_slow_consumer_is_closed_while_everyone_else_gets_everything() {
     let (base_rss, _) = server.memory_kib();
 
     // 16,000 messages of 4,000 bytes: 64 MB that the stalled client never
-    // reads. They go out in batches paced by the listener, as a rate limit
-    // would pace them, so that only the stalled client falls behind.
+    // reads. They go out in batches paced by the listener and the talker
+    // (which hears itself), as a rate limit would pace them, so that only
+    // the stalled client falls behind, however the test threads are scheduled.
     const COUNT: usize = 16_000;
     const BATCH: usize = 100;
     let text = "x".repeat(4000);
@@ -316,12 +317,15 @@ fn a_slow_consumer_is_closed_while_everyone_else_gets_everything() {
         .map(|_| (0..BATCH).flat_map(|_| talker.raw.frame_bytes(true, TEXT, text.as_bytes())).collect())
         .collect();
     // The talker hears itself too, so it must read as well.
+    let talker_heard = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let heard = std::sync::Arc::clone(&talker_heard);
     let talker_reader = std::thread::spawn(move || {
         let mut seqs = Vec::with_capacity(COUNT);
         while seqs.len() < COUNT {
             let event = talker.event();
             if event["type"] == "message" {
                 seqs.push(event["seq"].as_u64().unwrap());
+                heard.store(seqs.len(), std::sync::atomic::Ordering::Release);
             }
         }
         seqs
@@ -338,6 +342,11 @@ fn a_slow_consumer_is_closed_while_everyone_else_gets_everything() {
                 Some("leave") if event["nick"] == "stalled" => saw_leave = true,
                 _ => panic!("unexpected {event}"),
             }
+        }
+        let waiting_since = Instant::now();
+        while talker_heard.load(std::sync::atomic::Ordering::Acquire) < target {
+            assert!(waiting_since.elapsed() < Duration::from_secs(30), "the talker stopped hearing itself");
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
     let expected: Vec<u64> = (1..=COUNT as u64).collect();

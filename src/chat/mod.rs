@@ -44,15 +44,23 @@ pub struct ConnId {
 /// message in the first room.
 ///
 /// Consecutive frames that go to exactly the same connections (a busy room)
-/// form one *run*, up to [`RUN_LIMIT`] bytes. The event loop joins a run's
+/// form one *run*, up to [`RUN_LIMIT`] bytes (or the outgoing queue's cap,
+/// if smaller, so that a run fits wherever a frame would). The event loop joins a run's
 /// frames into one buffer that every recipient's queue shares: one queue
 /// entry and one contiguous copy into the kernel per member per turn,
 /// however many messages the room had.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Outbox {
     frames: Vec<SharedFrame>,
     runs: Vec<Run>,
     recipients: Vec<ConnId>,
+    run_limit: usize,
+}
+
+impl Default for Outbox {
+    fn default() -> Outbox {
+        Outbox::new(RUN_LIMIT)
+    }
 }
 
 /// The most bytes of frames one run holds; a frame that would pass it starts a new run.
@@ -67,6 +75,10 @@ struct Run {
 }
 
 impl Outbox {
+    fn new(run_limit: usize) -> Outbox {
+        Outbox { frames: Vec::new(), runs: Vec::new(), recipients: Vec::new(), run_limit }
+    }
+
     fn send(&mut self, frame: SharedFrame, to: impl IntoIterator<Item = ConnId>) {
         let start = self.recipients.len();
         self.recipients.extend(to);
@@ -77,7 +89,7 @@ impl Outbox {
         let len = self.frames.last().map_or(0, |f| f.len());
         let (earlier, new) = self.recipients.split_at(start);
         if let Some(last) = self.runs.last_mut()
-            && last.bytes + len <= RUN_LIMIT
+            && last.bytes + len <= self.run_limit
             && earlier.get(last.recipients.clone()) == Some(new)
         {
             self.recipients.truncate(start);
@@ -201,7 +213,8 @@ impl Chat {
         };
         let mut rooms = HashMap::new();
         rooms.insert(LOBBY.to_string(), Room::default());
-        Chat { limits, rooms, members: HashMap::new(), nicks: HashMap::new(), next_guest: 1, outbox: Outbox::default() }
+        let outbox = Outbox::new(RUN_LIMIT.min(config.max_outgoing_bytes));
+        Chat { limits, rooms, members: HashMap::new(), nicks: HashMap::new(), next_guest: 1, outbox }
     }
 
     /// Frames waiting for delivery. The loop delivers them and clears it.
@@ -212,7 +225,8 @@ impl Chat {
     /// Takes the outbox out (so delivery can call back into the chat); give
     /// it back with [`Chat::restore_outbox`] to keep its capacity.
     pub fn take_outbox(&mut self) -> Outbox {
-        std::mem::take(&mut self.outbox)
+        let fresh = Outbox::new(self.outbox.run_limit);
+        std::mem::replace(&mut self.outbox, fresh)
     }
 
     /// Returns an outbox taken with [`Chat::take_outbox`], after delivery.
@@ -807,5 +821,16 @@ mod tests {
         assert!(sizes.iter().all(|&bytes| bytes <= RUN_LIMIT), "{sizes:?}");
         assert!(sizes[0] + 1100 > RUN_LIMIT, "runs are filled before a new one starts: {sizes:?}");
         assert_eq!(chat.outbox().iter().count(), 200, "no frame lost");
+
+        // A smaller outgoing cap makes runs smaller too.
+        let config = Config { rate_limit_per_sec: 0, max_outgoing_bytes: 5000, ..Config::default() };
+        let (mut chat, now) = chat_with(config);
+        chat.connect(id(0), "", now).unwrap();
+        chat.outbox().clear();
+        for _ in 0..20 {
+            chat.handle_text(id(0), &text, now, 0);
+        }
+        let sizes: Vec<usize> = chat.outbox().runs().map(|(frames, _)| frames.iter().map(|f| f.len()).sum()).collect();
+        assert!(sizes.iter().all(|&bytes| bytes <= 5000) && sizes[0] > 4000, "{sizes:?}");
     }
 }
