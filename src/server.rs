@@ -59,6 +59,11 @@ const SIGNALS: Token = Token(usize::MAX - 2);
 /// again after the others, without waiting for a new event.
 const READ_BUDGET: usize = 16;
 
+/// During a long write phase, the loop looks for new input after this many
+/// writes ([`Server::deliver`]), at most [`MAX_LOOKS`] times per turn.
+const WRITES_PER_LOOK: usize = 64;
+const MAX_LOOKS: usize = 16;
+
 /// How long to stop accepting after the process runs out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -246,8 +251,12 @@ pub struct Server {
     read_buf: Vec<u8>,
     /// Connections that used up their read budget and may have input waiting.
     ready: Vec<usize>,
-    /// Connections with chat frames queued this turn, to be written at its end.
-    dirty: Vec<usize>,
+    /// Connections with chat frames queued this turn, to be written at its end, in order.
+    dirty: VecDeque<usize>,
+    /// The events buffer for [`Server::look_for_input`].
+    look_events: Events,
+    /// A second signal arrived: [`Server::run`] returns at once.
+    forced: bool,
     chat: Chat,
     /// Compressors for connections without server context takeover, shared by all.
     deflaters: SharedDeflaters,
@@ -310,7 +319,9 @@ impl Server {
             local_addr,
             read_buf: vec![0; config.read_buffer_size],
             ready: Vec::new(),
-            dirty: Vec::new(),
+            dirty: VecDeque::new(),
+            look_events: Events::with_capacity(256),
+            forced: false,
             chat: Chat::new(&config),
             deflaters: SharedDeflaters::default(),
             generation: 0,
@@ -385,25 +396,9 @@ impl Server {
                 return Err(err);
             }
             let now = Instant::now();
-            for event in events.iter() {
-                match event.token() {
-                    LISTENER => self.accept(now),
-                    WAKER => {}
-                    SIGNALS => {
-                        if self.handle_signals(now) {
-                            warn!(open = self.connections.len, "second signal: exiting without waiting for the drain");
-                            return Ok(Exit::Forced);
-                        }
-                    }
-                    Token(index) => {
-                        // Errors and hang-ups show up as a read that fails or returns 0.
-                        let hangup = event.is_read_closed() || event.is_error();
-                        if hangup && let Some(conn) = self.connections.get_mut(index) {
-                            conn.hangup = true;
-                        }
-                        self.service(index, event.is_readable() || hangup, now);
-                    }
-                }
+            self.dispatch(&events, now);
+            if self.forced {
+                return Ok(Exit::Forced);
             }
             for index in std::mem::take(&mut self.ready) {
                 if let Some(conn) = self.connections.get_mut(index) {
@@ -419,6 +414,9 @@ impl Server {
             }
             self.expire(now);
             self.deliver(now);
+            if self.forced {
+                return Ok(Exit::Forced);
+            }
             self.control.open.store(self.connections.len, Ordering::Relaxed);
             if let Some(until) = self.draining_until {
                 let left = self.connections.len;
@@ -430,10 +428,55 @@ impl Server {
         }
     }
 
+    /// Handles what the poller reported: new connections, signals, and
+    /// connections to read or write.
+    fn dispatch(&mut self, events: &Events, now: Instant) {
+        for event in events.iter() {
+            match event.token() {
+                LISTENER => self.accept(now),
+                WAKER => {}
+                SIGNALS => {
+                    if self.handle_signals(now) {
+                        warn!(open = self.connections.len, "second signal: exiting without waiting for the drain");
+                        self.forced = true;
+                    }
+                }
+                Token(index) => {
+                    // Errors and hang-ups show up as a read that fails or returns 0.
+                    let hangup = event.is_read_closed() || event.is_error();
+                    if hangup && let Some(conn) = self.connections.get_mut(index) {
+                        conn.hangup = true;
+                    }
+                    self.service(index, event.is_readable() || hangup, now);
+                }
+            }
+        }
+    }
+
+    /// In the middle of a long write phase, reads what has arrived since the
+    /// turn began (without waiting), so that it joins the deliveries still
+    /// to be written instead of waiting for a turn of its own.
+    fn look_for_input(&mut self) {
+        let mut events = std::mem::replace(&mut self.look_events, Events::with_capacity(0));
+        // An error (interrupted, or one the next full turn will report) just ends the look.
+        if self.poll.poll(&mut events, Some(Duration::ZERO)).is_ok() {
+            self.dispatch(&events, Instant::now());
+        }
+        self.look_events = events;
+    }
+
     /// How long `poll` may sleep: until the soonest deadline, or forever.
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
         if !self.ready.is_empty() {
             return Some(Duration::ZERO); // connections with input waiting: only look for new events
+        }
+        // A stop or shutdown request whose wake-up was taken by a look for
+        // input during delivery: act on it now rather than at the next event.
+        let control = &self.control;
+        if control.stop.load(Ordering::SeqCst)
+            || (control.shutdown.load(Ordering::SeqCst) && self.draining_until.is_none())
+        {
+            return Some(Duration::ZERO);
         }
         let soonest = [self.timers.peek().map(|Reverse((at, _))| *at), self.accept_paused_until, self.draining_until]
             .into_iter()
@@ -685,85 +728,98 @@ impl Server {
 
     /// Delivers what the chat said this turn, then writes every connection that got something.
     ///
+    /// A long write phase (a room of thousands) stops every
+    /// [`WRITES_PER_LOOK`] writes to read what has arrived meanwhile; what
+    /// that input makes the chat say is queued at once, so connections not
+    /// yet written carry it in the same write.
+    fn deliver(&mut self, now: Instant) {
+        let mut looks = MAX_LOOKS;
+        let mut writes = 0usize;
+        loop {
+            if !self.chat.outbox().is_empty() {
+                self.queue_outbox(now);
+                continue;
+            }
+            let Some(index) = self.dirty.pop_front() else { break };
+            let Some(conn) = self.connections.get_mut(index) else { continue };
+            conn.dirty = false;
+            self.service(index, false, now);
+            writes += 1;
+            if looks > 0 && writes.is_multiple_of(WRITES_PER_LOOK) && !self.dirty.is_empty() {
+                looks -= 1;
+                self.look_for_input();
+            }
+        }
+    }
+
+    /// Puts what the chat said on its recipients' queues (marking them to be written).
+    ///
     /// A recipient whose queue would pass its cap is a slow consumer: it is
     /// closed with 1008 and leaves the chat, and the `leave` events that
-    /// causes are delivered in the next round of the same loop.
-    fn deliver(&mut self, now: Instant) {
+    /// causes are queued in the next round.
+    fn queue_outbox(&mut self, now: Instant) {
         let cap = self.config.max_outgoing_bytes;
         let threshold = self.config.deflate_threshold;
         let mut slow = Vec::new();
-        // Writing may remove a connection, and its `leave` is more to deliver.
-        while !self.chat.outbox().is_empty() || !self.dirty.is_empty() {
-            let outbox = self.chat.take_outbox();
-            for (frames, recipients) in outbox.runs() {
-                // A run (consecutive frames to the same recipients) is joined
-                // into one buffer, made on first need: raw, and compressed
-                // once per window size for every recipient without server
-                // context takeover.
-                let mut raw: Option<SharedFrame> = None;
-                let mut compressed: [Option<SharedFrame>; 16] = Default::default();
-                let raw_len: usize = frames.iter().map(|f| f.len()).sum();
-                for &id in recipients {
-                    let Some(conn) = self.connections.get_id(id) else { continue };
-                    if !conn.client.is_open() {
-                        continue;
+        let outbox = self.chat.take_outbox();
+        for (frames, recipients) in outbox.runs() {
+            // A run (consecutive frames to the same recipients) is joined
+            // into one buffer, made on first need: raw, and compressed
+            // once per window size for every recipient without server
+            // context takeover.
+            let mut raw: Option<SharedFrame> = None;
+            let mut compressed: [Option<SharedFrame>; 16] = Default::default();
+            let raw_len: usize = frames.iter().map(|f| f.len()).sum();
+            for &id in recipients {
+                let Some(conn) = self.connections.get_id(id) else { continue };
+                if !conn.client.is_open() {
+                    continue;
+                }
+                let shared = match conn.client.deflate_agreement() {
+                    Some(agreed) if agreed.server_no_context_takeover => {
+                        let agreed = *agreed;
+                        let slot = &mut compressed[usize::from(agreed.server_max_window_bits)];
+                        Some(
+                            &*slot.get_or_insert_with(|| compress_run(&mut self.deflaters, &agreed, frames, threshold)),
+                        )
                     }
-                    let shared =
-                        match conn.client.deflate_agreement() {
-                            Some(agreed) if agreed.server_no_context_takeover => {
-                                let agreed = *agreed;
-                                let slot = &mut compressed[usize::from(agreed.server_max_window_bits)];
-                                Some(&*slot.get_or_insert_with(|| {
-                                    compress_run(&mut self.deflaters, &agreed, frames, threshold)
-                                }))
-                            }
-                            // With its own compressor (context takeover), a connection compresses for itself.
-                            Some(_) => None,
-                            None => Some(&*raw.get_or_insert_with(|| join(frames, raw_len))),
-                        };
-                    let queued = conn.client.outgoing.len();
-                    let size = shared.map_or(raw_len, |bytes| bytes.len());
-                    // A run always fits an empty queue, however large.
-                    if queued > 0 && queued + size > cap {
-                        if !slow.contains(&id) {
-                            slow.push(id);
-                        }
-                        continue;
+                    // With its own compressor (context takeover), a connection compresses for itself.
+                    Some(_) => None,
+                    None => Some(&*raw.get_or_insert_with(|| join(frames, raw_len))),
+                };
+                let queued = conn.client.outgoing.len();
+                let size = shared.map_or(raw_len, |bytes| bytes.len());
+                // A run always fits an empty queue, however large.
+                if queued > 0 && queued + size > cap {
+                    if !slow.contains(&id) {
+                        slow.push(id);
                     }
-                    match shared {
-                        Some(bytes) => conn.client.outgoing.push_shared(bytes),
-                        None => {
-                            for frame in frames {
-                                conn.client.reply(&self.config).send(
-                                    OpCode::Text,
-                                    frame_payload(frame),
-                                    &mut self.deflaters,
-                                );
-                            }
+                    continue;
+                }
+                match shared {
+                    Some(bytes) => conn.client.outgoing.push_shared(bytes),
+                    None => {
+                        for frame in frames {
+                            conn.client.reply(&self.config).send(
+                                OpCode::Text,
+                                frame_payload(frame),
+                                &mut self.deflaters,
+                            );
                         }
                     }
-                    mark_dirty(conn, &mut self.dirty);
                 }
+                mark_dirty(conn, &mut self.dirty);
             }
-            self.chat.restore_outbox(outbox);
-            for id in slow.drain(..) {
-                self.chat.disconnect(id);
-                if let Some(conn) = self.connections.get_id(id) {
-                    if let Some(skipped) = self.slow_warning.ready(now) {
-                        warn!(conn = id.index, peer = %conn.peer, queued = conn.client.outgoing.len(), skipped, "closing a slow consumer (1008)");
-                    }
-                    conn.client.close_slow_consumer("slow consumer: too much unread data", now, &self.config);
-                    mark_dirty(conn, &mut self.dirty);
+        }
+        self.chat.restore_outbox(outbox);
+        for id in slow.drain(..) {
+            self.chat.disconnect(id);
+            if let Some(conn) = self.connections.get_id(id) {
+                if let Some(skipped) = self.slow_warning.ready(now) {
+                    warn!(conn = id.index, peer = %conn.peer, queued = conn.client.outgoing.len(), skipped, "closing a slow consumer (1008)");
                 }
-            }
-            if !self.chat.outbox().is_empty() {
-                continue; // the leave events of slow consumers
-            }
-            for index in std::mem::take(&mut self.dirty) {
-                if let Some(conn) = self.connections.get_mut(index) {
-                    conn.dirty = false;
-                    self.service(index, false, now);
-                }
+                conn.client.close_slow_consumer("slow consumer: too much unread data", now, &self.config);
+                mark_dirty(conn, &mut self.dirty);
             }
         }
     }
@@ -874,10 +930,10 @@ impl Handler for Endpoints<'_> {
 }
 
 /// Puts a connection on the list to be written at the end of the turn (once).
-fn mark_dirty(conn: &mut Connection, dirty: &mut Vec<usize>) {
+fn mark_dirty(conn: &mut Connection, dirty: &mut VecDeque<usize>) {
     if !conn.dirty {
         conn.dirty = true;
-        dirty.push(conn.id.index);
+        dirty.push_back(conn.id.index);
     }
 }
 
@@ -981,6 +1037,20 @@ fn remove(connections: &mut Slab, registry: &Registry, chat: &mut Chat, pending_
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stop_or_shutdown_request_never_waits_for_another_event() {
+        // The waker's event may be taken by a look for input during delivery;
+        // the request itself must still end the next wait at once.
+        let config = Config { bind: "127.0.0.1:0".parse().unwrap(), ..Config::default() };
+        for request in [ServerHandle::stop, ServerHandle::shutdown] {
+            let server = Server::bind(config.clone()).unwrap();
+            let now = Instant::now();
+            assert_eq!(server.poll_timeout(now), None, "nothing to wait for: sleep until an event");
+            request(&server.handle());
+            assert_eq!(server.poll_timeout(now), Some(Duration::ZERO));
+        }
+    }
 
     #[test]
     fn a_connection_is_small() {

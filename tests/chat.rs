@@ -266,6 +266,50 @@ fn broadcast_order_is_the_same_for_every_member() {
 }
 
 #[test]
+fn a_large_room_gets_every_burst_whole_and_in_order() {
+    // 200 members: the write phase of a turn is long enough that the server
+    // stops to read new input in the middle of it (every 64 writes), and
+    // that input joins the writes still to come. Three senders spread over
+    // the room each send a burst; every member must see all 300 messages,
+    // once each, in one order shared by all.
+    let server = TestServer::with_config(no_rate_limit());
+    const MEMBERS: usize = 200;
+    const EACH: usize = 100;
+    let mut members: Vec<ChatClient> = (0..MEMBERS).map(|_| ChatClient::join(server.addr, "").0).collect();
+    let senders = [0, MEMBERS / 2, MEMBERS - 1];
+    for (s, &i) in senders.iter().enumerate() {
+        let client = &mut members[i];
+        let wire: Vec<u8> =
+            (0..EACH).flat_map(|n| client.raw.frame_bytes(true, TEXT, format!("{s}:{n}").as_bytes())).collect();
+        client.raw.stream.write_all(&wire).unwrap();
+    }
+    let mut first: Option<Vec<(u64, String)>> = None;
+    for (i, member) in members.iter_mut().enumerate() {
+        let got: Vec<(u64, String)> = (0..senders.len() * EACH)
+            .map(|_| {
+                let event = member.until("message");
+                (event["seq"].as_u64().unwrap(), event["text"].as_str().unwrap().to_string())
+            })
+            .collect();
+        match &first {
+            None => {
+                let seqs: Vec<u64> = got.iter().map(|(seq, _)| *seq).collect();
+                assert_eq!(seqs, (1..=(senders.len() * EACH) as u64).collect::<Vec<_>>(), "contiguous seq");
+                for s in 0..senders.len() {
+                    let mine: Vec<usize> = got
+                        .iter()
+                        .filter_map(|(_, text)| text.strip_prefix(&format!("{s}:")).map(|n| n.parse().unwrap()))
+                        .collect();
+                    assert_eq!(mine, (0..EACH).collect::<Vec<_>>(), "sender {s} in its own order");
+                }
+                first = Some(got);
+            }
+            Some(first) => assert_eq!(&got, first, "member {i} saw what member 0 saw"),
+        }
+    }
+}
+
+#[test]
 fn a_member_that_vanishes_leaves_its_room() {
     let server = TestServer::start();
     let (mut a, _) = ChatClient::join(server.addr, "nick=stays");
