@@ -220,6 +220,46 @@ fn read_all(conn: &mut Conn, scratch: &mut [u8]) -> io::Result<bool> {
     }
 }
 
+/// The measurement loop shared by every mode: `args.warmup` seconds of
+/// warm-up, then `args.seconds` counted. Each readable connection is read
+/// and handed to `on_read(index, connection, counting)`, which parses what
+/// arrived and queues what to send; then the connection is flushed.
+/// Returns the frames received during the counted part.
+fn measure(
+    args: &Args,
+    poll: &mut Poll,
+    connections: &mut [Conn],
+    mut on_read: impl FnMut(usize, &mut Conn, bool),
+) -> u64 {
+    let mut events = Events::with_capacity(4096);
+    let mut scratch = vec![0u8; 256 * 1024];
+    let warm_end = Instant::now() + Duration::from_secs_f64(args.warmup);
+    let end = warm_end + Duration::from_secs_f64(args.seconds);
+    let mut counted_from: Option<u64> = None;
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        if counted_from.is_none() && now >= warm_end {
+            counted_from = Some(connections.iter().map(|c| c.received).sum());
+        }
+        poll.poll(&mut events, Some(end - now)).unwrap();
+        for event in events.iter() {
+            let i = event.token().0;
+            let conn = &mut connections[i];
+            if event.is_readable() {
+                if !read_all(conn, &mut scratch).expect("read") {
+                    panic!("server closed connection {i}");
+                }
+                on_read(i, conn, counted_from.is_some());
+            }
+            conn.flush().expect("write");
+        }
+    }
+    connections.iter().map(|c| c.received).sum::<u64>() - counted_from.unwrap_or(0)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -268,49 +308,24 @@ fn echo(args: &Args) {
         }
         let _ = conn.flush();
     }
-    let mut events = Events::with_capacity(4096);
-    let mut scratch = vec![0u8; 256 * 1024];
-    let start = Instant::now();
-    let warm_end = start + Duration::from_secs_f64(args.warmup);
-    let end = warm_end + Duration::from_secs_f64(args.seconds);
-    let mut counted_from: Option<u64> = None;
     let mut rtts = Vec::new();
-    loop {
-        let now = Instant::now();
-        if now >= end {
-            break;
-        }
-        if counted_from.is_none() && now >= warm_end {
-            counted_from = Some(connections.iter().map(|c| c.received).sum());
-        }
-        poll.poll(&mut events, Some(end - now)).unwrap();
-        for event in events.iter() {
-            let i = event.token().0;
-            let conn = &mut connections[i];
-            if event.is_readable() {
-                if !read_all(conn, &mut scratch).expect("read") {
-                    panic!("server closed connection {i}");
+    let total = measure(args, &mut poll, &mut connections, |i, conn, counting| {
+        let mut replies = 0;
+        drain_frames(conn, &rules, |_| replies += 1);
+        for _ in 0..replies {
+            // Only the latency mode reads the clock (once per message would cost the generator).
+            if timed {
+                let now = Instant::now();
+                if let Some(t) = sent_at[i].pop_front()
+                    && counting
+                {
+                    rtts.push((now - t).as_secs_f64() * 1e6);
                 }
-                let mut replies = 0;
-                drain_frames(conn, &rules, |_| replies += 1);
-                for _ in 0..replies {
-                    // Only the latency mode reads the clock (once per message would cost the generator).
-                    if timed {
-                        let now = Instant::now();
-                        if let Some(t) = sent_at[i].pop_front()
-                            && counted_from.is_some()
-                        {
-                            rtts.push((now - t).as_secs_f64() * 1e6);
-                        }
-                        sent_at[i].push_back(now);
-                    }
-                    conn.out.extend_from_slice(&frame);
-                }
+                sent_at[i].push_back(now);
             }
-            conn.flush().expect("write");
+            conn.out.extend_from_slice(&frame);
         }
-    }
-    let total: u64 = connections.iter().map(|c| c.received).sum::<u64>() - counted_from.unwrap_or(0);
+    });
     let rate = total as f64 / args.seconds;
     rtts.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!(
@@ -368,70 +383,44 @@ fn broadcast(args: &Args) {
         connections[0].out.extend_from_slice(&message(seq));
     }
     let _ = connections[0].flush();
-    let start = Instant::now();
-    let warm_end = start + Duration::from_secs_f64(args.warmup);
-    let end = warm_end + Duration::from_secs_f64(args.seconds);
-    let mut counted_from: Option<u64> = None;
     let mut latencies = Vec::new();
     let mut out_of_order = 0u64;
     let mut sampled = 0u64;
-    loop {
-        let now = Instant::now();
-        if now >= end {
-            break;
-        }
-        if counted_from.is_none() && now >= warm_end {
-            counted_from = Some(connections.iter().map(|c| c.received).sum());
-        }
-        poll.poll(&mut events, Some(end - now)).unwrap();
-        for event in events.iter() {
-            let i = event.token().0;
-            let conn = &mut connections[i];
-            if event.is_readable() {
-                if !read_all(conn, &mut scratch).expect("read") {
-                    panic!("server closed member {i}");
-                }
-                let counting = counted_from.is_some();
-                let mut own = 0;
-                let mut next_seq = conn.next_seq;
-                // Every member counts its deliveries; one in CHECK_EVERY (and
-                // the sender) also parses each event to check order and
-                // latency, so the generator spends little per delivery.
-                let check = i % CHECK_EVERY == 0;
-                drain_frames(conn, &rules, |payload| {
-                    if !check {
-                        return;
-                    }
-                    // Find `"text":"b SEQ NANOS`.
-                    let Some(at) = payload.windows(9).position(|w| w == b"\"text\":\"b") else { return };
-                    let mut fields = payload[at + 10..].split(|&b| b == b' ');
-                    let seq: u64 =
-                        std::str::from_utf8(fields.next().unwrap_or(b"")).unwrap_or("0").parse().unwrap_or(0);
-                    let sent: u128 =
-                        std::str::from_utf8(fields.next().unwrap_or(b"")).unwrap_or("0").parse().unwrap_or(0);
-                    if next_seq != 0 && seq != next_seq {
-                        out_of_order += 1;
-                    }
-                    next_seq = seq + 1;
-                    if counting && sampled.is_multiple_of(97) {
-                        latencies.push((base.elapsed().as_nanos() - sent) as f64 / 1000.0);
-                    }
-                    sampled += 1;
-                    if i == 0 {
-                        own += 1;
-                    }
-                });
-                conn.next_seq = next_seq;
-                for _ in 0..own {
-                    seq += 1;
-                    let frame = message(seq);
-                    conn.out.extend_from_slice(&frame);
-                }
+    let total = measure(args, &mut poll, &mut connections, |i, conn, counting| {
+        let mut own = 0;
+        let mut next_seq = conn.next_seq;
+        // Every member counts its deliveries; one in CHECK_EVERY (and
+        // the sender) also parses each event to check order and
+        // latency, so the generator spends little per delivery.
+        let check = i % CHECK_EVERY == 0;
+        drain_frames(conn, &rules, |payload| {
+            if !check {
+                return;
             }
-            conn.flush().expect("write");
+            // Find `"text":"b SEQ NANOS`.
+            let Some(at) = payload.windows(9).position(|w| w == b"\"text\":\"b") else { return };
+            let mut fields = payload[at + 10..].split(|&b| b == b' ');
+            let seq: u64 = std::str::from_utf8(fields.next().unwrap_or(b"")).unwrap_or("0").parse().unwrap_or(0);
+            let sent: u128 = std::str::from_utf8(fields.next().unwrap_or(b"")).unwrap_or("0").parse().unwrap_or(0);
+            if next_seq != 0 && seq != next_seq {
+                out_of_order += 1;
+            }
+            next_seq = seq + 1;
+            if counting && sampled.is_multiple_of(97) {
+                latencies.push((base.elapsed().as_nanos() - sent) as f64 / 1000.0);
+            }
+            sampled += 1;
+            if i == 0 {
+                own += 1;
+            }
+        });
+        conn.next_seq = next_seq;
+        for _ in 0..own {
+            seq += 1;
+            let frame = message(seq);
+            conn.out.extend_from_slice(&frame);
         }
-    }
-    let total: u64 = connections.iter().map(|c| c.received).sum::<u64>() - counted_from.unwrap_or(0);
+    });
     latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let sent = seq;
     println!(
