@@ -362,6 +362,31 @@ impl SharedDeflaters {
         let deflater = self.by_window[usize::from(bits)].get_or_insert_with(|| Deflater::new(bits));
         deflater.compress(message, out, true);
     }
+
+    /// Compresses `message` into `out` if that is worth it: it is at least
+    /// `threshold` bytes, the window allows it, and the result is smaller,
+    /// unless the threshold is 0, which compresses every message. Returns
+    /// whether `out` holds a compressed payload (it is left as it was if not).
+    /// Without context takeover a message may always go raw, so this is the
+    /// rule for every connection that uses the shared compressors.
+    pub fn compress_if_worth(
+        &mut self,
+        agreement: &Agreement,
+        message: &[u8],
+        threshold: usize,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        if message.len() < threshold || !agreement.may_compress(message.len()) {
+            return false;
+        }
+        let start = out.len();
+        self.compress(agreement, message, out);
+        if threshold > 0 && out.len() - start >= message.len() {
+            out.truncate(start);
+            return false;
+        }
+        true
+    }
 }
 
 /// A connection's side of permessage-deflate: what was agreed, and the
@@ -398,21 +423,16 @@ impl DeflateState {
         shared: &mut SharedDeflaters,
         out: &mut Vec<u8>,
     ) -> bool {
+        if self.agreement.server_no_context_takeover {
+            return shared.compress_if_worth(&self.agreement, message, threshold, out);
+        }
         if message.len() < threshold || !self.agreement.may_compress(message.len()) {
             return false;
         }
-        if self.agreement.server_no_context_takeover {
-            shared.compress(&self.agreement, message, out);
-            if threshold > 0 && out.len() >= message.len() {
-                out.clear();
-                return false;
-            }
-        } else {
-            // With context takeover every message must go through the same
-            // compressor, or the client's inflater loses track.
-            let bits = self.agreement.compress_window_bits();
-            self.deflater.get_or_insert_with(|| Deflater::new(bits)).compress(message, out, false);
-        }
+        // With context takeover every message must go through the same
+        // compressor, or the client's inflater loses track.
+        let bits = self.agreement.compress_window_bits();
+        self.deflater.get_or_insert_with(|| Deflater::new(bits)).compress(message, out, false);
         true
     }
 }

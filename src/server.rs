@@ -849,8 +849,7 @@ fn join(frames: &[SharedFrame], len: usize) -> SharedFrame {
 
 /// The frames of a run as sent to every connection with this agreement, in
 /// one buffer: each message compressed on its own (no context takeover), or
-/// left raw when it is short or no smaller compressed (a threshold of 0
-/// compresses everything).
+/// left raw where the shared compressors' rule says it is not worth it.
 fn compress_run(
     deflaters: &mut SharedDeflaters,
     agreed: &crate::deflate::Agreement,
@@ -860,14 +859,8 @@ fn compress_run(
     let mut out = Vec::new();
     let mut body = Vec::new();
     for frame in frames {
-        let payload = frame_payload(frame);
-        if payload.len() < threshold || !agreed.may_compress(payload.len()) {
-            out.extend_from_slice(frame);
-            continue;
-        }
         body.clear();
-        deflaters.compress(agreed, payload, &mut body);
-        if threshold > 0 && body.len() >= payload.len() {
+        if !deflaters.compress_if_worth(agreed, frame_payload(frame), threshold, &mut body) {
             out.extend_from_slice(frame);
             continue;
         }

@@ -85,8 +85,8 @@ impl Outbox {
         if self.recipients.len() == start {
             return;
         }
+        let len = frame.len();
         self.frames.push(frame);
-        let len = self.frames.last().map_or(0, |f| f.len());
         let (earlier, new) = self.recipients.split_at(start);
         if let Some(last) = self.runs.last_mut()
             && last.bytes + len <= self.run_limit
