@@ -228,7 +228,7 @@ impl Default for Inflater {
     }
 }
 
-/// Output is produced in pieces of this size, whatever the input.
+/// Output is produced in pieces of (at least) this size, whatever the input.
 const INFLATE_CHUNK: usize = 16 * 1024;
 
 impl Inflater {
@@ -247,14 +247,28 @@ impl Inflater {
         limit: usize,
         sink: &mut dyn FnMut(&[u8]) -> Result<(), ProtocolError>,
     ) -> Result<(), ProtocolError> {
-        let mut out = [0u8; INFLATE_CHUNK];
+        // Written into spare capacity (nothing to zero first), from the pool.
+        let mut out = crate::pool::take(INFLATE_CHUNK);
+        let result = self.inflate_into(input, limit, sink, &mut out);
+        crate::pool::give(out);
+        result
+    }
+
+    fn inflate_into(
+        &mut self,
+        input: &[u8],
+        limit: usize,
+        sink: &mut dyn FnMut(&[u8]) -> Result<(), ProtocolError>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ProtocolError> {
         let mut input = input;
         loop {
             let before_in = self.raw.total_in();
             let before_out = self.raw.total_out();
+            out.clear();
             let status = self
                 .raw
-                .decompress(input, &mut out, FlushDecompress::Sync)
+                .decompress_vec(input, out, FlushDecompress::Sync)
                 .map_err(|_| ProtocolError::InvalidCompressedData)?;
             let used = (self.raw.total_in() - before_in) as usize;
             let made = (self.raw.total_out() - before_out) as usize;
@@ -270,7 +284,7 @@ impl Inflater {
                 // A final block inside a message: nothing may follow it.
                 Status::StreamEnd if !input.is_empty() => return Err(ProtocolError::InvalidCompressedData),
                 Status::StreamEnd => return Ok(()),
-                _ if input.is_empty() && made < out.len() => return Ok(()),
+                _ if input.is_empty() && made < out.capacity() => return Ok(()),
                 _ if used == 0 && made == 0 => return Err(ProtocolError::InvalidCompressedData),
                 _ => {}
             }
