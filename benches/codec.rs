@@ -4,8 +4,9 @@
 //! in BENCHMARKS.md.
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use rust_chat::frame::{self, DecodeRules, FrameHeader, OpCode, WebSocketFrame, apply_mask, apply_mask_naive};
-use rust_chat::handshake;
+use rust_chat::protocol::frame::{self, DecodeRules, FrameHeader, OpCode, WebSocketFrame};
+use rust_chat::protocol::handshake;
+use rust_chat::protocol::{apply_mask, apply_mask_naive};
 use std::hint::black_box;
 
 fn masking(c: &mut Criterion) {
@@ -77,7 +78,7 @@ fn deflate(c: &mut Criterion) {
         .to_vec();
     let mut group = c.benchmark_group("deflate");
     group.throughput(Throughput::Bytes(text.len() as u64));
-    let mut deflater = rust_chat::deflate::Deflater::new(15);
+    let mut deflater = rust_chat::protocol::deflate::Deflater::new(15);
     let mut out = Vec::new();
     group.bench_function("compress_1k_json", |b| {
         b.iter(|| {
@@ -86,8 +87,8 @@ fn deflate(c: &mut Criterion) {
         })
     });
     let mut compressed = Vec::new();
-    rust_chat::deflate::Deflater::new(15).compress(&text, &mut compressed, true);
-    let mut inflater = rust_chat::deflate::Inflater::new();
+    rust_chat::protocol::deflate::Deflater::new(15).compress(&text, &mut compressed, true);
+    let mut inflater = rust_chat::protocol::deflate::Inflater::new();
     group.bench_function("inflate_1k_json", |b| {
         b.iter(|| {
             let mut n = 0;

@@ -10,7 +10,7 @@
 //!
 //! Type a message and press Enter; `/help` lists the commands; Ctrl-D quits.
 
-use rust_chat::frame::{self, DecodeRules, FrameHeader, OpCode, WebSocketFrame};
+use rust_chat::protocol::frame::{self, DecodeRules, FrameHeader, OpCode, WebSocketFrame};
 use serde_json::Value;
 use std::io::{BufRead, Read, Write};
 use std::net::TcpStream;
@@ -62,7 +62,7 @@ fn connect(url: &str) -> Result<(TcpStream, Vec<u8>), Error> {
         buf.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    let accept = format!("Sec-WebSocket-Accept: {}", rust_chat::handshake::gen_key(key));
+    let accept = format!("Sec-WebSocket-Accept: {}", rust_chat::protocol::handshake::gen_key(key));
     if !head.starts_with("HTTP/1.1 101") || !head.contains(&accept) {
         return Err(format!("the server refused the upgrade:\n{head}").into());
     }

@@ -7,7 +7,7 @@
 //! echo hello | cargo run --example echo_client -- ws://127.0.0.1:10000/echo
 //! ```
 
-use rust_chat::frame::{self, DecodeRules, FrameHeader, OpCode, WebSocketFrame};
+use rust_chat::protocol::frame::{self, DecodeRules, FrameHeader, OpCode, WebSocketFrame};
 use std::io::{BufRead, Read, Write};
 use std::net::TcpStream;
 
@@ -40,7 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         buf.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let expected = format!("Sec-WebSocket-Accept: {}", rust_chat::handshake::gen_key(key));
+    let expected = format!("Sec-WebSocket-Accept: {}", rust_chat::protocol::handshake::gen_key(key));
     if !head.starts_with("HTTP/1.1 101") || !head.contains(&expected) {
         return Err(format!("handshake refused:\n{head}").into());
     }

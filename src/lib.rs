@@ -1,41 +1,76 @@
 //! # rust-chat
 //!
-//! A WebSocket (RFC 6455) echo and chat server on a single-threaded
-//! [mio](https://docs.rs/mio) event loop: the server that Nikita Baksalyar's
-//! blog series *Rust in Detail* sets out to build, rebuilt to run in
-//! production and to be read alongside the articles.
+//! A WebSocket (RFC 6455) server library on a single-threaded
+//! [mio](https://docs.rs/mio) event loop, and the echo and chat server built
+//! on it: the server that Nikita Baksalyar's blog series *Rust in Detail*
+//! sets out to build, rebuilt to run in production and to be read alongside
+//! the articles.
+//!
+//! ## A service in a few lines
+//!
+//! Implement [`App`]: route requests, react to messages, and use the
+//! [`Context`](app::Context) to reply, publish to topics and subscribe.
+//! Everything else — the handshake, framing, masking, fragments, UTF-8,
+//! compression, limits, timeouts, keepalive, backpressure and fan-out — is
+//! the server's.
+//!
+//! ```no_run
+//! use rust_chat::app::{App, Context, Message, Request, Route};
+//! use rust_chat::server::{Server, ServerConfig};
+//!
+//! /// Everyone connected to `/room` hears what anyone says there.
+//! struct Room;
+//!
+//! impl App for Room {
+//!     type Conn = ();
+//!
+//!     fn route(&mut self, request: &Request<'_, '_>) -> Route<()> {
+//!         if request.path() == "/room" { Route::Accept(()) } else { Route::NotFound }
+//!     }
+//!
+//!     fn on_open(&mut self, _: &mut (), ctx: &mut Context<'_>) {
+//!         ctx.subscribe("room");
+//!     }
+//!
+//!     fn on_message(&mut self, _: &mut (), message: Message<'_>, ctx: &mut Context<'_>) {
+//!         ctx.publish("room", message);
+//!     }
+//! }
+//!
+//! let mut server = Server::bind(ServerConfig::default(), Room).unwrap();
+//! server.run().unwrap();
+//! ```
+//!
+//! `examples/uppercase.rs` is a complete program of the same size.
 //!
 //! ## Layout
 //!
-//! The protocol core is *sans-IO*: it works on byte buffers and never
-//! touches a socket, which is what makes it testable, fuzzable and fast.
-//! Only [`server`] does I/O.
+//! The layers, from the bytes up; an arrow never points up (a test,
+//! `tests/layers.rs`, holds this), and `docs/architecture.md` draws the
+//! data flow of one message through them.
 //!
 //! | module | role |
 //! |---|---|
-//! | [`config`] | every limit and timeout, with its default and why |
-//! | [`frame`] | the frame codec: `OpCode`, `FrameHeader`, `apply_mask`, `decode`, `encode` |
-//! | [`handshake`] | the HTTP upgrade: request parsing, validation, `gen_key`, responses |
-//! | [`message`] | fragment reassembly, incremental UTF-8, close codes |
-//! | [`deflate`] | permessage-deflate (RFC 7692): negotiation, bounded inflate, compression |
-//! | [`outgoing`] | the outgoing queue of encoded bytes, with partial and vectored writes |
-//! | [`pool`] | a bounded pool of large buffers, reused between messages |
-//! | [`client`] | `WebSocketClient` and `ClientState`: one connection's state machine |
-//! | [`chat`] | rooms, nicknames, history, rate limits; the chat's JSON events |
-//! | [`server`] | the mio loop: accept, read, write, interest, timers, chat delivery |
+//! | [`protocol`] | sans-IO RFC 6455/7692: frames, masking, the handshake, messages, compression, `ProtocolError` |
+//! | [`connection`] | `WebSocketClient` and `ClientState`: one connection's state machine and outgoing queue; bytes and `now` in, bytes out |
+//! | [`app`] | the application interface: [`App`], its context, topics |
+//! | [`server`] | the only code that touches sockets and the clock: the mio loop, accept and limits, timers, delivery, shutdown |
+//! | [`echo`], [`chat`] | two applications: `/echo`, and the chat's rooms, nicknames, history and page |
+//! | [`config`] | the binary's settings, each layer's part with its defaults and why |
 //!
 //! ## Reading alongside *Rust in Detail*
 //!
 //! | blog section | here |
 //! |---|---|
-//! | Part 1: the event loop, `WebSocketServer`, tokens | [`server`] |
-//! | Part 1: the HTTP upgrade, `gen_key` | [`handshake`] ([`handshake::gen_key`]) |
-//! | Part 1: `WebSocketClient`, `ClientState` | [`client`] |
-//! | Part 2 §14–16: data frames, unpacking the header, byte order | [`frame::FrameHeader::decode`] |
-//! | Part 2 §17: refactoring the handshake into `ClientState::AwaitingHandshake` | [`client::ClientState`] |
-//! | Part 2 §18: `WebSocketFrame`, `OpCode`, payload length, `apply_mask` | [`frame`] |
-//! | Part 2 §19: sending frames, the outgoing queue | [`frame::encode`], [`outgoing::Outgoing`] |
-//! | Part 2 §20: control frames: ping, pong, close | [`client`] (`handle_control`), [`message`] |
+//! | Part 1: the event loop, `WebSocketServer`, tokens | [`server`] ([`Server`]) |
+//! | Part 1: the HTTP upgrade, `gen_key` | [`protocol::handshake`] ([`protocol::handshake::gen_key`]) |
+//! | Part 1: `WebSocketClient`, `ClientState` | [`connection`] ([`WebSocketClient`], [`ClientState`]) |
+//! | Part 2 §14–16: data frames, unpacking the header, byte order | [`protocol::frame::FrameHeader::decode`] |
+//! | Part 2 §17: refactoring the handshake into `ClientState::AwaitingHandshake` | [`ClientState`] |
+//! | Part 2 §18: `WebSocketFrame`, `OpCode`, payload length, `apply_mask` | [`protocol::frame`], [`protocol::mask`] |
+//! | Part 2 §19: sending frames, the outgoing queue | [`protocol::frame::encode`], [`connection::outgoing::Outgoing`] |
+//! | Part 2 §20: control frames: ping, pong, close | [`connection`] (`handle_control`), [`protocol::message`] |
+//! | Part 3 (announced): "simplify the usage of the library" | [`app`] ([`App`]) |
 //!
 //! Where we go further than the blog, and why:
 //!
@@ -45,34 +80,47 @@
 //! * **Partial writes.** The blog ignored how many bytes a write took. The
 //!   outgoing queue here advances by exactly that and resumes on WRITABLE.
 //! * **Fragmentation.** Messages split over many frames, with control
-//!   frames in between, are reassembled ([`message::MessageAssembler`]).
+//!   frames in between, are reassembled ([`protocol::message::MessageAssembler`]).
 //! * **Validation.** UTF-8 is checked as bytes arrive; close codes, reserved
 //!   bits, opcodes and masking are enforced, each error with its close code.
 //! * **Limits.** Every length from the network is checked against
-//!   [`Config`] before anything is allocated for it.
+//!   [`ConnectionConfig`] before anything is allocated for it.
 //! * **Time.** Handshake deadlines, keepalive pings, idle and close timeouts
-//!   run off one heap of deadlines in the event loop.
-//! * **The chat.** Rooms, nicknames and history ([`chat`]), with a broadcast
-//!   encoded once and its bytes shared by every recipient's queue, and slow
-//!   consumers closed before they can make the server hold what they do not read.
-//! * **Compression.** permessage-deflate ([`deflate`]), inflated within the
-//!   message limit so that a small bomb cannot cost more than the limit.
+//!   run off one heap of deadlines in the event loop; the connection only
+//!   ever sees `now` as an argument, so tests run it on a virtual clock.
+//! * **An application interface.** The blog's server answered every
+//!   message itself; here [`App`] is the seam, and echo and chat are two
+//!   applications on it.
+//! * **Fan-out.** A message published to a topic is framed once and its
+//!   bytes shared by every subscriber's queue; consecutive messages to the
+//!   same subscribers are joined into one write; slow consumers are closed
+//!   before they can make the server hold what they do not read.
+//! * **Compression.** permessage-deflate ([`protocol::deflate`]), inflated
+//!   within the message limit so that a small bomb cannot cost more than the
+//!   limit, and compressed once per window size for a topic's subscribers.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod app;
 pub mod chat;
-pub mod client;
 pub mod config;
-pub mod deflate;
-pub mod frame;
-pub mod handshake;
-pub mod message;
-pub mod outgoing;
-pub mod pool;
+pub mod connection;
+pub mod echo;
+pub mod protocol;
 pub mod server;
 
-pub use client::{ClientState, WebSocketClient};
-pub use config::Config;
-pub use frame::{OpCode, ProtocolError, WebSocketFrame};
-pub use handshake::HandshakeError;
+pub use app::App;
+pub use config::{Config, ConnectionConfig};
+pub use connection::{ClientState, WebSocketClient};
+pub use protocol::handshake::HandshakeError;
+pub use protocol::{OpCode, ProtocolError, WebSocketFrame};
 pub use server::{Server, ServerHandle};
+
+/// The binary's application: [`echo::Echo`] at `/echo`, and the chat at `/`
+/// and `/chat` (with its page at `GET /`).
+pub type EchoAndChat = app::Both<echo::Echo, chat::Chat>;
+
+/// The binary's application with the chat's settings `chat`.
+pub fn echo_and_chat(chat: chat::ChatConfig) -> EchoAndChat {
+    app::Both(echo::Echo, chat::Chat::new(chat))
+}

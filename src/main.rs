@@ -1,154 +1,12 @@
-//! The `rust-chat` binary: command-line flags onto a [`Config`], bind, print
-//! the URL, serve.
+//! The `rust-chat` binary: command-line flags onto a [`Config`], bind the
+//! echo and chat applications, print the URL, serve.
 
-use rust_chat::server::Exit;
-use rust_chat::{Config, Server};
+mod cli;
+
+use cli::Command;
+use rust_chat::server::{Exit, Server};
+use rust_chat::{Config, echo_and_chat};
 use std::process::ExitCode;
-use std::time::Duration;
-
-const USAGE: &str = "\
-rust-chat: a WebSocket echo and chat server
-
-USAGE:
-    rust-chat [OPTIONS]
-
-OPTIONS:
-    --bind ADDR                  Address to listen on [default: 127.0.0.1:10000]
-                                 (loopback only; use 0.0.0.0:10000 to serve other
-                                 machines, port 0 for any free port)
-    --max-message-size SIZE      Largest message, over all its fragments; larger
-                                 ones are closed with 1009 [default: 16MiB]
-    --max-frame-size SIZE        Largest payload one frame may declare [default: 16MiB]
-    --max-handshake-bytes SIZE   Largest HTTP request head; larger gets 431 [default: 8KiB]
-    --max-outgoing-bytes SIZE    Stop reading from a connection while this much of
-                                 its output waits to be sent [default: 1MiB]
-    --close-timeout DURATION     How long a closing connection may take before it is
-                                 dropped [default: 5s]
-    --handshake-timeout DURATION How long a new connection may take to send its
-                                 upgrade request; then 408 [default: 10s]
-    --ping-interval DURATION     Ping a connection after this long without input;
-                                 0 = never [default: 60s]
-    --idle-timeout DURATION      Close (1001) a connection after this long without
-                                 input; 0 = never [default: 120s]
-    --drain-timeout DURATION     On SIGINT/SIGTERM, how long to wait for clients to
-                                 finish closing [default: 5s]
-    --max-connections N          Open connections at most; more get 503
-                                 [default: the open-file limit less 64]
-    --max-pending-handshakes N   Connections still sending their request at most;
-                                 the oldest is dropped for a new one [default: 1024]
-
-COMPRESSION (permessage-deflate, RFC 7692):
-    --no-deflate                 Decline every client's offer to compress
-    --deflate-threshold SIZE     Send shorter messages raw [default: 256]
-    --deflate-context-takeover   Keep a compressor per connection (better ratios,
-                                 about 256 KiB each) instead of shared ones
-
-CHAT OPTIONS:
-    --history N                  Messages each room keeps for newcomers [default: 100]
-    --max-text-bytes SIZE        Longest chat message [default: 4KiB]
-    --max-rooms N                Rooms that may exist at once [default: 1000]
-    --max-room-members N         Members one room may have [default: 1000]
-    --rate-limit N               Messages per second per connection; 0 = no limit [default: 10]
-    --rate-burst N               Messages allowed in a burst [default: 20]
-    -h, --help                   Print this help
-    -V, --version                Print the version
-
-SIZE is a number of bytes, optionally with a suffix: 512, 64KiB, 16MiB (K, M, G also work).
-DURATION is a number with a unit: 500ms, 5s, 2m (a bare number is seconds).
-
-SIGNALS:
-    SIGINT, SIGTERM   stop accepting, close every connection with 1001, wait up to
-                      the drain timeout, exit 0; a second signal exits at once (1)
-
-LOGS:
-    To standard error. RUST_LOG sets the level [default: info]; RUST_LOG=debug
-    adds a line for each connection opened and closed.
-
-ENDPOINTS:
-    http://ADDR/                      the chat page
-    ws://ADDR/ and ws://ADDR/chat     the chat (?room=NAME&nick=NAME to pick both)
-    ws://ADDR/echo                    echo every message back
-";
-
-enum Command {
-    Run(Box<Config>),
-    Help,
-    Version,
-}
-
-fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
-    let mut config = Config::default();
-    let mut args = args.into_iter();
-    while let Some(flag) = args.next() {
-        // Accept both `--flag value` and `--flag=value`.
-        let (name, inline) = match flag.split_once('=') {
-            Some((name, value)) if name.starts_with("--") => (name.to_string(), Some(value.to_string())),
-            _ => (flag.clone(), None),
-        };
-        let mut value = || inline.clone().or_else(|| args.next()).ok_or(format!("{name} needs a value"));
-        match name.as_str() {
-            "-h" | "--help" => return Ok(Command::Help),
-            "--no-deflate" => config.deflate = false,
-            "--deflate-context-takeover" => config.deflate_context_takeover = true,
-            "--deflate-threshold" => config.deflate_threshold = parse_size(&value()?, &name)?,
-            "-V" | "--version" => return Ok(Command::Version),
-            "--bind" => {
-                let v = value()?;
-                config.bind = v.parse().map_err(|_| format!("--bind: '{v}' is not an address like 127.0.0.1:10000"))?;
-            }
-            "--max-message-size" => config.max_message_size = parse_size(&value()?, &name)?,
-            "--max-frame-size" => config.max_frame_size = parse_size(&value()?, &name)?,
-            "--max-handshake-bytes" => config.max_handshake_bytes = parse_size(&value()?, &name)?,
-            "--max-outgoing-bytes" => config.max_outgoing_bytes = parse_size(&value()?, &name)?,
-            "--close-timeout" => config.close_timeout = parse_duration(&value()?, &name)?,
-            "--handshake-timeout" => config.handshake_timeout = parse_duration(&value()?, &name)?,
-            "--ping-interval" => config.ping_interval = parse_duration(&value()?, &name)?,
-            "--idle-timeout" => config.idle_timeout = parse_duration(&value()?, &name)?,
-            "--drain-timeout" => config.drain_timeout = parse_duration(&value()?, &name)?,
-            "--max-connections" => config.max_connections = parse_count(&value()?, &name)?,
-            "--max-pending-handshakes" => config.max_pending_handshakes = parse_count(&value()?, &name)?,
-            "--history" => config.history_len = parse_count(&value()?, &name)?,
-            "--max-text-bytes" => config.max_text_bytes = parse_size(&value()?, &name)?,
-            "--max-rooms" => config.max_rooms = parse_count(&value()?, &name)?,
-            "--max-room-members" => config.max_room_members = parse_count(&value()?, &name)?,
-            "--rate-limit" => config.rate_limit_per_sec = parse_count(&value()?, &name)?,
-            "--rate-burst" => config.rate_limit_burst = parse_count(&value()?, &name)?,
-            other => return Err(format!("unknown option '{other}' (see --help)")),
-        }
-    }
-    config.validate().map_err(|err| err.to_string())?;
-    Ok(Command::Run(Box::new(config)))
-}
-
-fn parse_size(text: &str, flag: &str) -> Result<usize, String> {
-    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let unit = &text[digits.len()..];
-    let multiplier: usize = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(format!("{flag}: unknown unit in '{text}'")),
-    };
-    let number: usize = digits.parse().map_err(|_| format!("{flag}: '{text}' is not a size like 16MiB"))?;
-    number.checked_mul(multiplier).ok_or(format!("{flag}: '{text}' is too large"))
-}
-
-fn parse_count<T: std::str::FromStr>(text: &str, flag: &str) -> Result<T, String> {
-    text.parse().map_err(|_| format!("{flag}: '{text}' is not a whole number"))
-}
-
-fn parse_duration(text: &str, flag: &str) -> Result<Duration, String> {
-    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let number: f64 = digits.parse().map_err(|_| format!("{flag}: '{text}' is not a duration like 5s"))?;
-    let seconds = match &text[digits.len()..] {
-        "ms" => number / 1000.0,
-        "" | "s" => number,
-        "m" => number * 60.0,
-        _ => return Err(format!("{flag}: unknown unit in '{text}' (use ms, s or m)")),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{flag}: '{text}' is out of range"))
-}
 
 /// Logs go to standard error, at the level RUST_LOG asks for (info by default).
 fn init_logging() {
@@ -158,10 +16,10 @@ fn init_logging() {
 }
 
 fn main() -> ExitCode {
-    let config = match parse_args(std::env::args().skip(1)) {
+    let config: Config = match cli::parse_args(std::env::args().skip(1)) {
         Ok(Command::Run(config)) => *config,
         Ok(Command::Help) => {
-            print!("{USAGE}");
+            print!("{}", cli::USAGE);
             return ExitCode::SUCCESS;
         }
         Ok(Command::Version) => {
@@ -174,7 +32,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging();
-    let mut server = match Server::bind(config) {
+    let mut server = match Server::bind(config.server, echo_and_chat(config.chat)) {
         Ok(server) => server,
         Err(err) => {
             eprintln!("rust-chat: cannot start: {err}");
@@ -194,99 +52,5 @@ fn main() -> ExitCode {
             eprintln!("rust-chat: event loop failed: {err}");
             ExitCode::FAILURE
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn run(args: &[&str]) -> Result<Config, String> {
-        match parse_args(args.iter().map(|s| s.to_string()))? {
-            Command::Run(config) => Ok(*config),
-            _ => Err("not a run".into()),
-        }
-    }
-
-    #[test]
-    fn no_flags_is_the_default_config() {
-        assert_eq!(run(&[]).unwrap(), Config::default());
-    }
-
-    #[test]
-    fn every_flag_maps_onto_config() {
-        let config = run(&[
-            "--bind",
-            "0.0.0.0:9000",
-            "--max-message-size=1MiB",
-            "--max-frame-size",
-            "64k",
-            "--max-handshake-bytes",
-            "4096",
-            "--max-outgoing-bytes",
-            "2M",
-            "--close-timeout",
-            "250ms",
-            "--history",
-            "7",
-            "--max-text-bytes",
-            "1k",
-            "--max-rooms",
-            "3",
-            "--max-room-members",
-            "4",
-            "--rate-limit",
-            "0",
-            "--rate-burst",
-            "9",
-        ])
-        .unwrap();
-        assert_eq!(
-            (config.history_len, config.max_text_bytes, config.max_rooms, config.max_room_members),
-            (7, 1024, 3, 4)
-        );
-        assert_eq!((config.rate_limit_per_sec, config.rate_limit_burst), (0, 9));
-        let deflate = run(&["--no-deflate", "--deflate-threshold", "1k", "--deflate-context-takeover"]).unwrap();
-        assert!(!deflate.deflate && deflate.deflate_context_takeover);
-        assert_eq!(deflate.deflate_threshold, 1024);
-        assert!(Config::default().deflate, "on by default");
-        let timeouts = run(&[
-            "--handshake-timeout",
-            "2s",
-            "--ping-interval",
-            "0",
-            "--idle-timeout",
-            "1m",
-            "--drain-timeout",
-            "3s",
-            "--max-connections",
-            "500",
-            "--max-pending-handshakes",
-            "50",
-        ])
-        .unwrap();
-        assert_eq!(timeouts.handshake_timeout, Duration::from_secs(2));
-        assert_eq!(timeouts.ping_interval, Duration::ZERO);
-        assert_eq!(timeouts.idle_timeout, Duration::from_secs(60));
-        assert_eq!(timeouts.drain_timeout, Duration::from_secs(3));
-        assert_eq!((timeouts.max_connections, timeouts.max_pending_handshakes), (500, 50));
-        assert_eq!(config.bind.to_string(), "0.0.0.0:9000");
-        assert_eq!(config.max_message_size, 1 << 20);
-        assert_eq!(config.max_frame_size, 64 << 10);
-        assert_eq!(config.max_handshake_bytes, 4096);
-        assert_eq!(config.max_outgoing_bytes, 2 << 20);
-        assert_eq!(config.close_timeout, Duration::from_millis(250));
-    }
-
-    #[test]
-    fn bad_flags_are_explained() {
-        assert!(run(&["--bind", "nowhere"]).unwrap_err().contains("--bind"));
-        assert!(run(&["--max-message-size", "12 parsecs"]).is_err());
-        assert!(run(&["--max-message-size", "0"]).is_err(), "validated");
-        assert!(run(&["--close-timeout", "5h"]).unwrap_err().contains("unit"));
-        assert!(run(&["--frobnicate"]).unwrap_err().contains("unknown option"));
-        assert!(run(&["--bind"]).unwrap_err().contains("needs a value"));
-        assert!(run(&["--max-rooms", "many"]).unwrap_err().contains("whole number"));
-        assert!(matches!(parse_args(["--help".to_string()]), Ok(Command::Help)));
     }
 }

@@ -9,7 +9,9 @@ use std::io::Write;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 fn no_rate_limit() -> Config {
-    Config { rate_limit_per_sec: 0, ..Config::default() }
+    config(|c| {
+        c.chat.rate_limit_per_sec = 0;
+    })
 }
 
 #[test]
@@ -142,7 +144,9 @@ fn every_command() {
 
 #[test]
 fn history_arrives_in_welcome_and_on_join() {
-    let server = TestServer::with_config(Config { history_len: 3, ..no_rate_limit() });
+    let server = TestServer::with_config(with(no_rate_limit(), |c| {
+        c.chat.history_len = 3;
+    }));
     let (mut a, _) = ChatClient::join(server.addr, "room=den");
     for i in 1..=5 {
         a.say(&format!("message {i}"));
@@ -175,7 +179,10 @@ fn text_length_limit_at_its_edge() {
 
 #[test]
 fn room_and_member_limits_at_their_edges() {
-    let config = Config { max_rooms: 2, max_room_members: 2, ..no_rate_limit() };
+    let config = with(no_rate_limit(), |c| {
+        c.chat.max_rooms = 2;
+        c.chat.max_room_members = 2;
+    });
     let server = TestServer::with_config(config);
     let (mut a, _) = ChatClient::join(server.addr, "");
     let (_b, _) = ChatClient::join(server.addr, "");
@@ -197,7 +204,10 @@ fn room_and_member_limits_at_their_edges() {
 
 #[test]
 fn the_rate_limit_drops_excess_messages_and_keeps_the_connection() {
-    let config = Config { rate_limit_per_sec: 1, rate_limit_burst: 3, ..Config::default() };
+    let config = config(|c| {
+        c.chat.rate_limit_per_sec = 1;
+        c.chat.rate_limit_burst = 3;
+    });
     let server = TestServer::with_config(config);
     let (mut a, _) = ChatClient::join(server.addr, "");
     let mut wire = Vec::new();

@@ -5,7 +5,6 @@ mod common;
 
 use common::*;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
-use rust_chat::Config;
 use serde_json::Value;
 
 const TAIL: [u8; 4] = [0x00, 0x00, 0xFF, 0xFF];
@@ -118,14 +117,18 @@ fn negotiation_answers_every_kind_of_offer() {
 
 #[test]
 fn context_takeover_is_offered_when_configured() {
-    let server = TestServer::with_config(Config { deflate_context_takeover: true, ..Config::default() });
+    let server = TestServer::with_config(config(|c| {
+        c.server.connection.deflate.context_takeover = true;
+    }));
     let (_, head) = open_offering(server.addr, "/echo", "permessage-deflate");
     assert_eq!(extension_line(&head), Some("permessage-deflate"));
 }
 
 #[test]
 fn no_deflate_declines_and_then_rsv1_is_a_protocol_error() {
-    let server = TestServer::with_config(Config { deflate: false, ..Config::default() });
+    let server = TestServer::with_config(config(|c| {
+        c.server.connection.deflate.enabled = false;
+    }));
     let (mut client, head) = open_offering(server.addr, "/echo", "permessage-deflate");
     assert_eq!(extension_line(&head), None);
     let payload = compress(&mut raw_compressor(), b"Hello");
@@ -177,7 +180,9 @@ fn a_compressed_message_in_fragments_with_a_ping_between() {
 
 #[test]
 fn context_takeover_across_messages_both_ways() {
-    let server = TestServer::with_config(Config { deflate_context_takeover: true, ..Config::default() });
+    let server = TestServer::with_config(config(|c| {
+        c.server.connection.deflate.context_takeover = true;
+    }));
     let (mut client, head) = open_offering(server.addr, "/echo", "permessage-deflate");
     assert_eq!(extension_line(&head), Some("permessage-deflate"));
     // One compressor and one decompressor for the whole connection, on both sides.
@@ -326,8 +331,10 @@ fn a_burst_of_chat_messages_reaches_every_kind_of_member_whole_and_in_order() {
     // The burst arrives in one read, so the server delivers it as one run
     // (one buffer per kind of member): raw, shared compressors for two
     // window sizes, and a connection with its own compressor.
-    let server =
-        TestServer::with_config(Config { deflate_context_takeover: true, rate_limit_per_sec: 0, ..Config::default() });
+    let server = TestServer::with_config(config(|c| {
+        c.server.connection.deflate.context_takeover = true;
+        c.chat.rate_limit_per_sec = 0;
+    }));
     let offers = [
         ("raw", None),
         ("shared-15", Some("permessage-deflate; server_no_context_takeover")),

@@ -3,7 +3,6 @@
 mod common;
 
 use common::*;
-use rust_chat::Config;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
@@ -255,7 +254,10 @@ fn invalid_utf8_split_across_fragments_is_1007() {
 
 #[test]
 fn size_limits_at_their_edges() {
-    let config = Config { max_frame_size: 1000, max_message_size: 3000, ..Config::default() };
+    let config = config(|c| {
+        c.server.connection.max_frame_size = 1000;
+        c.server.connection.max_message_size = 3000;
+    });
     let server = TestServer::with_config(config);
     let mut client = RawClient::open(server.addr, "/echo");
     client.send_frame(true, BINARY, &[1; 1000]);
@@ -312,7 +314,9 @@ fn http_errors_have_their_statuses() {
 
 #[test]
 fn an_oversized_request_head_is_431_at_the_edge() {
-    let config = Config { max_handshake_bytes: 1024, ..Config::default() };
+    let config = config(|c| {
+        c.server.connection.max_handshake_bytes = 1024;
+    });
     let server = TestServer::with_config(config);
     let base = upgrade_request("/echo");
     let pad_to = |total: usize| {
@@ -355,7 +359,9 @@ fn a_peer_that_resets_mid_frame_does_not_disturb_others() {
 
 #[test]
 fn a_client_that_never_reads_is_held_back_not_buffered() {
-    let config = Config { max_outgoing_bytes: 256 << 10, ..Config::default() };
+    let config = config(|c| {
+        c.server.connection.max_outgoing_bytes = 256 << 10;
+    });
     let server = TestServer::with_config(config);
     let mut client = RawClient::open(server.addr, "/echo");
     let mut writer = client.stream.try_clone().unwrap();
@@ -422,7 +428,9 @@ fn a_hundred_abrupt_disconnects_then_normal_service() {
 
 #[test]
 fn a_failed_connection_is_dropped_after_the_close_timeout_if_the_peer_stays() {
-    let config = Config { close_timeout: Duration::from_millis(300), ..Config::default() };
+    let config = config(|c| {
+        c.server.connection.close_timeout = Duration::from_millis(300);
+    });
     let server = TestServer::with_config(config);
     let mut client = RawClient::open(server.addr, "/echo");
     client.send_frame(true, 3, b""); // a reserved opcode

@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use rust_chat::Config;
 use serde_json::json;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -16,7 +15,9 @@ fn ms(n: u64) -> Duration {
 
 #[test]
 fn a_handshake_that_never_comes_gets_408() {
-    let server = TestServer::with_config(Config { handshake_timeout: ms(300), ..Config::default() });
+    let server = TestServer::with_config(config(|c| {
+        c.server.connection.handshake_timeout = ms(300);
+    }));
     let start = Instant::now();
     let mut client = RawClient::connect(server.addr);
     let response = client.read_http_response();
@@ -28,7 +29,9 @@ fn a_handshake_that_never_comes_gets_408() {
 
 #[test]
 fn a_trickled_handshake_does_not_extend_the_deadline() {
-    let server = TestServer::with_config(Config { handshake_timeout: ms(400), ..Config::default() });
+    let server = TestServer::with_config(config(|c| {
+        c.server.connection.handshake_timeout = ms(400);
+    }));
     let start = Instant::now();
     let mut client = RawClient::connect(server.addr);
     let mut writer = client.stream.try_clone().unwrap();
@@ -50,7 +53,10 @@ fn a_trickled_handshake_does_not_extend_the_deadline() {
 
 #[test]
 fn a_quiet_connection_is_pinged_and_closed_with_1001_if_it_stays_silent() {
-    let config = Config { ping_interval: ms(200), idle_timeout: ms(600), ..Config::default() };
+    let config = config(|c| {
+        c.server.connection.ping_interval = ms(200);
+        c.server.connection.idle_timeout = ms(600);
+    });
     let server = TestServer::with_config(config);
     let start = Instant::now();
     let mut silent = RawClient::open(server.addr, "/echo");
@@ -66,7 +72,10 @@ fn a_quiet_connection_is_pinged_and_closed_with_1001_if_it_stays_silent() {
 
 #[test]
 fn a_connection_that_answers_pings_stays() {
-    let config = Config { ping_interval: ms(100), idle_timeout: ms(300), ..Config::default() };
+    let config = config(|c| {
+        c.server.connection.ping_interval = ms(100);
+        c.server.connection.idle_timeout = ms(300);
+    });
     let server = TestServer::with_config(config);
     let mut alive = RawClient::open(server.addr, "/echo");
     let start = Instant::now();
@@ -92,7 +101,9 @@ fn a_connection_that_answers_pings_stays() {
 
 #[test]
 fn above_the_connection_limit_new_clients_get_503_and_retry_after() {
-    let server = TestServer::with_config(Config { max_connections: 3, ..Config::default() });
+    let server = TestServer::with_config(config(|c| {
+        c.server.max_connections = 3;
+    }));
     let mut held: Vec<RawClient> = (0..3).map(|_| RawClient::open(server.addr, "/echo")).collect();
     let mut extra = RawClient::connect(server.addr);
     extra.send_raw(&upgrade_request("/echo"));
@@ -115,7 +126,9 @@ fn above_the_connection_limit_new_clients_get_503_and_retry_after() {
 
 #[test]
 fn slow_handshakes_make_room_for_real_clients() {
-    let server = TestServer::with_config(Config { max_pending_handshakes: 3, ..Config::default() });
+    let server = TestServer::with_config(config(|c| {
+        c.server.max_pending_handshakes = 3;
+    }));
     let mut idle: Vec<RawClient> = (0..3).map(|_| RawClient::connect(server.addr)).collect();
     for client in &mut idle {
         client.send_raw(b"GET / HTTP/1.1\r\n"); // and nothing more

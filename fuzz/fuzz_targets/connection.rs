@@ -7,9 +7,9 @@
 use libfuzzer_sys::fuzz_target;
 use rust_chat::chat::{Chat, ConnId};
 use rust_chat::client::{Endpoint, Handler, Reply, WebSocketClient};
-use rust_chat::deflate::SharedDeflaters;
-use rust_chat::frame::{DecodeRules, OpCode, decode};
-use rust_chat::message::Message;
+use rust_chat::protocol::deflate::SharedDeflaters;
+use rust_chat::protocol::frame::{DecodeRules, OpCode, decode};
+use rust_chat::protocol::message::Message;
 use rust_chat::Config;
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
@@ -142,11 +142,11 @@ fn check_output(out: &[u8]) {
         return; // an error response and its body, then nothing
     }
     let deflate = out[..head_end].windows(18).any(|w| w == b"permessage-deflate");
-    let mut inflater = rust_chat::deflate::Inflater::new();
+    let mut inflater = rust_chat::protocol::deflate::Inflater::new();
     let mut rest = out[head_end..].to_vec();
     let mut rules = DecodeRules::client(u64::MAX >> 1);
     if deflate {
-        rules.allowed_rsv = rust_chat::frame::RSV1;
+        rules.allowed_rsv = rust_chat::protocol::frame::RSV1;
     }
     let mut closed = false;
     while !rest.is_empty() {

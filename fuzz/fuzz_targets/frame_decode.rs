@@ -4,7 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rust_chat::frame::{DecodeRules, ProtocolError, WebSocketFrame, decode};
+use rust_chat::protocol::ProtocolError;
+use rust_chat::protocol::frame::{DecodeRules, WebSocketFrame, decode};
 
 fn decode_all(buf: &mut Vec<u8>, rules: &DecodeRules, into: &mut Vec<WebSocketFrame>) -> Result<(), ProtocolError> {
     loop {

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rust_chat::handshake::{self, MAX_HEADERS};
+use rust_chat::protocol::handshake::{self, MAX_HEADERS};
 
 fuzz_target!(|data: &[u8]| {
     for max in [256, 8192] {

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rust_chat::frame::{apply_mask, apply_mask_naive};
+use rust_chat::protocol::{apply_mask, apply_mask_naive};
 
 fuzz_target!(|data: &[u8]| {
     let [k0, k1, k2, k3, offset, payload @ ..] = data else { return };

@@ -1,10 +1,7 @@
 //! The chat wire format, server to client: one JSON object per text frame,
 //! each with a `"type"`. `docs/protocol.md` shows an example of every event.
 
-use crate::frame::{FrameHeader, OpCode};
-use crate::outgoing::SharedFrame;
 use serde_json::{Value, json};
-use std::sync::Arc;
 
 /// Machine-readable codes of `error` events.
 pub mod code {
@@ -32,15 +29,6 @@ pub mod code {
     pub const RATE_LIMITED: &str = "rate_limited";
     /// A binary frame: the chat speaks text.
     pub const BINARY_NOT_SUPPORTED: &str = "binary_not_supported";
-}
-
-/// Encodes a JSON event as one complete text frame, ready to share.
-pub fn frame(event: &str) -> SharedFrame {
-    let header = FrameHeader::new(OpCode::Text, event.len() as u64);
-    let mut bytes = Vec::with_capacity(header.encoded_len() + event.len());
-    header.encode(&mut bytes);
-    bytes.extend_from_slice(event.as_bytes());
-    Arc::from(bytes)
 }
 
 /// `message`: what someone said in a room. Kept verbatim in the room's history.
@@ -140,11 +128,5 @@ mod tests {
         assert_eq!(event["members"], json!(["a", "me"]));
         assert_eq!(event["history"][1]["text"], "two");
         assert_eq!(parse(&welcome("me", "lobby", &[], std::iter::empty::<&str>()))["history"], json!([]));
-    }
-
-    #[test]
-    fn frames_are_single_unmasked_text_frames() {
-        let frame = frame("{}");
-        assert_eq!(&frame[..], &[0x81, 0x02, b'{', b'}']);
     }
 }

@@ -5,7 +5,7 @@
 
 pub mod webdriver;
 
-use rust_chat::{Config, Server, ServerHandle};
+use rust_chat::{Config, Server, ServerHandle, echo_and_chat};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -40,8 +40,9 @@ impl TestServer {
 
     /// A server on a given address (to restart one where clients expect it).
     pub fn at(addr: SocketAddr, config: Config) -> TestServer {
-        let config = Config { bind: addr, ..config };
-        let mut server = Server::bind(config).expect("bind");
+        let mut config = config;
+        config.server.bind = addr;
+        let mut server = Server::bind(config.server, echo_and_chat(config.chat)).expect("bind");
         let addr = server.local_addr();
         let handle = server.handle();
         let thread = std::thread::spawn(move || {
@@ -70,6 +71,17 @@ impl Drop for TestServer {
             let _ = thread.join();
         }
     }
+}
+
+/// The default configuration, changed by `change`.
+pub fn config(change: impl FnOnce(&mut Config)) -> Config {
+    with(Config::default(), change)
+}
+
+/// `config`, changed by `change`.
+pub fn with(mut config: Config, change: impl FnOnce(&mut Config)) -> Config {
+    change(&mut config);
+    config
 }
 
 /// A frame as the server sent it.

@@ -21,7 +21,7 @@
 use flate2::{Compress, Compression, FlushCompress};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
-use rust_chat::frame::{DecodeRules, FrameHeader, OpCode, RSV1, WebSocketFrame};
+use rust_chat::protocol::frame::{DecodeRules, FrameHeader, OpCode, RSV1, WebSocketFrame};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -7,31 +7,8 @@
 //! piece as its bytes arrive, so a bad byte fails the connection at once
 //! instead of after the rest of a 16 MiB message.
 
-use crate::frame::{FrameHeader, OpCode, ProtocolError};
-
-/// Close status codes (RFC 6455 §7.4.1).
-pub mod close_code {
-    /// The purpose of the connection has been fulfilled.
-    pub const NORMAL: u16 = 1000;
-    /// The endpoint is going away (server shutting down, page navigated away).
-    pub const GOING_AWAY: u16 = 1001;
-    /// The peer broke the protocol.
-    pub const PROTOCOL_ERROR: u16 = 1002;
-    /// The peer sent a kind of data the endpoint cannot accept.
-    pub const UNSUPPORTED_DATA: u16 = 1003;
-    /// Reserved: "no status code was present". Never sent on the wire.
-    pub const NO_STATUS: u16 = 1005;
-    /// Reserved: "closed abnormally". Never sent on the wire.
-    pub const ABNORMAL: u16 = 1006;
-    /// Data inconsistent with the message type, such as invalid UTF-8 in text.
-    pub const INVALID_PAYLOAD: u16 = 1007;
-    /// The message violates the endpoint's policy.
-    pub const POLICY: u16 = 1008;
-    /// The message is too big to process.
-    pub const TOO_BIG: u16 = 1009;
-    /// The server hit an unexpected condition.
-    pub const INTERNAL_ERROR: u16 = 1011;
-}
+use super::ProtocolError;
+use super::frame::{FrameHeader, OpCode};
 
 /// Whether `code` may appear in a Close frame on the wire (§7.4).
 ///
@@ -76,7 +53,7 @@ pub fn parse_close_payload(payload: &[u8]) -> Result<ClosePayload<'_>, ProtocolE
 /// Builds a Close payload: the code in network order, then the reason,
 /// cut at a character boundary so the whole fits in a control frame.
 pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
-    let mut end = reason.len().min(crate::frame::MAX_CONTROL_PAYLOAD - 2);
+    let mut end = reason.len().min(super::frame::MAX_CONTROL_PAYLOAD - 2);
     while !reason.is_char_boundary(end) {
         end -= 1;
     }
@@ -244,7 +221,7 @@ impl MessageAssembler {
             return Err(ProtocolError::MessageTooLarge);
         }
         // RFC 7692 §6.1: RSV1 marks a compressed message on its first frame only.
-        let rsv1 = header.rsv & crate::frame::RSV1 != 0;
+        let rsv1 = header.rsv & super::frame::RSV1 != 0;
         if header.opcode == OpCode::Continuation {
             if rsv1 {
                 return Err(ProtocolError::MisplacedCompressionBit);
@@ -253,9 +230,9 @@ impl MessageAssembler {
             self.compressed = rsv1;
         }
         self.declared += header.payload_len;
-        if self.buf.capacity() == 0 && header.payload_len as usize >= crate::pool::MIN_BUFFER {
+        if self.buf.capacity() == 0 && header.payload_len as usize >= super::pool::MIN_BUFFER {
             // A large message: start from a pooled buffer sized for this frame.
-            self.buf = crate::pool::take(header.payload_len as usize);
+            self.buf = super::pool::take(header.payload_len as usize);
         }
         self.kind = Some(kind);
         self.fin = header.fin;
@@ -303,7 +280,7 @@ impl MessageAssembler {
         self.declared = 0;
         self.utf8 = Utf8Validator::default();
         if self.buf.capacity() > KEEP_CAPACITY {
-            crate::pool::give(std::mem::take(&mut self.buf));
+            super::pool::give(std::mem::take(&mut self.buf));
         } else {
             self.buf.clear();
         }

@@ -11,7 +11,7 @@
 //! A frame broadcast to a room is encoded once into a [`SharedFrame`]; every
 //! recipient's queue holds a reference to the same bytes, not a copy.
 
-use crate::frame::{FrameHeader, OpCode};
+use crate::protocol::frame::{FrameHeader, OpCode};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 use std::sync::Arc;
@@ -105,7 +105,7 @@ impl Outgoing {
     fn tail(&mut self, additional: usize) -> &mut Vec<u8> {
         let fits = matches!(self.chunks.back(), Some(Chunk::Owned(last)) if last.len() + additional <= COALESCE_LIMIT);
         if !fits {
-            self.chunks.push_back(Chunk::Owned(crate::pool::take(additional.max(1024))));
+            self.chunks.push_back(Chunk::Owned(crate::protocol::pool::take(additional.max(1024))));
         }
         match self.chunks.back_mut() {
             Some(Chunk::Owned(last)) => last,
@@ -152,7 +152,7 @@ impl Outgoing {
             if n >= left {
                 n -= left;
                 if let Some(Chunk::Owned(buf)) = self.chunks.pop_front() {
-                    crate::pool::give(buf);
+                    crate::protocol::pool::give(buf);
                 }
                 self.head_written = 0;
             } else {
@@ -224,11 +224,11 @@ mod tests {
         for i in 0..50u8 {
             let payload = vec![i; usize::from(i) * 7];
             queue.push_frame(OpCode::Binary, &payload);
-            crate::frame::encode(&mut expected, OpCode::Binary, &payload);
+            crate::protocol::frame::encode(&mut expected, OpCode::Binary, &payload);
         }
         let big = vec![0xAB; 200_000];
         queue.push_frame(OpCode::Binary, &big);
-        crate::frame::encode(&mut expected, OpCode::Binary, &big);
+        crate::protocol::frame::encode(&mut expected, OpCode::Binary, &big);
         assert_eq!(queue.len(), expected.len());
 
         for step in [1, 3, 1000, 70_000] {

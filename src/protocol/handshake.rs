@@ -50,9 +50,9 @@ impl HandshakeError {
         }
     }
 
-    /// The complete HTTP response, with a short plain-text body that says what was wrong.
-    pub fn response(&self) -> Vec<u8> {
-        let extra: &[&str] = match self {
+    /// The HTTP response, with a short plain-text body that says what was wrong.
+    pub fn http_response(&self) -> HttpResponse {
+        let headers: &[&str] = match self {
             HandshakeError::MethodNotAllowed => &["Allow: GET"],
             // §4.4: tell the client which version we speak.
             HandshakeError::UnsupportedVersion | HandshakeError::UpgradeRequired => {
@@ -60,8 +60,14 @@ impl HandshakeError {
             }
             _ => &[],
         };
-        let (code, phrase) = self.status();
-        http_response(code, phrase, extra, "text/plain; charset=utf-8", format!("{self}\n").as_bytes())
+        let mut response = HttpResponse::error(self.status().0, &self.to_string());
+        response.headers = headers.iter().map(|line| line.to_string()).collect();
+        response
+    }
+
+    /// The complete HTTP response, as bytes.
+    pub fn response(&self) -> Vec<u8> {
+        self.http_response().encode()
     }
 }
 
@@ -244,6 +250,59 @@ pub fn http_response(code: u16, phrase: &str, extra_headers: &[&str], content_ty
     let mut response = head.into_bytes();
     response.extend_from_slice(body);
     response
+}
+
+/// The reason phrase of the statuses this server answers with.
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// A plain HTTP response that an application answers a GET with (a page,
+/// or a refusal). The connection is closed after it is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    /// The status code, e.g. 200 or 403.
+    pub status: u16,
+    /// The `Content-Type` of the body.
+    pub content_type: &'static str,
+    /// Extra header lines, each `Name: value` without the line end.
+    pub headers: Vec<String>,
+    /// The body.
+    pub body: std::borrow::Cow<'static, [u8]>,
+}
+
+impl HttpResponse {
+    /// `200 OK` with a body.
+    pub fn ok(content_type: &'static str, body: impl Into<std::borrow::Cow<'static, [u8]>>) -> HttpResponse {
+        HttpResponse { status: 200, content_type, headers: Vec::new(), body: body.into() }
+    }
+
+    /// An error status with a one-line plain-text explanation.
+    pub fn error(status: u16, message: &str) -> HttpResponse {
+        let body = format!("{message}\n").into_bytes();
+        HttpResponse { status, content_type: "text/plain; charset=utf-8", headers: Vec::new(), body: body.into() }
+    }
+
+    /// The bytes on the wire.
+    pub fn encode(&self) -> Vec<u8> {
+        let headers: Vec<&str> = self.headers.iter().map(String::as_str).collect();
+        http_response(self.status, reason_phrase(self.status), &headers, self.content_type, &self.body)
+    }
 }
 
 #[cfg(test)]

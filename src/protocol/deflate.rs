@@ -21,7 +21,7 @@
 //! allocated on the first compressed reply) for better ratios on streams of
 //! similar messages.
 
-use crate::frame::ProtocolError;
+use super::ProtocolError;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
 /// The extension's name in `Sec-WebSocket-Extensions`.
@@ -248,9 +248,9 @@ impl Inflater {
         sink: &mut dyn FnMut(&[u8]) -> Result<(), ProtocolError>,
     ) -> Result<(), ProtocolError> {
         // Written into spare capacity (nothing to zero first), from the pool.
-        let mut out = crate::pool::take(INFLATE_CHUNK);
+        let mut out = super::pool::take(INFLATE_CHUNK);
         let result = self.inflate_into(input, limit, sink, &mut out);
-        crate::pool::give(out);
+        super::pool::give(out);
         result
     }
 

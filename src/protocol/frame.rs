@@ -24,7 +24,8 @@
 //! `Ok(None)` ("need more") without consuming anything, and every length is
 //! checked against a limit *before* anything is allocated for it.
 
-use std::fmt;
+use super::ProtocolError;
+use super::mask::apply_mask;
 
 /// Control frames carry at most this many payload bytes (RFC 6455 §5.5).
 pub const MAX_CONTROL_PAYLOAD: usize = 125;
@@ -87,93 +88,6 @@ impl OpCode {
         self.as_u8() & 0x8 != 0
     }
 }
-
-/// Why a peer's bytes break the protocol. Each variant knows the close code
-/// it is answered with ([`ProtocolError::close_code`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProtocolError {
-    /// An RSV bit was set that no negotiated extension defines (§5.2).
-    ReservedBits,
-    /// An opcode from the reserved ranges (§5.2).
-    UnknownOpCode(u8),
-    /// A client frame without the mask bit (§5.1: "MUST close the connection").
-    UnmaskedFrame,
-    /// A server frame with the mask bit (§5.1), seen by a client.
-    MaskedFrame,
-    /// A control frame with FIN clear (§5.5: "MUST NOT be fragmented").
-    FragmentedControl,
-    /// A control frame longer than 125 bytes (§5.5).
-    ControlTooLong,
-    /// A 64-bit length with its most significant bit set (§5.2).
-    LengthTopBit,
-    /// A frame longer than the configured maximum.
-    FrameTooLarge,
-    /// A message longer than the configured maximum.
-    MessageTooLarge,
-    /// A continuation frame with no message to continue (§5.4).
-    UnexpectedContinuation,
-    /// A new text or binary frame while a fragmented message is unfinished (§5.4).
-    ExpectedContinuation,
-    /// A text message, or a close reason, that is not valid UTF-8 (§8.1).
-    InvalidUtf8,
-    /// A close frame whose payload is one byte long (§5.5.1: a code is two bytes).
-    InvalidClosePayload,
-    /// A close code that may not be sent on the wire (§7.4).
-    InvalidCloseCode(u16),
-    /// A close reason that is not valid UTF-8 (§5.5.1).
-    InvalidCloseReason,
-    /// RSV1 (compressed) on a control frame or a continuation frame (RFC 7692 §6.1).
-    MisplacedCompressionBit,
-    /// A compressed message whose payload is not valid DEFLATE data (RFC 7692 §8).
-    InvalidCompressedData,
-}
-
-impl ProtocolError {
-    /// The status code of the Close frame that answers this error (§7.4.1).
-    pub fn close_code(&self) -> u16 {
-        use crate::message::close_code::*;
-        match self {
-            ProtocolError::FrameTooLarge | ProtocolError::MessageTooLarge => TOO_BIG,
-            ProtocolError::InvalidUtf8 | ProtocolError::InvalidCompressedData => INVALID_PAYLOAD,
-            _ => PROTOCOL_ERROR,
-        }
-    }
-
-    /// A short reason for the Close frame and the logs.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            ProtocolError::ReservedBits => "reserved bits set",
-            ProtocolError::UnknownOpCode(_) => "unknown opcode",
-            ProtocolError::UnmaskedFrame => "client frame not masked",
-            ProtocolError::MaskedFrame => "server frame masked",
-            ProtocolError::FragmentedControl => "fragmented control frame",
-            ProtocolError::ControlTooLong => "control frame payload over 125 bytes",
-            ProtocolError::LengthTopBit => "64-bit payload length has its top bit set",
-            ProtocolError::FrameTooLarge => "frame too large",
-            ProtocolError::MessageTooLarge => "message too large",
-            ProtocolError::UnexpectedContinuation => "continuation frame without a message",
-            ProtocolError::ExpectedContinuation => "new message inside a fragmented message",
-            ProtocolError::InvalidUtf8 => "text is not valid UTF-8",
-            ProtocolError::InvalidClosePayload => "close payload of one byte",
-            ProtocolError::InvalidCloseCode(_) => "invalid close code",
-            ProtocolError::InvalidCloseReason => "close reason is not valid UTF-8",
-            ProtocolError::MisplacedCompressionBit => "RSV1 on a control or continuation frame",
-            ProtocolError::InvalidCompressedData => "compressed data is not valid DEFLATE",
-        }
-    }
-}
-
-impl fmt::Display for ProtocolError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ProtocolError::UnknownOpCode(op) => write!(f, "unknown opcode {op:#x}"),
-            ProtocolError::InvalidCloseCode(code) => write!(f, "invalid close code {code}"),
-            other => f.write_str(other.reason()),
-        }
-    }
-}
-
-impl std::error::Error for ProtocolError {}
 
 /// What a decoder accepts: which side it is on and how large a frame may be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -397,43 +311,6 @@ pub fn encode(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
-/// XORs `buf` with the masking `key` (RFC 6455 §5.3) [Part 2 §18].
-///
-/// `offset` is the position of `buf[0]` within the frame's payload, so a
-/// payload that arrives in pieces can be unmasked piece by piece.
-///
-/// Works eight bytes at a time: the 4-byte key, rotated to `offset` and
-/// doubled, is XORed into each 8-byte word. No `unsafe`; the compiler turns
-/// the word loop into SIMD. [`apply_mask_naive`] is the byte-at-a-time
-/// definition it is tested against.
-pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
-    let rotated = rotate_key(key, offset);
-    let (words, tail) = buf.as_chunks_mut::<8>();
-    let k = rotated;
-    let key64 = u64::from_ne_bytes([k[0], k[1], k[2], k[3], k[0], k[1], k[2], k[3]]);
-    for word in words.iter_mut() {
-        *word = (u64::from_ne_bytes(*word) ^ key64).to_ne_bytes();
-    }
-    // The words covered a multiple of 8 (so of 4) bytes: the tail starts at key index 0.
-    for (byte, k) in tail.iter_mut().zip(rotated.iter().cycle()) {
-        *byte ^= k;
-    }
-}
-
-/// The plain loop from the RFC: `j = i MOD 4; transformed[i] = original[i] XOR key[j]`.
-/// Kept as the oracle that [`apply_mask`] is tested against.
-pub fn apply_mask_naive(buf: &mut [u8], key: [u8; 4], offset: usize) {
-    for (i, byte) in buf.iter_mut().enumerate() {
-        *byte ^= key[(offset + i) % 4];
-    }
-}
-
-fn rotate_key(key: [u8; 4], offset: usize) -> [u8; 4] {
-    let mut rotated = key;
-    rotated.rotate_left(offset % 4);
-    rotated
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -623,36 +500,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn fast_mask_matches_the_naive_loop_for_every_length_and_offset() {
-        let key = [0x37, 0xfa, 0x21, 0x3d];
-        let data: Vec<u8> = (0..100u8).map(|i| i.wrapping_mul(31)).collect();
-        for len in 0..data.len() {
-            for offset in 0..8 {
-                let mut fast = data[..len].to_vec();
-                let mut slow = data[..len].to_vec();
-                apply_mask(&mut fast, key, offset);
-                apply_mask_naive(&mut slow, key, offset);
-                assert_eq!(fast, slow, "len {len} offset {offset}");
-            }
-        }
-    }
-
-    #[test]
-    fn masking_in_pieces_equals_masking_at_once() {
-        let key = [1, 2, 3, 4];
-        let data: Vec<u8> = (0..=255).collect();
-        let mut whole = data.clone();
-        apply_mask(&mut whole, key, 0);
-        for cut in 0..data.len() {
-            let mut pieces = data.clone();
-            let (a, b) = pieces.split_at_mut(cut);
-            apply_mask(a, key, 0);
-            apply_mask(b, key, cut);
-            assert_eq!(pieces, whole, "cut {cut}");
-        }
-    }
-
     fn arb_frame() -> impl Strategy<Value = WebSocketFrame> {
         let opcode = prop::sample::select(vec![
             OpCode::Continuation,
@@ -718,15 +565,6 @@ mod tests {
             }
             prop_assert_eq!(got, frames);
             prop_assert!(buf.is_empty());
-        }
-
-        #[test]
-        fn fast_mask_equals_naive(data in prop::collection::vec(any::<u8>(), 0..200), key in any::<[u8; 4]>(), offset in 0usize..16) {
-            let mut fast = data.clone();
-            let mut slow = data;
-            apply_mask(&mut fast, key, offset);
-            apply_mask_naive(&mut slow, key, offset);
-            prop_assert_eq!(fast, slow);
         }
     }
 }

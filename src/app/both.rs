@@ -1,0 +1,50 @@
+//! Two applications on one server: [`Both`].
+
+use super::{App, Closed, Context, Message, Request, Route};
+
+/// Serves the routes of two applications: a request goes to the first, and
+/// to the second only when the first has nothing at its path. The binary
+/// serves `Both(Echo, Chat)`: `/echo` and the chat.
+#[derive(Debug, Default)]
+pub struct Both<A, B>(pub A, pub B);
+
+/// The per-connection state of [`Both`]: whichever application accepted it.
+#[derive(Debug)]
+pub enum Either<L, R> {
+    /// A connection of the first application.
+    First(L),
+    /// A connection of the second application.
+    Second(R),
+}
+
+impl<A: App, B: App> App for Both<A, B> {
+    type Conn = Either<A::Conn, B::Conn>;
+
+    fn route(&mut self, request: &Request<'_, '_>) -> Route<Self::Conn> {
+        match self.0.route(request) {
+            Route::NotFound => self.1.route(request).map(Either::Second),
+            answer => answer.map(Either::First),
+        }
+    }
+
+    fn on_open(&mut self, conn: &mut Self::Conn, ctx: &mut Context<'_>) {
+        match conn {
+            Either::First(conn) => self.0.on_open(conn, ctx),
+            Either::Second(conn) => self.1.on_open(conn, ctx),
+        }
+    }
+
+    fn on_message(&mut self, conn: &mut Self::Conn, message: Message<'_>, ctx: &mut Context<'_>) {
+        match conn {
+            Either::First(conn) => self.0.on_message(conn, message, ctx),
+            Either::Second(conn) => self.1.on_message(conn, message, ctx),
+        }
+    }
+
+    fn on_close(&mut self, conn: Self::Conn, closed: &Closed, ctx: &mut Context<'_>) {
+        match conn {
+            Either::First(conn) => self.0.on_close(conn, closed, ctx),
+            Either::Second(conn) => self.1.on_close(conn, closed, ctx),
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! The application interface: what a service built on rust-chat implements
+//! ([`App`]), and what it can do from each call ([`Context`]).
+//!
+//! An application routes requests (accept a WebSocket upgrade with a
+//! per-connection state, answer a plain GET with a page, or say there is
+//! nothing at that path) and reacts to connections opening, sending whole
+//! messages, and closing. Everything below it — the handshake, framing,
+//! masking, fragments, UTF-8, compression, limits, timeouts, keepalive,
+//! backpressure — is done for it, and so is fan-out: a connection can
+//! subscribe to named [topics](Context::subscribe), and a message
+//! [published](Context::publish_text) to one is framed once, compressed once
+//! per window size, and shared by every subscriber's queue; a subscriber
+//! that cannot keep up is closed by the server's policy.
+//!
+//! ```no_run
+//! use rust_chat::app::{App, Context, Message, Request, Route};
+//!
+//! /// Answers every text message upper-cased.
+//! struct Shout;
+//!
+//! impl App for Shout {
+//!     type Conn = ();
+//!
+//!     fn route(&mut self, request: &Request<'_, '_>) -> Route<()> {
+//!         if request.path() == "/" { Route::Accept(()) } else { Route::NotFound }
+//!     }
+//!
+//!     fn on_message(&mut self, _: &mut (), message: Message<'_>, ctx: &mut Context<'_>) {
+//!         if let Message::Text(text) = message {
+//!             ctx.send_text(&text.to_uppercase());
+//!         }
+//!     }
+//! }
+//!
+//! let config = rust_chat::server::ServerConfig::default();
+//! let mut server = rust_chat::Server::bind(config, Shout).unwrap();
+//! server.run().unwrap();
+//! ```
+
+mod both;
+pub mod topics;
+
+pub use crate::connection::CloseInfo;
+pub use crate::protocol::handshake::{HttpResponse, Request};
+pub use crate::protocol::message::Message;
+pub use both::{Both, Either};
+
+use crate::connection::{self, Reply};
+use crate::protocol::OpCode;
+use crate::protocol::close_code;
+use crate::protocol::deflate::SharedDeflaters;
+use std::time::Instant;
+use topics::Topics;
+
+/// A service built on rust-chat. One value serves every connection; the
+/// server calls it from its event loop, one call at a time.
+pub trait App {
+    /// What the application keeps for each connection it accepts.
+    type Conn;
+
+    /// A `GET` request arrived: accept it as a WebSocket (with the state for
+    /// this connection), answer it with plain HTTP, or say nothing is here.
+    /// An accepted request that is not a valid upgrade is answered 400 or
+    /// 426 by the server, and the state dropped.
+    fn route(&mut self, request: &Request<'_, '_>) -> Route<Self::Conn>;
+
+    /// The upgrade is done (the `101` is queued): the connection may be
+    /// sent to, subscribed, or closed.
+    fn on_open(&mut self, _conn: &mut Self::Conn, _ctx: &mut Context<'_>) {}
+
+    /// One whole message (text or binary, its fragments joined, its UTF-8 checked).
+    fn on_message(&mut self, conn: &mut Self::Conn, message: Message<'_>, ctx: &mut Context<'_>);
+
+    /// The connection is closed for the application: nothing more can be sent
+    /// to it. Called once for every connection that was opened, as soon as
+    /// its end is known. The server unsubscribes it from every topic after this.
+    fn on_close(&mut self, _conn: Self::Conn, _closed: &Closed, _ctx: &mut Context<'_>) {}
+}
+
+/// An application's answer to a request.
+#[derive(Debug)]
+pub enum Route<C> {
+    /// Upgrade to WebSocket, with this state for the connection.
+    Accept(C),
+    /// Answer with plain HTTP (a page, or a refusal such as 403) and close.
+    Respond(HttpResponse),
+    /// Nothing lives at this path (404, unless another app has it: see [`Both`]).
+    NotFound,
+}
+
+impl<C> Route<C> {
+    /// The same answer with the connection state changed by `f`.
+    pub fn map<D>(self, f: impl FnOnce(C) -> D) -> Route<D> {
+        match self {
+            Route::Accept(conn) => Route::Accept(f(conn)),
+            Route::Respond(response) => Route::Respond(response),
+            Route::NotFound => Route::NotFound,
+        }
+    }
+}
+
+/// How a connection ended, as [`App::on_close`] is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed {
+    /// The close code: the peer's in a close handshake (1005 if it gave none),
+    /// ours if the server failed the connection, 1006 if TCP just ended.
+    pub code: u16,
+    /// The server's reason when it failed the connection; empty otherwise.
+    pub reason: &'static str,
+    /// Whether the close handshake completed.
+    pub clean: bool,
+}
+
+impl Closed {
+    /// What `info` says (`None`: the connection was dropped without one, e.g. a reset).
+    pub fn from_info(info: Option<&CloseInfo>) -> Closed {
+        match info {
+            Some(CloseInfo::Handshake(code)) => {
+                Closed { code: code.unwrap_or(close_code::NO_STATUS), reason: "", clean: true }
+            }
+            Some(CloseInfo::Failed(code, reason)) => Closed { code: *code, reason, clean: false },
+            Some(CloseInfo::Http(_) | CloseInfo::Abrupt) | None => {
+                Closed { code: close_code::ABNORMAL, reason: "", clean: false }
+            }
+        }
+    }
+}
+
+/// A connection as the application knows it: the server's slot for it, and
+/// a generation number so that a slot reused by a new connection is never
+/// mistaken for the one that had it before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId {
+    /// The connection's slot in the server.
+    pub index: usize,
+    /// Distinguishes the connections that have used this slot.
+    pub generation: u64,
+}
+
+/// What every connection's [`Context`] shares: the topics (and the outbox of
+/// what was published to them), and the compressors for connections without
+/// server context takeover.
+#[derive(Debug)]
+pub struct Hub {
+    /// Subscriptions and the outbox.
+    pub topics: Topics,
+    /// One compressor per window size, reset after every message.
+    pub deflaters: SharedDeflaters,
+    /// The wall clock (milliseconds since the Unix epoch); the server's, or a test's.
+    pub clock: fn() -> u64,
+}
+
+impl Hub {
+    /// Topics whose runs of deliveries stay within `run_limit` bytes, and the wall clock `clock`.
+    pub fn new(run_limit: usize, clock: fn() -> u64) -> Hub {
+        Hub { topics: Topics::new(run_limit), deflaters: SharedDeflaters::default(), clock }
+    }
+}
+
+/// What an application can do from a call: about this connection (send,
+/// close) and about topics (publish, subscribe, unsubscribe).
+pub struct Context<'a> {
+    id: ConnId,
+    now: Instant,
+    /// This connection's queue; `None` once it is closing, or in a detached context.
+    reply: Option<Reply<'a>>,
+    hub: &'a mut Hub,
+}
+
+impl<'a> Context<'a> {
+    /// A context without a connection queue: what it sends to its
+    /// connection goes through the outbox like a publish. For tests, tools
+    /// and [`App::on_close`].
+    pub fn detached(id: ConnId, now: Instant, hub: &'a mut Hub) -> Context<'a> {
+        Context { id, now, reply: None, hub }
+    }
+
+    /// The connection this call is about.
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// The time of the loop's turn (monotonic).
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// The wall-clock time, in milliseconds since the Unix epoch.
+    pub fn unix_time_ms(&self) -> u64 {
+        (self.hub.clock)()
+    }
+
+    /// Sends a text message to this connection.
+    pub fn send_text(&mut self, text: &str) {
+        self.send_frame(OpCode::Text, text.as_bytes());
+    }
+
+    /// Sends a binary message to this connection.
+    pub fn send_binary(&mut self, bytes: &[u8]) {
+        self.send_frame(OpCode::Binary, bytes);
+    }
+
+    /// Sends `message` (text or binary, as it is) to this connection.
+    pub fn send(&mut self, message: Message<'_>) {
+        self.send_frame(message.opcode(), message.as_bytes());
+    }
+
+    fn send_frame(&mut self, opcode: OpCode, payload: &[u8]) {
+        match &mut self.reply {
+            // Straight onto the queue, unless something published earlier
+            // this turn waits in the outbox: then behind it, so that this
+            // connection receives everything in the order it was said.
+            Some(reply) if self.hub.topics.outbox().is_empty() => reply.send(opcode, payload, &mut self.hub.deflaters),
+            _ => self.hub.topics.send_to(self.id, opcode, payload),
+        }
+    }
+
+    /// Starts closing this connection with `code` and `reason` once the call
+    /// returns (messages sent before still go out first).
+    pub fn close(&mut self, code: u16, reason: &str) {
+        if let Some(reply) = &mut self.reply {
+            reply.close(code, reason);
+        }
+    }
+
+    /// Publishes a text message to every subscriber of `topic` (this
+    /// connection too, if it subscribes).
+    pub fn publish_text(&mut self, topic: &str, text: &str) {
+        self.hub.topics.publish(topic, OpCode::Text, text.as_bytes());
+    }
+
+    /// Publishes `message` (text or binary) to every subscriber of `topic`.
+    pub fn publish(&mut self, topic: &str, message: Message<'_>) {
+        self.hub.topics.publish(topic, message.opcode(), message.as_bytes());
+    }
+
+    /// Subscribes this connection to `topic`.
+    pub fn subscribe(&mut self, topic: &str) {
+        self.hub.topics.subscribe(self.id, topic);
+    }
+
+    /// Unsubscribes this connection from `topic`.
+    pub fn unsubscribe(&mut self, topic: &str) {
+        self.hub.topics.unsubscribe(self.id, topic);
+    }
+
+    /// The number of subscribers `topic` has.
+    pub fn subscriber_count(&self, topic: &str) -> usize {
+        self.hub.topics.subscribers(topic).len()
+    }
+}
+
+/// What the server keeps of an application for one connection.
+#[derive(Debug)]
+pub struct AppConn<C> {
+    /// The application's state, from routing until [`App::on_close`].
+    state: Option<C>,
+    /// [`App::on_open`] was called, so [`App::on_close`] is owed.
+    opened: bool,
+}
+
+impl<C> Default for AppConn<C> {
+    fn default() -> AppConn<C> {
+        AppConn { state: None, opened: false }
+    }
+}
+
+impl<C> AppConn<C> {
+    /// Whether the application still takes calls for this connection.
+    pub fn is_open(&self) -> bool {
+        self.opened && self.state.is_some()
+    }
+}
+
+/// One connection's calls into the application: the glue between the
+/// connection layer's [`connection::Handler`] and an [`App`].
+pub struct Session<'a, A: App> {
+    /// The application.
+    pub app: &'a mut A,
+    /// Its state for this connection.
+    pub conn: &'a mut AppConn<A::Conn>,
+    /// What all connections share.
+    pub hub: &'a mut Hub,
+    /// Which connection this is.
+    pub id: ConnId,
+    /// The time of the loop's turn.
+    pub now: Instant,
+}
+
+impl<A: App> Session<'_, A> {
+    /// Tells the application the connection is closed (once, and only if it was opened).
+    pub fn close(&mut self, info: Option<&CloseInfo>) {
+        if !self.conn.opened {
+            return;
+        }
+        if let Some(state) = self.conn.state.take() {
+            let mut ctx = Context::detached(self.id, self.now, self.hub);
+            self.app.on_close(state, &Closed::from_info(info), &mut ctx);
+        }
+        self.hub.topics.unsubscribe_all(self.id);
+    }
+
+    fn context<'c>(&'c mut self, reply: &'c mut Reply<'_>) -> (&'c mut A, Option<&'c mut A::Conn>, Context<'c>) {
+        let ctx = Context { id: self.id, now: self.now, reply: Some(reply.reborrow()), hub: self.hub };
+        (self.app, self.conn.state.as_mut(), ctx)
+    }
+}
+
+impl<A: App> connection::Handler for Session<'_, A> {
+    fn route(&mut self, request: &Request<'_, '_>) -> connection::Route {
+        match self.app.route(request) {
+            Route::Accept(state) => {
+                self.conn.state = Some(state);
+                connection::Route::Upgrade
+            }
+            Route::Respond(response) => connection::Route::Respond(response),
+            Route::NotFound => connection::Route::NotFound,
+        }
+    }
+
+    fn on_open(&mut self, reply: &mut Reply<'_>) {
+        self.conn.opened = true;
+        let (app, state, mut ctx) = self.context(reply);
+        if let Some(state) = state {
+            app.on_open(state, &mut ctx);
+        }
+    }
+
+    fn on_message(&mut self, message: Message<'_>, reply: &mut Reply<'_>) {
+        let (app, state, mut ctx) = self.context(reply);
+        if let Some(state) = state {
+            app.on_message(state, message, &mut ctx);
+        }
+    }
+}

@@ -1,0 +1,439 @@
+//! One connection's state machine: [`WebSocketClient`] and [`ClientState`]
+//! [Rust in Detail, Part 1 and Part 2 §17, §19–20].
+//!
+//! ```text
+//! AwaitingHandshake ──request ok──▶ HandshakeResponse ──101 written──▶ Connected
+//!        │ bad request, page           │ (frames already flow)            │
+//!        ▼                             ▼                                  │ we start a close
+//!     Closed ◀── protocol error, peer's Close, EOF ── Connected ───────────▼
+//!        ▲                                                             Closing
+//!        └──────────────────────── peer's Close answers ours ─────────────┘
+//! ```
+//!
+//! The client never touches a socket or a clock. Whoever drives it (the
+//! server, a test, a fuzz target) calls, in any order:
+//!
+//! * input: [`handle_input`](WebSocketClient::handle_input) with the bytes it
+//!   read, [`handle_eof`](WebSocketClient::handle_eof) when the peer closed
+//!   TCP, [`handle_timeout`](WebSocketClient::handle_timeout) when the time
+//!   that [`poll_timeout`](WebSocketClient::poll_timeout) named has come;
+//! * output: [`write_to`](WebSocketClient::write_to) a `Write` (the socket),
+//!   and the predicates ([`wants_write`](WebSocketClient::wants_write),
+//!   [`wants_read`](WebSocketClient::wants_read),
+//!   [`is_done_writing`](WebSocketClient::is_done_writing)) that decide
+//!   interest, shutdown and removal.
+//!
+//! Time comes in as a `now: Instant` argument, so tests drive it with a
+//! virtual clock. What the connection does with a request and its messages
+//! is asked of a [`Handler`] (the application interface's glue, in
+//! [`crate::app`]).
+//!
+//! Input is processed in place in the buffer it arrives in ([`input`]); what
+//! is left over between reads is at most an incomplete frame header or
+//! control frame, so an idle connection holds no read buffer at all.
+
+pub mod config;
+mod input;
+pub mod outgoing;
+
+pub use config::{ConnectionConfig, DeflateConfig};
+
+use crate::protocol::close_code;
+use crate::protocol::deflate::{Agreement, DeflateState, SharedDeflaters};
+use crate::protocol::frame::{OpCode, RSV1};
+use crate::protocol::handshake::{HttpResponse, Request};
+use crate::protocol::message::{self, Message};
+use input::FrameReader;
+use outgoing::{Outgoing, SharedFrame};
+use std::io::{self, Write};
+use std::time::Instant;
+
+/// What a connection asks of whoever drives it: how to answer a request,
+/// and what to do when it opens and with each message.
+pub trait Handler {
+    /// A complete `GET` request head arrived: route it.
+    fn route(&mut self, request: &Request<'_, '_>) -> Route;
+
+    /// The upgrade was accepted and its `101` is queued: frames may follow.
+    fn on_open(&mut self, reply: &mut Reply<'_>);
+
+    /// One complete text or binary message arrived.
+    fn on_message(&mut self, message: Message<'_>, reply: &mut Reply<'_>);
+}
+
+/// A [`Handler`]'s answer to a request.
+#[derive(Debug)]
+pub enum Route {
+    /// Upgrade to WebSocket, if the request is a valid upgrade (the
+    /// connection answers 400 or 426 if it is not, as RFC 6455 §4.2.1 says).
+    Upgrade,
+    /// Answer with this plain HTTP response and close.
+    Respond(HttpResponse),
+    /// Nothing lives at this path: 404.
+    NotFound,
+}
+
+/// Where a handler's messages to one connection go: its outgoing queue,
+/// compressed when the connection negotiated permessage-deflate.
+pub struct Reply<'a> {
+    outgoing: &'a mut Outgoing,
+    deflate: Option<&'a mut DeflateState>,
+    threshold: usize,
+    /// A close the handler asked for; the connection starts it once the handler returns.
+    close: &'a mut Option<(u16, String)>,
+}
+
+impl Reply<'_> {
+    /// Sends one message as one frame, compressed if the connection agreed
+    /// to permessage-deflate and compression pays for this message.
+    pub fn send(&mut self, opcode: OpCode, payload: &[u8], shared: &mut SharedDeflaters) {
+        if let Some(state) = self.deflate.as_deref_mut() {
+            let mut compressed = Vec::new();
+            if state.compress(payload, self.threshold, shared, &mut compressed) {
+                self.outgoing.push_frame_rsv(opcode, RSV1, &compressed);
+                return;
+            }
+        }
+        self.outgoing.push_frame(opcode, payload);
+    }
+
+    /// Asks the connection to start its closing handshake with `code` and
+    /// `reason` once the handler returns. Messages sent before it still go out.
+    pub fn close(&mut self, code: u16, reason: &str) {
+        self.close.get_or_insert_with(|| (code, reason.to_string()));
+    }
+
+    /// The same channel, borrowed for a shorter time (to hand on).
+    pub fn reborrow(&mut self) -> Reply<'_> {
+        Reply {
+            outgoing: &mut *self.outgoing,
+            deflate: self.deflate.as_deref_mut(),
+            threshold: self.threshold,
+            close: &mut *self.close,
+        }
+    }
+}
+
+/// Where a connection is in its life [Part 2 §17].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientState {
+    /// Reading the HTTP upgrade request, as the blog's version held its HTTP parser.
+    AwaitingHandshake {
+        /// The request head received so far.
+        head: Vec<u8>,
+        /// When the whole head must have arrived (then: 408).
+        deadline: Instant,
+    },
+    /// The `101` response is queued; the state becomes `Connected` once the
+    /// outgoing queue has written `ends_at` bytes. Frames the client sends
+    /// meanwhile are processed already; replies queue up behind the response.
+    HandshakeResponse {
+        /// The value of the outgoing queue's total at the end of the response.
+        ends_at: u64,
+    },
+    /// Open: messages flow both ways.
+    Connected,
+    /// We sent a Close frame and wait for the peer's (§7.1.2). Messages that
+    /// still arrive are read and dropped.
+    Closing {
+        /// When we stop waiting for the peer's Close.
+        deadline: Instant,
+    },
+    /// Nothing more will be processed: the close handshake is done, the
+    /// connection failed, or the request was answered with plain HTTP. The
+    /// queue is flushed, the write side shut down, and input discarded until
+    /// the peer closes TCP or the deadline passes.
+    Closed {
+        /// When the connection is dropped whatever the peer does.
+        deadline: Instant,
+    },
+}
+
+/// Why and how a connection ended, for logs, tests and the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseInfo {
+    /// The close handshake happened with this code from the peer (`None`: no code given).
+    Handshake(Option<u16>),
+    /// We failed the connection with this close code.
+    Failed(u16, &'static str),
+    /// The request was answered with plain HTTP (a page, or an error) with this status.
+    Http(u16),
+    /// The peer closed TCP without a close handshake.
+    Abrupt,
+}
+
+impl std::fmt::Display for CloseInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloseInfo::Handshake(Some(code)) => write!(f, "close handshake, code {code}"),
+            CloseInfo::Handshake(None) => write!(f, "close handshake, no code"),
+            CloseInfo::Failed(code, reason) => write!(f, "closed by the server with {code} ({reason})"),
+            CloseInfo::Http(status) => write!(f, "answered with HTTP {status}"),
+            CloseInfo::Abrupt => write!(f, "the peer closed TCP without a close handshake"),
+        }
+    }
+}
+
+/// What a timer asks of the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerAction {
+    /// Nothing more than writing what may now be queued (a Ping, a 408, a Close).
+    Continue,
+    /// Drop the connection now.
+    Drop,
+}
+
+/// One connection [Part 1, Part 2 §17]: its state, the frame reader, and
+/// the outgoing queue.
+#[derive(Debug)]
+pub struct WebSocketClient {
+    state: ClientState,
+    /// Frames and messages in progress (see [`input`]).
+    reader: FrameReader,
+    /// Encoded bytes waiting for the socket [Part 2 §19 "the outgoing queue"].
+    outgoing: Outgoing,
+    /// permessage-deflate, when negotiated (boxed: most connections have none).
+    deflate: Option<Box<DeflateState>>,
+    /// When the peer last sent anything: the idle clock of an open connection.
+    last_input: Instant,
+    /// A keepalive Ping has gone out since the last input.
+    ping_sent: bool,
+    close_info: Option<CloseInfo>,
+}
+
+impl WebSocketClient {
+    /// A connection accepted at `now`, waiting for its upgrade request.
+    pub fn new(now: Instant, config: &ConnectionConfig) -> WebSocketClient {
+        WebSocketClient {
+            state: ClientState::AwaitingHandshake { head: Vec::new(), deadline: now + config.handshake_timeout },
+            reader: FrameReader::default(),
+            outgoing: Outgoing::default(),
+            deflate: None,
+            last_input: now,
+            ping_sent: false,
+            close_info: None,
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> &ClientState {
+        &self.state
+    }
+
+    /// How the connection ended, once it has.
+    pub fn close_info(&self) -> Option<&CloseInfo> {
+        self.close_info.as_ref()
+    }
+
+    /// What the connection agreed to for compression, if anything.
+    pub fn deflate_agreement(&self) -> Option<&Agreement> {
+        self.deflate.as_deref().map(|state| &state.agreement)
+    }
+
+    /// Whether the request head is still being awaited.
+    pub fn is_awaiting_handshake(&self) -> bool {
+        matches!(self.state, ClientState::AwaitingHandshake { .. })
+    }
+
+    /// Whether messages may still be sent (the handshake is done and no Close has gone out).
+    pub fn is_open(&self) -> bool {
+        matches!(self.state, ClientState::HandshakeResponse { .. } | ClientState::Connected)
+    }
+
+    /// Whether nothing more will be processed (see [`ClientState::Closed`]).
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, ClientState::Closed { .. })
+    }
+
+    /// Bytes waiting in the outgoing queue.
+    pub fn queued(&self) -> usize {
+        self.outgoing.len()
+    }
+
+    /// Whether the outgoing queue has bytes to write (the driver then wants WRITABLE).
+    pub fn wants_write(&self) -> bool {
+        !self.outgoing.is_empty()
+    }
+
+    /// Whether the driver should read more from this connection now. `false`
+    /// while the outgoing queue is over its limit: the peer must read what it
+    /// already has before it may send more (backpressure).
+    pub fn wants_read(&self, config: &ConnectionConfig) -> bool {
+        self.outgoing.len() <= config.max_outgoing_bytes
+    }
+
+    /// Whether everything is said and written: time to shut down our side of TCP.
+    pub fn is_done_writing(&self) -> bool {
+        self.is_closed() && self.outgoing.is_empty()
+    }
+
+    /// Sends one message as one frame, compressed if the connection agreed to
+    /// permessage-deflate and it pays: for messages that do not come from
+    /// its own handler (a delivery to a connection with its own compressor).
+    pub fn send(&mut self, opcode: OpCode, payload: &[u8], shared: &mut SharedDeflaters, config: &ConnectionConfig) {
+        let mut close = None;
+        self.reply_with(config.deflate.threshold, &mut close).send(opcode, payload, shared);
+    }
+
+    fn reply_with<'a>(&'a mut self, threshold: usize, close: &'a mut Option<(u16, String)>) -> Reply<'a> {
+        Reply { outgoing: &mut self.outgoing, deflate: self.deflate.as_deref_mut(), threshold, close }
+    }
+
+    /// Queues bytes shared with other connections (an already framed
+    /// delivery), without copying them.
+    pub fn queue_shared(&mut self, bytes: &SharedFrame) {
+        self.outgoing.push_shared(bytes);
+    }
+
+    /// When the connection next needs [`handle_timeout`](Self::handle_timeout):
+    /// the end of the handshake, the next keepalive Ping, the idle timeout, or
+    /// the end of the close. `None` when no timer applies.
+    pub fn poll_timeout(&self, config: &ConnectionConfig) -> Option<Instant> {
+        match self.state {
+            ClientState::AwaitingHandshake { deadline, .. }
+            | ClientState::Closing { deadline }
+            | ClientState::Closed { deadline } => Some(deadline),
+            ClientState::HandshakeResponse { .. } | ClientState::Connected => {
+                let ping = (!config.ping_interval.is_zero() && !self.ping_sent)
+                    .then(|| self.last_input + config.ping_interval);
+                let idle = (!config.idle_timeout.is_zero()).then(|| self.last_input + config.idle_timeout);
+                match (ping, idle) {
+                    (Some(ping), Some(idle)) => Some(ping.min(idle)),
+                    (ping, idle) => ping.or(idle),
+                }
+            }
+        }
+    }
+
+    /// Acts on whatever timer is due at `now`: answers a handshake that took
+    /// too long with 408, pings a quiet connection, closes an idle one with
+    /// 1001, and gives up on a close that is not finishing.
+    pub fn handle_timeout(&mut self, now: Instant, config: &ConnectionConfig) -> TimerAction {
+        match self.state {
+            ClientState::AwaitingHandshake { deadline, .. } if now >= deadline => {
+                let response = HttpResponse::error(408, "the request took too long to arrive");
+                self.answer_http(&response, now, config);
+            }
+            ClientState::Closing { deadline } | ClientState::Closed { deadline } if now >= deadline => {
+                return TimerAction::Drop;
+            }
+            ClientState::HandshakeResponse { .. } | ClientState::Connected => {
+                if !config.idle_timeout.is_zero() && now >= self.last_input + config.idle_timeout {
+                    self.fail_with(close_code::GOING_AWAY, "idle timeout", now, config);
+                } else if !config.ping_interval.is_zero()
+                    && !self.ping_sent
+                    && now >= self.last_input + config.ping_interval
+                {
+                    // §5.5.2: a Ping "may serve either as a keepalive or as a
+                    // means to verify that the remote endpoint is still responsive".
+                    self.outgoing.push_frame(OpCode::Ping, b"");
+                    self.ping_sent = true;
+                }
+            }
+            _ => {}
+        }
+        TimerAction::Continue
+    }
+
+    /// Handles bytes read from the connection (see [`input`]).
+    pub fn handle_input<H: Handler>(
+        &mut self,
+        input: &mut [u8],
+        now: Instant,
+        config: &ConnectionConfig,
+        handler: &mut H,
+    ) {
+        // Any byte from the peer is a sign of life (a Pong, or anything else).
+        self.last_input = now;
+        self.ping_sent = false;
+        if self.is_awaiting_handshake() {
+            self.handle_head(input, now, config, handler);
+        } else {
+            self.handle_frames(input, now, config, handler);
+        }
+    }
+
+    /// The peer closed its side of TCP (read returned 0).
+    pub fn handle_eof(&mut self, now: Instant, config: &ConnectionConfig) {
+        if self.close_info.is_none() {
+            self.close_info = Some(CloseInfo::Abrupt);
+        }
+        if !self.is_closed() {
+            self.enter_closed(now, config);
+        }
+    }
+
+    /// Starts the closing handshake from our side (§7.1.2): on shutdown, or
+    /// when the application asks. A connection still awaiting its request
+    /// is simply closed.
+    pub fn close(&mut self, code: u16, reason: &str, now: Instant, config: &ConnectionConfig) {
+        if self.is_open() {
+            self.outgoing.push_frame(OpCode::Close, &message::close_payload(code, reason));
+            self.state = ClientState::Closing { deadline: now + config.close_timeout };
+        } else if self.is_awaiting_handshake() {
+            self.enter_closed(now, config);
+        }
+    }
+
+    /// The peer is not reading fast enough to keep up (its queue would pass
+    /// its cap): drop what it has not started receiving, send Close 1008 with
+    /// `reason`, and close (§7.4.1: "a message that violates its policy").
+    pub fn close_slow_consumer(&mut self, reason: &'static str, now: Instant, config: &ConnectionConfig) {
+        if self.is_open() {
+            self.outgoing.discard_unsent();
+            self.fail_with(close_code::POLICY, reason, now, config);
+        }
+    }
+
+    /// Answers a connection that has not finished its handshake with an HTTP
+    /// error (503 when the server makes room for others) and closes it.
+    pub fn reject(&mut self, response: &HttpResponse, now: Instant, config: &ConnectionConfig) {
+        if self.is_awaiting_handshake() {
+            self.answer_http(response, now, config);
+        }
+    }
+
+    /// Writes as much of the outgoing queue as `writer` takes without blocking.
+    pub fn write_to<W: Write + ?Sized>(&mut self, writer: &mut W) -> io::Result<usize> {
+        let written = self.outgoing.write_to(writer)?;
+        if let ClientState::HandshakeResponse { ends_at } = self.state
+            && self.outgoing.written_total() >= ends_at
+        {
+            self.state = ClientState::Connected;
+            // Most connections then wait for a while: give the queue's memory back.
+            self.outgoing.release();
+        }
+        if self.ping_sent {
+            // A keepalive went out to a quiet connection: it is idle, so free its queue.
+            self.outgoing.release();
+        }
+        Ok(written)
+    }
+
+    /// _Fail the WebSocket Connection_ (§7.1.7): send a Close with `code`
+    /// unless we already sent one, and stop reading frames. The one way the
+    /// server ends a WebSocket on its own.
+    fn fail_with(&mut self, code: u16, reason: &'static str, now: Instant, config: &ConnectionConfig) {
+        if self.is_open() {
+            self.outgoing.push_frame(OpCode::Close, &message::close_payload(code, reason));
+        }
+        self.close_info = Some(CloseInfo::Failed(code, reason));
+        self.enter_closed(now, config);
+    }
+
+    /// Answers the request with plain HTTP and closes: the one way a
+    /// connection that never became a WebSocket ends.
+    fn answer_http(&mut self, response: &HttpResponse, now: Instant, config: &ConnectionConfig) {
+        self.outgoing.push(&response.encode());
+        self.close_info = Some(CloseInfo::Http(response.status));
+        self.enter_closed(now, config);
+    }
+
+    fn enter_closed(&mut self, now: Instant, config: &ConnectionConfig) {
+        self.state = ClientState::Closed { deadline: now + config.close_timeout };
+        self.reader = FrameReader::default();
+    }
+}
+
+#[cfg(test)]
+mod tests;

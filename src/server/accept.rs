@@ -1,0 +1,152 @@
+//! Accepting connections, and the limits on how many the server takes on:
+//! the connection limit (503), the handshake limit (the oldest unfinished
+//! handshake makes room), and a pause when the process is out of descriptors.
+
+use super::connections::{Connection, interrupted, would_block};
+use super::{Server, Throttle};
+use crate::app::{App, ConnId, HttpResponse};
+use mio::net::TcpStream;
+use mio::{Interest, Token};
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::time::{Duration, Instant};
+use tracing::{debug, warn};
+
+/// How long to stop accepting after the process runs out of file descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The process (EMFILE) or the system (ENFILE) has no file descriptor left,
+/// or the kernel no buffer memory (ENOBUFS, ENOMEM): accepting must pause.
+fn out_of_resources(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(23 | 24 | 105 | 12))
+}
+
+/// What accepting keeps between turns.
+#[derive(Default)]
+pub(super) struct Admission {
+    /// Numbers connections, so a reused slot is never mistaken for its last owner.
+    generation: u64,
+    /// Handshakes in progress, oldest first (entries that finished are skipped).
+    handshakes: VecDeque<ConnId>,
+    handshake_count: usize,
+    /// Accepting is paused until then (out of file descriptors).
+    paused_until: Option<Instant>,
+    limit_warning: Throttle,
+    fd_warning: Throttle,
+}
+
+impl Admission {
+    /// When accepting resumes, if it is paused.
+    pub fn paused_until(&self) -> Option<Instant> {
+        self.paused_until
+    }
+
+    /// Ends a pause that is over; `true` if accepting should resume now.
+    pub fn resume_at(&mut self, now: Instant) -> bool {
+        if self.paused_until.is_some_and(|until| now >= until) {
+            self.paused_until = None;
+            return true;
+        }
+        false
+    }
+
+    /// A connection that was handshaking no longer is (done, or gone).
+    pub fn handshake_done(&mut self) {
+        self.handshake_count -= 1;
+    }
+}
+
+/// The 503 response for a connection the server cannot take now.
+fn service_unavailable(why: &str) -> HttpResponse {
+    let mut response = HttpResponse::error(503, why);
+    response.headers.push("Retry-After: 5".into());
+    response
+}
+
+/// Answers a connection over the limit with 503 and closes it, without ever
+/// registering it. Best effort: a fresh socket's send buffer is empty, so
+/// the short response goes out in one non-blocking write.
+fn refuse(stream: &mut TcpStream, scratch: &mut [u8]) {
+    // Read what the client already sent, so closing does not reset the connection.
+    let _ = stream.read(scratch);
+    let _ = stream.write(&service_unavailable("the server is at its connection limit; try again shortly").encode());
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+impl<A: App> Server<A> {
+    /// Accepts every pending connection, unless accepting is paused.
+    pub(super) fn accept(&mut self, now: Instant) {
+        if self.admission.paused_until.is_some() {
+            return;
+        }
+        loop {
+            let Some(listener) = self.listener.as_ref() else { return };
+            match listener.accept() {
+                Ok((stream, peer)) => self.admit(stream, peer, now),
+                Err(err) if would_block(&err) => return,
+                Err(err) if interrupted(&err) => continue,
+                // The peer gave up while queued: nothing to do.
+                Err(err) if err.kind() == io::ErrorKind::ConnectionAborted => continue,
+                Err(err) => {
+                    // Out of descriptors (or another failure): pause instead of
+                    // spinning on a listener that stays readable; the clients
+                    // already connected are served meanwhile.
+                    self.admission.paused_until = Some(now + ACCEPT_BACKOFF);
+                    if let Some(skipped) = self.admission.fd_warning.ready(now) {
+                        let kind = if out_of_resources(&err) { "out of resources" } else { "failed" };
+                        let open = self.connections.len();
+                        warn!(error = %err, open, skipped, "accept {kind}: pausing accepts for 100 ms");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Takes in one accepted connection, or turns it away with 503.
+    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
+        if self.connections.len() >= self.config.max_connections {
+            if let Some(skipped) = self.admission.limit_warning.ready(now) {
+                let max_connections = self.config.max_connections;
+                warn!(max_connections, skipped, "connection limit reached: answering 503");
+            }
+            refuse(&mut stream, &mut self.read_buf);
+            return;
+        }
+        if self.admission.handshake_count >= self.config.max_pending_handshakes {
+            self.evict_oldest_handshake(now);
+        }
+        // Replies are small and already batched per turn: send them now.
+        let _ = stream.set_nodelay(true);
+        let index = self.connections.next_index();
+        if self.poll.registry().register(&mut stream, Token(index), Interest::READABLE).is_err() {
+            return;
+        }
+        self.admission.generation += 1;
+        let id = ConnId { index, generation: self.admission.generation };
+        let client = self.new_client(now);
+        let inserted = self.connections.insert(Connection::new(id, stream, peer, client));
+        debug_assert_eq!(inserted, index);
+        self.admission.handshakes.push_back(id);
+        self.admission.handshake_count += 1;
+        debug!(conn = index, %peer, "accepted");
+        // Arms the handshake timer.
+        self.service(index, false, now);
+    }
+
+    /// Makes room among the handshakes in progress by answering the oldest with 503.
+    fn evict_oldest_handshake(&mut self, now: Instant) {
+        while let Some(id) = self.admission.handshakes.pop_front() {
+            let Some(conn) = self.connections.get_id(id) else { continue };
+            if !conn.handshaking {
+                continue;
+            }
+            debug!(conn = id.index, peer = %conn.peer, "too many handshakes in progress: dropping the oldest");
+            let response = service_unavailable("too many connections are still handshaking");
+            conn.client.reject(&response, now, &self.config.connection);
+            self.service(id.index, false, now);
+            return;
+        }
+    }
+}

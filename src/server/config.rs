@@ -1,0 +1,90 @@
+//! The server's own settings: the address, connection limits, the read
+//! buffer and the drain, with their defaults and why.
+
+use crate::connection::ConnectionConfig;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// How the server listens and how much it takes on. Holds the
+/// [`ConnectionConfig`] that every connection it accepts gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Address to listen on. Default `127.0.0.1:10000`: the blog's port, and
+    /// loopback only, so that trying the server out exposes nothing. Use
+    /// `0.0.0.0:10000` to serve other machines, or port 0 for a free port.
+    pub bind: SocketAddr,
+
+    /// The most connections open at once. Default: the process's open-file
+    /// limit less 64 for the listener, the poller and headroom (so 19,936
+    /// with a limit of 20,000). Beyond it a new connection is answered with
+    /// HTTP 503 and `Retry-After`, then closed.
+    pub max_connections: usize,
+
+    /// The most connections still sending their upgrade request at once.
+    /// Default 1,024. When a new connection would pass it, the one that has
+    /// been waiting longest is answered with 503 and closed: real clients
+    /// send their request at once, so a flood of slow ones (slowloris) only
+    /// pushes out its own kind.
+    pub max_pending_handshakes: usize,
+
+    /// Size of the one read buffer the event loop shares among all
+    /// connections. Default 256 KiB, so that a 64 KiB frame usually arrives
+    /// whole in one read. Idle connections hold no read buffer of
+    /// their own; only an incomplete frame header or control frame is kept
+    /// per connection (at most 139 bytes).
+    pub read_buffer_size: usize,
+
+    /// Graceful shutdown (SIGINT, SIGTERM): how long the server waits for
+    /// connections to finish their close handshakes before it exits anyway.
+    /// Default 5 s.
+    pub drain_timeout: Duration,
+
+    /// What each connection may do.
+    pub connection: ConnectionConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 10000)),
+            max_connections: open_file_limit().saturating_sub(FD_HEADROOM).max(1),
+            max_pending_handshakes: 1024,
+            read_buffer_size: 256 << 10,
+            drain_timeout: Duration::from_secs(5),
+            connection: ConnectionConfig::default(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Checks that the settings make sense together; the message says which does not.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.read_buffer_size < 1024 {
+            return Err(format!("read buffer size must be at least 1024 bytes, not {}", self.read_buffer_size));
+        }
+        if self.drain_timeout.is_zero() {
+            return Err("the drain timeout must be longer than zero".into());
+        }
+        if self.max_connections == 0 || self.max_pending_handshakes == 0 {
+            return Err("max connections and max pending handshakes must be at least 1".into());
+        }
+        self.connection.validate()
+    }
+}
+
+/// File descriptors kept back from [`ServerConfig::max_connections`]: the
+/// listener, the poller, the signal pipe, log files, and a margin.
+const FD_HEADROOM: usize = 64;
+
+/// The soft limit on open files (`ulimit -n`), read from `/proc/self/limits`
+/// (the standard library has no `getrlimit`, and this keeps the crate free of
+/// `unsafe`). 1,024, the usual default, where it cannot be read.
+pub fn open_file_limit() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| {
+            let line = limits.lines().find(|line| line.starts_with("Max open files"))?;
+            line.get("Max open files".len()..)?.split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or(1024)
+}

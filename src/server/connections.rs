@@ -1,0 +1,217 @@
+//! The connection table: one [`Connection`] per accepted socket, in a slab
+//! indexed by mio token, and the socket reads and writes.
+
+use crate::app::{AppConn, ConnId};
+use crate::connection::{ConnectionConfig, Handler, WebSocketClient};
+use mio::Interest;
+use mio::net::TcpStream;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// The operating system says "try again later": not an error, just the end of this burst.
+pub(super) fn would_block(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::WouldBlock
+}
+
+/// A signal arrived during the call: retry it.
+pub(super) fn interrupted(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::Interrupted
+}
+
+/// One accepted TCP connection, the WebSocket state that goes with it, and
+/// the application's state for it.
+pub(super) struct Connection<C> {
+    /// Who this is to the application: the slot and a generation unique to this connection.
+    pub id: ConnId,
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub client: WebSocketClient,
+    pub app: AppConn<C>,
+    /// What the registry currently watches for this connection.
+    pub interest: Interest,
+    /// We have shut down our writing side (the close is sent and flushed).
+    pub write_shut: bool,
+    /// The peer has closed its writing side (read returned 0).
+    pub peer_eof: bool,
+    /// The time of this connection's live entry in the timer heap, if any.
+    pub timer: Option<Instant>,
+    /// Reading stopped because the outgoing queue was over its limit; resume
+    /// as soon as it drains, whatever event reports the drain.
+    pub read_paused: bool,
+    /// On the ready list: it used up its read budget with input possibly left.
+    pub in_ready: bool,
+    /// Deliveries were queued for it this turn: write them at the end of the turn.
+    pub dirty: bool,
+    /// Counted among the handshakes in progress.
+    pub handshaking: bool,
+    /// The poller reported a hang-up or error: read on to EOF or the error,
+    /// rather than stopping at a short read.
+    pub hangup: bool,
+}
+
+impl<C> Connection<C> {
+    pub fn new(id: ConnId, stream: TcpStream, peer: SocketAddr, client: WebSocketClient) -> Connection<C> {
+        Connection {
+            id,
+            stream,
+            peer,
+            client,
+            app: AppConn::default(),
+            interest: Interest::READABLE,
+            write_shut: false,
+            peer_eof: false,
+            timer: None,
+            read_paused: false,
+            in_ready: false,
+            dirty: false,
+            handshaking: true,
+            hangup: false,
+        }
+    }
+}
+
+/// Connections by token: a vector of slots and a list of free ones.
+pub(super) struct Slab<C> {
+    slots: Vec<Option<Connection<C>>>,
+    free: Vec<usize>,
+    len: usize,
+}
+
+impl<C> Default for Slab<C> {
+    fn default() -> Slab<C> {
+        Slab { slots: Vec::new(), free: Vec::new(), len: 0 }
+    }
+}
+
+impl<C> Slab<C> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The index the next `insert` will use.
+    pub fn next_index(&self) -> usize {
+        self.free.last().copied().unwrap_or(self.slots.len())
+    }
+
+    pub fn insert(&mut self, conn: Connection<C>) -> usize {
+        self.len += 1;
+        match self.free.pop() {
+            Some(index) => {
+                self.slots[index] = Some(conn);
+                index
+            }
+            None => {
+                self.slots.push(Some(conn));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    pub fn get_mut(&mut self, index: usize) -> Option<&mut Connection<C>> {
+        self.slots.get_mut(index).and_then(Option::as_mut)
+    }
+
+    /// The connection `id` names, if it is still open (not a later one in its slot).
+    pub fn get_id(&mut self, id: ConnId) -> Option<&mut Connection<C>> {
+        self.get_mut(id.index).filter(|conn| conn.id == id)
+    }
+
+    pub fn remove(&mut self, index: usize) -> Option<Connection<C>> {
+        let conn = self.slots.get_mut(index).and_then(Option::take)?;
+        self.free.push(index);
+        self.len -= 1;
+        Some(conn)
+    }
+
+    pub fn indices(&self) -> Vec<usize> {
+        self.slots.iter().enumerate().filter(|(_, slot)| slot.is_some()).map(|(i, _)| i).collect()
+    }
+}
+
+/// What [`read_into`] found.
+pub(super) struct ReadOutcome {
+    /// The peer closed its side (read returned 0).
+    pub eof: bool,
+    /// Reading stopped because the outgoing queue is over its cap.
+    pub paused: bool,
+}
+
+/// Reads until the socket is drained, feeding every byte to the client,
+/// unless the client's outgoing queue is full (then `paused`) or the read
+/// budget runs out.
+///
+/// A read that fills less than the buffer has drained the socket: on Linux,
+/// epoll reports every later arrival as a new edge, so the extra read that
+/// would only say `WouldBlock` is skipped (a third of the system calls of a
+/// busy echo). The exception is a hang-up already reported: then the FIN came
+/// with that same edge and we read on until EOF.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn read_into<H: Handler>(
+    stream: &TcpStream,
+    client: &mut WebSocketClient,
+    hangup: bool,
+    read_buf: &mut [u8],
+    config: &ConnectionConfig,
+    handler: &mut H,
+    now: Instant,
+    budget: &mut usize,
+) -> io::Result<ReadOutcome> {
+    loop {
+        let paused = !client.wants_read(config);
+        if paused || *budget == 0 {
+            return Ok(ReadOutcome { eof: false, paused });
+        }
+        *budget -= 1;
+        match Sock::of(stream).read(read_buf) {
+            Ok(0) => {
+                client.handle_eof(now, config);
+                return Ok(ReadOutcome { eof: true, paused: false });
+            }
+            Ok(n) => {
+                let Some(input) = read_buf.get_mut(..n) else { return Ok(ReadOutcome { eof: false, paused: false }) };
+                client.handle_input(input, now, config, handler);
+                if n < read_buf.len() && !hangup {
+                    return Ok(ReadOutcome { eof: false, paused: false });
+                }
+            }
+            Err(err) if would_block(&err) => return Ok(ReadOutcome { eof: false, paused: false }),
+            Err(err) if interrupted(&err) => continue,
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// A connected socket, read with `recv` and written with `send`/`sendmsg`
+/// rather than `read`/`write`/`writev`: the same bytes, without the
+/// file-system layer's work on every call (see BENCHMARKS.md).
+pub(super) struct Sock<'a>(socket2::SockRef<'a>);
+
+impl<'a> Sock<'a> {
+    pub fn of(stream: &'a TcpStream) -> Sock<'a> {
+        Sock(socket2::SockRef::from(stream))
+    }
+}
+
+impl Read for Sock<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self.0).read(buf)
+    }
+}
+
+impl Write for Sock<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.send(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match bufs {
+            [one] => self.0.send(one),
+            _ => self.0.send_vectored(bufs),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,442 @@
+//! The event loop: the one place that touches sockets and the clock
+//! [Rust in Detail, Part 1].
+//!
+//! A mio `Poll` watches the listener and every connection. Each readiness
+//! event is turned into calls on the connection's [`WebSocketClient`]:
+//! read until `WouldBlock` and hand every byte to the client (which calls
+//! the application through a [`Session`]); write its outgoing queue until
+//! empty or `WouldBlock`; then ask it what it wants next. WRITABLE interest
+//! is registered only while output is queued, and re-registered only when
+//! that changes.
+//!
+//! | file | job |
+//! |---|---|
+//! | `mod.rs` | the loop: poll, dispatch, service one connection, remove |
+//! | [`config`] | the server's settings ([`ServerConfig`]) |
+//! | `connections.rs` | the connection table, socket reads and writes |
+//! | `accept.rs` | accepting, the connection and handshake limits (503), out of descriptors |
+//! | `timers.rs` | one heap of deadlines, one live entry per connection |
+//! | `delivery.rs` | what was published: onto the subscribers' queues, slow consumers closed |
+//! | `shutdown.rs` | signals, the stop handle, the graceful drain |
+//!
+//! mio's readiness is edge-triggered: an event says "something changed", not
+//! "there is data", so every read and accept loop runs until `WouldBlock`,
+//! and spurious events (for a connection already removed, or with nothing to
+//! read) are expected and ignored.
+
+mod accept;
+pub mod config;
+mod connections;
+mod delivery;
+mod shutdown;
+mod timers;
+
+pub use config::{ServerConfig, open_file_limit};
+pub use shutdown::{Exit, ServerHandle};
+
+use crate::app::topics::RUN_LIMIT;
+use crate::app::{App, Hub, Session};
+use crate::connection::{CloseInfo, TimerAction, WebSocketClient};
+use accept::Admission;
+use connections::{Slab, Sock, interrupted, read_into};
+use delivery::Delivery;
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Registry, Token};
+use shutdown::Shutdown;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use timers::Timers;
+use tracing::{debug, info};
+
+/// The listening socket's token. Connections use their slot index.
+const LISTENER: Token = Token(usize::MAX);
+/// The token of the waker that [`ServerHandle`] pokes.
+const WAKER: Token = Token(usize::MAX - 1);
+/// The token of the pipe that SIGINT and SIGTERM write to.
+const SIGNALS: Token = Token(usize::MAX - 2);
+
+/// Reads one connection may do per turn of the loop (16 × 64 KiB = 1 MiB by
+/// default). A client that sends faster than we can process would otherwise
+/// never let its socket reach `WouldBlock`, and everyone else would wait.
+/// A connection that uses up its budget goes on the ready list and is served
+/// again after the others, without waiting for a new event.
+const READ_BUDGET: usize = 16;
+
+/// How often a repeated warning (connection limit, out of descriptors, slow
+/// consumers) may be logged; the ones in between are counted, not printed.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Logs a repeated warning at most once per [`WARN_EVERY`], with a count of the ones skipped.
+#[derive(Default)]
+struct Throttle {
+    last: Option<Instant>,
+    skipped: u64,
+}
+
+impl Throttle {
+    /// `Some(skipped)` when it is time to log again.
+    fn ready(&mut self, now: Instant) -> Option<u64> {
+        if self.last.is_some_and(|last| now < last + WARN_EVERY) {
+            self.skipped += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.skipped))
+    }
+}
+
+/// A bound WebSocket server serving the application `A`, ready to [`run`](Server::run).
+pub struct Server<A: App> {
+    poll: Poll,
+    /// `None` once a shutdown has begun.
+    listener: Option<TcpListener>,
+    local_addr: SocketAddr,
+    config: ServerConfig,
+    connections: Slab<A::Conn>,
+    timers: Timers,
+    /// The one read buffer, shared by all connections in turn.
+    read_buf: Vec<u8>,
+    /// Connections that used up their read budget and may have input waiting.
+    ready: Vec<usize>,
+    app: A,
+    /// Topics, the outbox and the shared compressors.
+    hub: Hub,
+    delivery: Delivery,
+    admission: Admission,
+    shutdown: Shutdown,
+}
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The configuration is invalid.
+    Config(String),
+    /// Binding the address or setting up the poller failed.
+    Io(io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Config(err) => write!(f, "invalid configuration: {err}"),
+            StartError::Io(err) => write!(f, "{err}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl From<io::Error> for StartError {
+    fn from(err: io::Error) -> StartError {
+        StartError::Io(err)
+    }
+}
+
+impl<A: App> Server<A> {
+    /// Validates `config`, binds its address and registers the listener.
+    pub fn bind(config: ServerConfig, app: A) -> Result<Server<A>, StartError> {
+        config.validate().map_err(StartError::Config)?;
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::bind(config.bind)?;
+        let local_addr = listener.local_addr()?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let shutdown = Shutdown::new(poll.registry(), WAKER)?;
+        // A run of deliveries fits wherever one frame would.
+        let run_limit = RUN_LIMIT.min(config.connection.max_outgoing_bytes);
+        Ok(Server {
+            poll,
+            listener: Some(listener),
+            local_addr,
+            read_buf: vec![0; config.read_buffer_size],
+            ready: Vec::new(),
+            app,
+            hub: Hub::new(run_limit, unix_millis),
+            delivery: Delivery::default(),
+            admission: Admission::default(),
+            shutdown,
+            config,
+            connections: Slab::default(),
+            timers: Timers::default(),
+        })
+    }
+
+    /// The address the server listens on (useful after binding port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The number of open connections.
+    pub fn connection_count(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// The application.
+    pub fn app(&self) -> &A {
+        &self.app
+    }
+
+    /// Serves until stopped, or until a graceful shutdown has drained.
+    pub fn run(&mut self) -> io::Result<Exit> {
+        let c = &self.config;
+        info!(
+            addr = %self.local_addr,
+            max_connections = c.max_connections,
+            max_pending_handshakes = c.max_pending_handshakes,
+            max_message_size = c.connection.max_message_size,
+            max_outgoing_bytes = c.connection.max_outgoing_bytes,
+            handshake_timeout = ?c.connection.handshake_timeout,
+            ping_interval = ?c.connection.ping_interval,
+            idle_timeout = ?c.connection.idle_timeout,
+            "rust-chat listening"
+        );
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout(Instant::now());
+            if let Err(err) = self.poll.poll(&mut events, timeout) {
+                if interrupted(&err) {
+                    continue;
+                }
+                return Err(err);
+            }
+            let now = Instant::now();
+            self.dispatch(&events, now);
+            if self.shutdown.forced {
+                return Ok(Exit::Forced);
+            }
+            for index in std::mem::take(&mut self.ready) {
+                if let Some(conn) = self.connections.get_mut(index) {
+                    conn.in_ready = false;
+                    self.service(index, true, now);
+                }
+            }
+            if self.shutdown.stop_requested() {
+                return Ok(Exit::Stopped);
+            }
+            if self.shutdown.shutdown_requested() {
+                self.begin_shutdown(now);
+            }
+            self.expire(now);
+            self.deliver(now);
+            if self.shutdown.forced {
+                return Ok(Exit::Forced);
+            }
+            self.shutdown.publish_count(self.connections.len());
+            if let Some(left) = self.shutdown.drained(self.connections.len(), now) {
+                info!(left, "shutdown complete");
+                return Ok(Exit::Drained { left });
+            }
+        }
+    }
+
+    /// Handles what the poller reported: new connections, signals, and
+    /// connections to read or write.
+    fn dispatch(&mut self, events: &Events, now: Instant) {
+        for event in events.iter() {
+            match event.token() {
+                LISTENER => self.accept(now),
+                WAKER => {}
+                SIGNALS => self.handle_signals(now),
+                Token(index) => {
+                    // Errors and hang-ups show up as a read that fails or returns 0.
+                    let hangup = event.is_read_closed() || event.is_error();
+                    if hangup && let Some(conn) = self.connections.get_mut(index) {
+                        conn.hangup = true;
+                    }
+                    self.service(index, event.is_readable() || hangup, now);
+                }
+            }
+        }
+    }
+
+    /// How long `poll` may sleep: until the soonest deadline, or forever.
+    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.ready.is_empty() {
+            return Some(Duration::ZERO); // connections with input waiting: only look for new events
+        }
+        // A stop or shutdown request whose wake-up was taken by a look for
+        // input during delivery: act on it now rather than at the next event.
+        if self.shutdown.stop_requested() || self.shutdown.shutdown_requested() {
+            return Some(Duration::ZERO);
+        }
+        let soonest = [self.timers.next(), self.admission.paused_until(), self.shutdown.draining_until()]
+            .into_iter()
+            .flatten()
+            .min();
+        soonest.map(|at| at.saturating_duration_since(now))
+    }
+
+    /// Runs every timer that is due, and resumes accepting after a pause.
+    fn expire(&mut self, now: Instant) {
+        while let Some((at, index)) = self.timers.pop_due(now) {
+            let Some(conn) = self.connections.get_mut(index) else { continue };
+            if conn.timer != Some(at) {
+                continue; // stale: superseded by a sooner entry, or the slot's last owner's
+            }
+            conn.timer = None;
+            match conn.client.handle_timeout(now, &self.config.connection) {
+                TimerAction::Drop => self.remove(index, now),
+                // Writes what the timer queued (a Ping, a 408, a Close) and re-arms.
+                TimerAction::Continue => self.service(index, false, now),
+            }
+        }
+        if self.admission.resume_at(now) {
+            self.accept(now);
+        }
+    }
+
+    /// Reads, processes and writes for one connection, then updates its
+    /// interest and timer, or removes it when it is finished.
+    fn service(&mut self, index: usize, readable: bool, now: Instant) {
+        let Server { connections, read_buf, config, app, hub, .. } = self;
+        let config = &config.connection;
+        let Some(conn) = connections.get_mut(index) else {
+            return; // a spurious event for a connection already removed
+        };
+        let mut budget = READ_BUDGET;
+        let mut want_read = readable;
+        let finished = loop {
+            if want_read && !conn.peer_eof {
+                let mut session = Session { app: &mut *app, conn: &mut conn.app, hub: &mut *hub, id: conn.id, now };
+                match read_into(
+                    &conn.stream,
+                    &mut conn.client,
+                    conn.hangup,
+                    read_buf,
+                    config,
+                    &mut session,
+                    now,
+                    &mut budget,
+                ) {
+                    Ok(read) => {
+                        conn.peer_eof |= read.eof;
+                        conn.read_paused = read.paused;
+                    }
+                    Err(_) => break true, // reset by peer, or another hard error
+                }
+            }
+            if conn.client.write_to(&mut Sock::of(&conn.stream)).is_err() {
+                break true;
+            }
+            if conn.client.is_done_writing() {
+                if conn.peer_eof {
+                    break true;
+                }
+                if !conn.write_shut {
+                    // Our Close (or HTTP response) is out: send FIN, and keep
+                    // reading until the peer's FIN so our last bytes are not
+                    // lost to a reset caused by unread input.
+                    conn.write_shut = true;
+                    if conn.stream.shutdown(std::net::Shutdown::Write).is_err() {
+                        break true;
+                    }
+                }
+            }
+            // Reading stopped for backpressure and the queue has drained since:
+            // read again now, since no new READABLE edge will come for data
+            // that is already waiting.
+            if conn.read_paused && conn.client.wants_read(config) && budget > 0 {
+                want_read = true;
+                continue;
+            }
+            break false;
+        };
+        // The application hears of the end as soon as it is known.
+        if conn.app.is_open() && conn.client.close_info().is_some() {
+            Session { app: &mut *app, conn: &mut conn.app, hub: &mut *hub, id: conn.id, now }
+                .close(conn.client.close_info());
+        }
+        if finished {
+            self.remove(index, now);
+            return;
+        }
+        if conn.handshaking && !conn.client.is_awaiting_handshake() {
+            conn.handshaking = false;
+            self.admission.handshake_done();
+        }
+        if budget == 0 && !conn.in_ready {
+            conn.in_ready = true;
+            self.ready.push(index);
+        }
+        let wanted =
+            if conn.client.wants_write() { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+        if wanted != conn.interest {
+            if self.poll.registry().reregister(&mut conn.stream, Token(index), wanted).is_err() {
+                self.remove(index, now);
+                return;
+            }
+            conn.interest = wanted;
+        }
+        // Arm the timer if the connection now needs one sooner than its live entry.
+        if let Some(at) = conn.client.poll_timeout(config) {
+            self.timers.arm(&mut conn.timer, at, index);
+        }
+    }
+
+    /// Closes a connection for good: the application is told (if it has not
+    /// been), it leaves every topic, and its socket is closed.
+    fn remove(&mut self, index: usize, now: Instant) {
+        let Some(mut conn) = self.connections.remove(index) else { return };
+        if conn.handshaking {
+            self.admission.handshake_done();
+        }
+        let info = conn.client.close_info();
+        Session { app: &mut self.app, conn: &mut conn.app, hub: &mut self.hub, id: conn.id, now }.close(info);
+        self.hub.topics.unsubscribe_all(conn.id);
+        let clean = matches!(info, Some(CloseInfo::Handshake(_)));
+        match info {
+            Some(info) => debug!(conn = index, peer = %conn.peer, clean, close = %info, "closed"),
+            None => debug!(conn = index, peer = %conn.peer, clean, "closed (reset or error)"),
+        }
+        deregister(self.poll.registry(), &mut conn.stream);
+    }
+
+    /// A new connection's client, with the settings every connection gets.
+    fn new_client(&self, now: Instant) -> WebSocketClient {
+        WebSocketClient::new(now, &self.config.connection)
+    }
+}
+
+/// Dropping the stream closes the socket; deregistering first keeps the
+/// registry tidy even if the descriptor number is soon reused.
+fn deregister(registry: &Registry, stream: &mut mio::net::TcpStream) {
+    let _ = registry.deregister(stream);
+}
+
+/// The wall clock, for applications that stamp their messages (the chat).
+fn unix_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::echo::Echo;
+
+    fn config() -> ServerConfig {
+        ServerConfig { bind: "127.0.0.1:0".parse().unwrap(), ..ServerConfig::default() }
+    }
+
+    #[test]
+    fn a_stop_or_shutdown_request_never_waits_for_another_event() {
+        // The waker's event may be taken by a look for input during delivery;
+        // the request itself must still end the next wait at once.
+        for request in [ServerHandle::stop, ServerHandle::shutdown] {
+            let server = Server::bind(config(), Echo).unwrap();
+            let now = Instant::now();
+            assert_eq!(server.poll_timeout(now), None, "nothing to wait for: sleep until an event");
+            request(&server.handle());
+            assert_eq!(server.poll_timeout(now), Some(Duration::ZERO));
+        }
+    }
+
+    #[test]
+    fn a_connection_is_small() {
+        // Idle memory per connection is mostly this slot (see BENCHMARKS.md).
+        type Conn = <crate::app::Both<Echo, crate::chat::Chat> as App>::Conn;
+        let slot = std::mem::size_of::<Option<connections::Connection<Conn>>>();
+        let client = std::mem::size_of::<WebSocketClient>();
+        eprintln!("Option<Connection>: {slot} bytes; WebSocketClient: {client} bytes");
+        assert!(slot <= 384, "{slot}");
+    }
+}

@@ -1,0 +1,187 @@
+//! Stopping: the handle other threads use, SIGINT/SIGTERM, and the graceful
+//! drain (1001 to everyone, then wait for them up to the drain timeout).
+
+use super::{SIGNALS, Server};
+use crate::app::App;
+use crate::protocol::close_code;
+use mio::net::UnixStream;
+use mio::{Interest, Registry, Token, Waker};
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Instant;
+use tracing::{info, warn};
+
+/// What a [`ServerHandle`] asks of the loop.
+#[derive(Default)]
+struct Control {
+    stop: AtomicBool,
+    shutdown: AtomicBool,
+    open: AtomicUsize,
+}
+
+/// Controls a running [`Server`] from another thread.
+#[derive(Clone)]
+pub struct ServerHandle {
+    waker: Arc<Waker>,
+    control: Arc<Control>,
+}
+
+impl ServerHandle {
+    /// Makes [`Server::run`] return at once. Open connections are dropped without a Close.
+    pub fn stop(&self) {
+        self.control.stop.store(true, Ordering::SeqCst);
+        // If the wake fails the loop is gone already.
+        let _ = self.waker.wake();
+    }
+
+    /// Starts a graceful shutdown, as SIGTERM does: stop accepting, send
+    /// every client Close 1001, and return from [`Server::run`] once they are
+    /// gone or the drain timeout has passed.
+    pub fn shutdown(&self) {
+        self.control.shutdown.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+    }
+
+    /// The number of open connections, as of the end of the loop's last turn.
+    pub fn connections(&self) -> usize {
+        self.control.open.load(Ordering::Relaxed)
+    }
+}
+
+/// How [`Server::run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// [`ServerHandle::stop`] was called.
+    Stopped,
+    /// A graceful shutdown finished: every connection closed, or the drain
+    /// timeout passed with this many still open.
+    Drained {
+        /// Connections still open when the drain timeout ended the wait.
+        left: usize,
+    },
+    /// A second signal arrived during the drain: the server gave up waiting.
+    Forced,
+}
+
+/// The stopping state of one server.
+pub(super) struct Shutdown {
+    waker: Arc<Waker>,
+    control: Arc<Control>,
+    signals: Option<UnixStream>,
+    signals_seen: usize,
+    /// A graceful shutdown is under way and ends at the latest then.
+    draining_until: Option<Instant>,
+    /// A second signal arrived: [`Server::run`] returns at once.
+    pub forced: bool,
+}
+
+impl Shutdown {
+    pub fn new(registry: &Registry, waker: Token) -> io::Result<Shutdown> {
+        let waker = Arc::new(Waker::new(registry, waker)?);
+        Ok(Shutdown {
+            waker,
+            control: Arc::new(Control::default()),
+            signals: None,
+            signals_seen: 0,
+            draining_until: None,
+            forced: false,
+        })
+    }
+
+    pub fn stop_requested(&self) -> bool {
+        self.control.stop.load(Ordering::SeqCst)
+    }
+
+    /// A graceful shutdown was asked for and has not begun.
+    pub fn shutdown_requested(&self) -> bool {
+        self.control.shutdown.load(Ordering::SeqCst) && self.draining_until.is_none()
+    }
+
+    pub fn draining_until(&self) -> Option<Instant> {
+        self.draining_until
+    }
+
+    pub fn publish_count(&self, open: usize) {
+        self.control.open.store(open, Ordering::Relaxed);
+    }
+
+    /// `Some(left)` once a drain is over: nobody is left, or its time is up.
+    pub fn drained(&self, open: usize, now: Instant) -> Option<usize> {
+        let until = self.draining_until?;
+        (open == 0 || now >= until).then_some(open)
+    }
+}
+
+impl<A: App> Server<A> {
+    /// A handle that can stop the server from another thread.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle { waker: Arc::clone(&self.shutdown.waker), control: Arc::clone(&self.shutdown.control) }
+    }
+
+    /// Makes SIGINT and SIGTERM start a graceful shutdown (and a second one
+    /// end it at once). The signal handler only writes a byte to a pipe that
+    /// the loop watches, so no work happens in signal context.
+    pub fn shutdown_on_signals(&mut self) -> io::Result<()> {
+        let (read, write) = std::os::unix::net::UnixStream::pair()?;
+        read.set_nonblocking(true)?;
+        signal_hook::low_level::pipe::register(signal_hook::consts::SIGINT, write.try_clone()?)?;
+        signal_hook::low_level::pipe::register(signal_hook::consts::SIGTERM, write)?;
+        let mut read = UnixStream::from_std(read);
+        self.poll.registry().register(&mut read, SIGNALS, Interest::READABLE)?;
+        self.shutdown.signals = Some(read);
+        Ok(())
+    }
+
+    /// Reads the signal pipe: the first signal starts a graceful shutdown,
+    /// the second forces the exit.
+    pub(super) fn handle_signals(&mut self, now: Instant) {
+        let mut buf = [0u8; 16];
+        let mut count = 0;
+        if let Some(pipe) = self.shutdown.signals.as_mut() {
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => count += n,
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                }
+            }
+        }
+        if count == 0 {
+            return;
+        }
+        self.shutdown.signals_seen += count;
+        if self.shutdown.signals_seen >= 2 {
+            let open = self.connections.len();
+            warn!(open, "second signal: exiting without waiting for the drain");
+            self.shutdown.forced = true;
+            return;
+        }
+        self.begin_shutdown(now);
+    }
+
+    /// Graceful shutdown: stop accepting, close every connection with 1001,
+    /// and give them [`drain_timeout`](super::ServerConfig::drain_timeout) to finish.
+    pub(super) fn begin_shutdown(&mut self, now: Instant) {
+        if self.shutdown.draining_until.is_some() {
+            return;
+        }
+        let drain_timeout = self.config.drain_timeout;
+        info!(open = self.connections.len(), ?drain_timeout, "shutting down");
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        self.shutdown.draining_until = Some(now + drain_timeout);
+        for index in self.connections.indices() {
+            let Some(conn) = self.connections.get_mut(index) else { continue };
+            if conn.client.is_awaiting_handshake() {
+                // It has been told nothing yet, and there is nothing to finish.
+                self.remove(index, now);
+                continue;
+            }
+            conn.client.close(close_code::GOING_AWAY, "server shutting down", now, &self.config.connection);
+            self.service(index, false, now);
+        }
+    }
+}
