@@ -5,39 +5,16 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rust_chat::chat::{Chat, ConnId};
-use rust_chat::client::{Endpoint, Handler, Reply, WebSocketClient};
-use rust_chat::protocol::deflate::SharedDeflaters;
+use rust_chat::app::topics::RUN_LIMIT;
+use rust_chat::app::{AppConn, ConnId, Hub, Session};
+use rust_chat::chat::ChatConfig;
+use rust_chat::connection::{ConnectionConfig, DeflateConfig, TimerAction, WebSocketClient};
+use rust_chat::echo_and_chat;
 use rust_chat::protocol::frame::{DecodeRules, OpCode, decode};
-use rust_chat::protocol::message::Message;
-use rust_chat::Config;
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
-struct Endpoints<'a> {
-    chat: &'a mut Chat,
-    deflaters: &'a mut SharedDeflaters,
-    now: Instant,
-}
-
 const ME: ConnId = ConnId { index: 0, generation: 1 };
-
-impl Handler for Endpoints<'_> {
-    fn on_open(&mut self, endpoint: Endpoint, query: &str, _: &mut Reply<'_>) -> Result<(), (u16, &'static str)> {
-        match endpoint {
-            Endpoint::Echo => Ok(()),
-            Endpoint::Chat => self.chat.connect(ME, query, self.now).map_err(|r| (1008, r.0)),
-        }
-    }
-
-    fn on_message(&mut self, endpoint: Endpoint, message: Message<'_>, reply: &mut Reply<'_>) {
-        match (endpoint, message) {
-            (Endpoint::Echo, m) => reply.send(m.opcode(), m.as_bytes(), self.deflaters),
-            (Endpoint::Chat, Message::Text(text)) => self.chat.handle_text(ME, text, self.now, 0),
-            (Endpoint::Chat, Message::Binary(_)) => self.chat.handle_binary(ME, self.now),
-        }
-    }
-}
 
 /// A socket that takes at most `step` bytes a call and, if `stutter`, blocks every other call.
 struct Trickle<'a> {
@@ -66,7 +43,7 @@ impl Write for Trickle<'_> {
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, script)) = data.split_first() else { return };
-    let config = Config {
+    let config = ConnectionConfig {
         max_frame_size: 1 << 14,
         max_message_size: 1 << 15,
         max_handshake_bytes: 1024,
@@ -75,11 +52,12 @@ fuzz_target!(|data: &[u8]| {
         ping_interval: Duration::from_secs(1),
         idle_timeout: Duration::from_secs(3),
         close_timeout: Duration::from_secs(1),
-        max_text_bytes: 512,
-        deflate_threshold: 16,
-        deflate_context_takeover: mode & 8 != 0,
-        ..Config::default()
+        deflate: DeflateConfig { enabled: true, threshold: 16, context_takeover: mode & 8 != 0 },
     };
+    // The binary's own applications: `/echo` and the chat.
+    let mut app = echo_and_chat(ChatConfig { max_text_bytes: 512, ..ChatConfig::default() });
+    let mut hub = Hub::new(RUN_LIMIT.min(config.max_outgoing_bytes), || 0);
+    let mut conn = AppConn::default();
     // Half the time, start with a valid upgrade so the fuzzer spends its effort on frames.
     let mut input = Vec::new();
     if mode & 1 == 1 {
@@ -98,8 +76,6 @@ fuzz_target!(|data: &[u8]| {
 
     let mut now = Instant::now();
     let mut client = WebSocketClient::new(now, &config);
-    let mut chat = Chat::new(&config);
-    let mut deflaters = SharedDeflaters::default();
     let mut out = Vec::new();
     let mut rng = u32::from(mode) | 0x1000;
     let mut pos = 0;
@@ -111,20 +87,24 @@ fuzz_target!(|data: &[u8]| {
         let next = (pos + 1 + (rng % 200) as usize).min(input.len());
         let mut piece = input[pos..next].to_vec();
         pos = next;
-        client.handle_input(&mut piece, now, &config, &mut Endpoints { chat: &mut chat, deflaters: &mut deflaters, now });
-        // Deliver what the chat said to this one connection, as the server would.
-        let outbox = chat.take_outbox();
+        let mut session = Session { app: &mut app, conn: &mut conn, hub: &mut hub, id: ME, now };
+        client.handle_input(&mut piece, now, &config, &mut session);
+        if conn.is_open() && client.close_info().is_some() {
+            Session { app: &mut app, conn: &mut conn, hub: &mut hub, id: ME, now }.close(client.close_info());
+        }
+        // Deliver what went through the outbox to this one connection, as the server would.
+        let outbox = hub.topics.take_outbox();
         for (frame, to) in outbox.iter() {
             if to.contains(&ME) && client.is_open() {
-                client.outgoing.push_shared(frame);
+                client.send(frame.opcode(), frame.payload(), &mut hub.deflaters, &config);
             }
         }
-        chat.restore_outbox(outbox);
+        hub.topics.restore_outbox(outbox);
         let step = 1 + (rng >> 8) as usize % 300;
         let _ = client.write_to(&mut Trickle { out: &mut out, step, stutter: rng & 4 == 0, blocked: false });
         if rng & 0x30 == 0 {
             now += Duration::from_millis(u64::from(rng >> 20));
-            dropped = client.on_timer(now, &config) == rust_chat::client::TimerAction::Drop;
+            dropped = client.handle_timeout(now, &config) == TimerAction::Drop;
         }
     }
     while client.write_to(&mut Trickle { out: &mut out, step: 4096, stutter: false, blocked: false }).unwrap_or(0) > 0 {}

@@ -166,25 +166,9 @@ impl WebSocketClient {
         config: &ConnectionConfig,
         handler: &mut H,
     ) -> Result<Option<usize>, ProtocolError> {
-        if let Some(frame) = &mut self.reader.frame {
-            let n = usize::try_from(frame.remaining).unwrap_or(usize::MAX).min(buf.len());
-            let piece = &mut buf[..n];
-            apply_mask(piece, frame.key, frame.offset);
-            frame.offset += n;
-            frame.remaining -= n as u64;
-            let (done, discard) = (frame.remaining == 0, frame.discard);
-            if !discard {
-                self.feed_payload(piece, config)?;
-            }
-            if done {
-                self.reader.frame = None;
-                if !discard {
-                    self.end_data_frame(now, config, handler)?;
-                }
-            }
-            return Ok(Some(n));
+        if let Some(frame) = self.reader.frame {
+            return self.step_payload(frame, buf, now, config, handler).map(Some);
         }
-
         let mut rules = DecodeRules::server(config.max_frame_size as u64);
         if self.deflate.is_some() {
             rules.allowed_rsv = RSV1;
@@ -193,7 +177,6 @@ impl WebSocketClient {
             return Ok(None);
         };
         let key = header.mask.unwrap_or_default();
-
         if header.opcode.is_control() {
             if header.rsv != 0 {
                 return Err(ProtocolError::MisplacedCompressionBit);
@@ -207,18 +190,55 @@ impl WebSocketClient {
             self.handle_control(header.opcode, payload, now, config)?;
             return Ok(Some(end));
         }
-
-        let discard = matches!(self.state, ClientState::Closing { .. });
-        if discard {
+        if matches!(self.state, ClientState::Closing { .. }) {
             // We are closing: the peer's messages are read past, not delivered.
             if header.payload_len > 0 {
-                self.reader.frame = Some(PayloadInProgress { key, offset: 0, remaining: header.payload_len, discard });
+                let remaining = header.payload_len;
+                self.reader.frame = Some(PayloadInProgress { key, offset: 0, remaining, discard: true });
             }
             return Ok(Some(header_len));
         }
+        self.step_data(&header, header_len, buf, now, config, handler)
+    }
 
+    /// The next piece of the payload of `frame`, the data frame in progress.
+    fn step_payload<H: Handler>(
+        &mut self,
+        mut frame: PayloadInProgress,
+        buf: &mut [u8],
+        now: Instant,
+        config: &ConnectionConfig,
+        handler: &mut H,
+    ) -> Result<usize, ProtocolError> {
+        let n = usize::try_from(frame.remaining).unwrap_or(usize::MAX).min(buf.len());
+        let piece = &mut buf[..n];
+        apply_mask(piece, frame.key, frame.offset);
+        frame.offset += n;
+        frame.remaining -= n as u64;
+        let done = frame.remaining == 0;
+        self.reader.frame = (!done).then_some(frame);
+        if !frame.discard {
+            self.feed_payload(piece, config)?;
+            if done {
+                self.end_data_frame(now, config, handler)?;
+            }
+        }
+        Ok(n)
+    }
+
+    /// A data frame's header has been decoded from the front of `buf`.
+    fn step_data<H: Handler>(
+        &mut self,
+        header: &FrameHeader,
+        header_len: usize,
+        buf: &mut [u8],
+        now: Instant,
+        config: &ConnectionConfig,
+        handler: &mut H,
+    ) -> Result<Option<usize>, ProtocolError> {
+        let key = header.mask.unwrap_or_default();
         let was_in_progress = self.reader.message.in_progress();
-        self.reader.message.begin_frame(&header, config.max_message_size as u64)?;
+        self.reader.message.begin_frame(header, config.max_message_size as u64)?;
         let end = usize::try_from(header.payload_len).ok().and_then(|len| len.checked_add(header_len));
         // Fast path: a whole single-frame message is in the buffer. Unmask it
         // in place and hand it over without copying it anywhere.
@@ -249,7 +269,8 @@ impl WebSocketClient {
         if header.payload_len == 0 {
             self.end_data_frame(now, config, handler)?;
         } else {
-            self.reader.frame = Some(PayloadInProgress { key, offset: 0, remaining: header.payload_len, discard });
+            let remaining = header.payload_len;
+            self.reader.frame = Some(PayloadInProgress { key, offset: 0, remaining, discard: false });
         }
         Ok(Some(header_len))
     }

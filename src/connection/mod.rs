@@ -28,7 +28,7 @@
 //! is asked of a [`Handler`] (the application interface's glue, in
 //! [`crate::app`]).
 //!
-//! Input is processed in place in the buffer it arrives in ([`input`]); what
+//! Input is processed in place in the buffer it arrives in (`input.rs`); what
 //! is left over between reads is at most an incomplete frame header or
 //! control frame, so an idle connection holds no read buffer at all.
 
@@ -335,7 +335,7 @@ impl WebSocketClient {
         TimerAction::Continue
     }
 
-    /// Handles bytes read from the connection (see [`input`]).
+    /// Handles bytes read from the connection (processed in place, see `input.rs`).
     pub fn handle_input<H: Handler>(
         &mut self,
         input: &mut [u8],

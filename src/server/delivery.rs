@@ -227,3 +227,6 @@ impl<A: App> Server<A> {
         self.delivery.look_events = events;
     }
 }
+
+#[cfg(test)]
+mod tests;

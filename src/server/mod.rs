@@ -350,11 +350,19 @@ impl<A: App> Server<A> {
             self.remove(index, now);
             return;
         }
+        self.settle(index, budget == 0, now);
+    }
+
+    /// After a service: counts a finished handshake, queues a connection
+    /// that used up its read budget, and brings its interest and timer up to date.
+    fn settle(&mut self, index: usize, budget_spent: bool, now: Instant) {
+        let config = &self.config.connection;
+        let Some(conn) = self.connections.get_mut(index) else { return };
         if conn.handshaking && !conn.client.is_awaiting_handshake() {
             conn.handshaking = false;
             self.admission.handshake_done();
         }
-        if budget == 0 && !conn.in_ready {
+        if budget_spent && !conn.in_ready {
             conn.in_ready = true;
             self.ready.push(index);
         }

@@ -70,8 +70,7 @@ pub(super) struct Shutdown {
     control: Arc<Control>,
     signals: Option<UnixStream>,
     signals_seen: usize,
-    /// A graceful shutdown is under way and ends at the latest then.
-    draining_until: Option<Instant>,
+    drain: Drain,
     /// A second signal arrived: [`Server::run`] returns at once.
     pub forced: bool,
 }
@@ -84,7 +83,7 @@ impl Shutdown {
             control: Arc::new(Control::default()),
             signals: None,
             signals_seen: 0,
-            draining_until: None,
+            drain: Drain::default(),
             forced: false,
         })
     }
@@ -95,11 +94,11 @@ impl Shutdown {
 
     /// A graceful shutdown was asked for and has not begun.
     pub fn shutdown_requested(&self) -> bool {
-        self.control.shutdown.load(Ordering::SeqCst) && self.draining_until.is_none()
+        self.control.shutdown.load(Ordering::SeqCst) && !self.drain.has_begun()
     }
 
     pub fn draining_until(&self) -> Option<Instant> {
-        self.draining_until
+        self.drain.until
     }
 
     pub fn publish_count(&self, open: usize) {
@@ -108,7 +107,34 @@ impl Shutdown {
 
     /// `Some(left)` once a drain is over: nobody is left, or its time is up.
     pub fn drained(&self, open: usize, now: Instant) -> Option<usize> {
-        let until = self.draining_until?;
+        self.drain.is_over(open, now)
+    }
+}
+
+/// The graceful drain: when it must end, whoever is still connected.
+#[derive(Debug, Default, Clone, Copy)]
+struct Drain {
+    /// A drain is under way and ends at the latest then.
+    until: Option<Instant>,
+}
+
+impl Drain {
+    fn has_begun(&self) -> bool {
+        self.until.is_some()
+    }
+
+    /// Starts the drain at `now` (once: a second start changes nothing).
+    fn begin(&mut self, now: Instant, timeout: std::time::Duration) -> bool {
+        if self.until.is_some() {
+            return false;
+        }
+        self.until = Some(now + timeout);
+        true
+    }
+
+    /// `Some(left)` once the drain is over: nobody is left, or its time is up.
+    fn is_over(&self, open: usize, now: Instant) -> Option<usize> {
+        let until = self.until?;
         (open == 0 || now >= until).then_some(open)
     }
 }
@@ -164,15 +190,14 @@ impl<A: App> Server<A> {
     /// Graceful shutdown: stop accepting, close every connection with 1001,
     /// and give them [`drain_timeout`](super::ServerConfig::drain_timeout) to finish.
     pub(super) fn begin_shutdown(&mut self, now: Instant) {
-        if self.shutdown.draining_until.is_some() {
+        let drain_timeout = self.config.drain_timeout;
+        if !self.shutdown.drain.begin(now, drain_timeout) {
             return;
         }
-        let drain_timeout = self.config.drain_timeout;
         info!(open = self.connections.len(), ?drain_timeout, "shutting down");
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
-        self.shutdown.draining_until = Some(now + drain_timeout);
         for index in self.connections.indices() {
             let Some(conn) = self.connections.get_mut(index) else { continue };
             if conn.client.is_awaiting_handshake() {
@@ -183,5 +208,26 @@ impl<A: App> Server<A> {
             conn.client.close(close_code::GOING_AWAY, "server shutting down", now, &self.config.connection);
             self.service(index, false, now);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_drain_ends_when_everyone_has_gone_or_its_time_is_up() {
+        let t0 = Instant::now();
+        let mut drain = Drain::default();
+        assert_eq!(drain.is_over(0, t0), None, "no drain, nothing to end");
+        assert!(drain.begin(t0, Duration::from_secs(5)));
+        assert!(
+            !drain.begin(t0 + Duration::from_secs(1), Duration::from_secs(5)),
+            "a second signal does not extend it"
+        );
+        assert_eq!(drain.is_over(3, t0 + Duration::from_millis(4999)), None, "clients still finishing");
+        assert_eq!(drain.is_over(0, t0 + Duration::from_secs(1)), Some(0), "the last one has gone");
+        assert_eq!(drain.is_over(2, t0 + Duration::from_secs(5)), Some(2), "time is up: two left behind");
     }
 }

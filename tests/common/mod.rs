@@ -73,6 +73,19 @@ impl Drop for TestServer {
     }
 }
 
+/// The path of example `name`, built (in the test profile) if it is not current.
+pub fn example_binary(name: &str) -> std::path::PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--example", name])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cargo");
+    assert!(status.success(), "cargo build --example {name}");
+    // Tests run from target/debug/deps; examples are built into target/debug/examples.
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(|deps| deps.parent()).unwrap().join("examples").join(name)
+}
+
 /// The default configuration, changed by `change`.
 pub fn config(change: impl FnOnce(&mut Config)) -> Config {
     with(Config::default(), change)
@@ -371,10 +384,19 @@ impl Spawned {
 
     /// Starts it with `ulimit -n files` when `files` is given.
     pub fn start_limited(files: Option<u32>, args: &[&str]) -> Spawned {
+        Spawned::program(env!("CARGO_BIN_EXE_rust-chat"), files, args)
+    }
+
+    /// Starts an example program (`examples/NAME.rs`), built first so that it is current.
+    pub fn example(name: &str, args: &[&str]) -> Spawned {
+        let binary = example_binary(name);
+        Spawned::program(binary.to_str().unwrap(), None, args)
+    }
+
+    fn program(binary: &str, files: Option<u32>, args: &[&str]) -> Spawned {
         static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = std::env::temp_dir().join(format!("rust-chat-test-{}-{n}.log", std::process::id()));
-        let binary = env!("CARGO_BIN_EXE_rust-chat");
         let mut command = match files {
             Some(files) => {
                 let mut c = Command::new("sh");
@@ -390,7 +412,7 @@ impl Spawned {
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
-            .expect("start rust-chat");
+            .unwrap_or_else(|err| panic!("start {binary}: {err}"));
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let addr =
