@@ -6,6 +6,9 @@
 #
 #   bench/run.sh              # every scenario, 3 runs each
 #   RUNS=5 bench/run.sh echo  # one scenario, 5 runs
+#   BASELINE=/tmp/old/rust-chat bench/run.sh echo broadcast idle
+#                             # A/B: this build against an earlier binary
+#                             # (e.g. the previous commit's), instead of the peer
 #
 # Scenarios: echo, broadcast, bulk, latency, idle, deflate (rust-chat only,
 # with and without compression). The server is pinned to core 0 and the load
@@ -35,6 +38,8 @@ start_server() {
   local name=$1; shift
   local log="$OUT/$name.log"
   case "$name" in
+    rust-chat-baseline) taskset -c 0 "$BASELINE" --bind 127.0.0.1:0 --rate-limit 0 \
+                  --max-room-members 100000 --max-connections 100000 "$@" >"$log" 2>&1 & ;;
     rust-chat*) taskset -c 0 ./target/release/rust-chat --bind 127.0.0.1:0 --rate-limit 0 \
                   --max-room-members 100000 --max-connections 100000 "$@" >"$log" 2>&1 & ;;
     tungstenite) taskset -c 0 bench/target/release/peer 127.0.0.1:0 >"$log" 2>&1 & ;;
@@ -68,7 +73,7 @@ run_one() { # scenario server -> one JSON line
 for scenario in "${SCENARIOS[@]}"; do
   case "$scenario" in
     deflate) pair=(rust-chat rust-chat-deflate) ;;
-    *) pair=(rust-chat tungstenite) ;;
+    *) if [ -n "${BASELINE:-}" ]; then pair=(rust-chat rust-chat-baseline); else pair=(rust-chat tungstenite); fi ;;
   esac
   : >"$OUT/$scenario.jsonl"
   for _ in $(seq "$RUNS"); do
@@ -88,7 +93,7 @@ labels = list(by)
 med = {k: statistics.median(v) for k, v in by.items()}
 for k in labels:
     v = by[k]
-    print(f"## {sys.argv[2]} {k}: {metric} median {med[k]:.1f} (min {min(v):.1f}, max {max(v):.1f}, n={len(v)})")
+    print(f"## {sys.argv[2]} {k}: {metric} median {med[k]:.4g} (min {min(v):.4g}, max {max(v):.4g}, n={len(v)})")
 if len(labels) == 2:
     a, b = labels
     print(f"## {sys.argv[2]} ratio {a}/{b}: {med[a] / med[b]:.2f}")

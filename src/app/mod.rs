@@ -205,6 +205,7 @@ impl<'a> Context<'a> {
         self.send_frame(message.opcode(), message.as_bytes());
     }
 
+    #[inline(always)]
     fn send_frame(&mut self, opcode: OpCode, payload: &[u8]) {
         match &mut self.reply {
             // Straight onto the queue, unless something published earlier
@@ -252,23 +253,29 @@ impl<'a> Context<'a> {
 
 /// What the server keeps of an application for one connection.
 #[derive(Debug)]
-pub struct AppConn<C> {
-    /// The application's state, from routing until [`App::on_close`].
-    state: Option<C>,
-    /// [`App::on_open`] was called, so [`App::on_close`] is owed.
-    opened: bool,
+pub struct AppConn<C>(Stage<C>);
+
+/// Where a connection is in the application's life.
+#[derive(Debug)]
+enum Stage<C> {
+    /// Not routed yet (or routed elsewhere), or already closed for the application.
+    None,
+    /// Accepted by [`App::route`]; [`App::on_open`] not yet called.
+    Routed(C),
+    /// Opened: messages go to the application, and [`App::on_close`] is owed.
+    Open(C),
 }
 
 impl<C> Default for AppConn<C> {
     fn default() -> AppConn<C> {
-        AppConn { state: None, opened: false }
+        AppConn(Stage::None)
     }
 }
 
 impl<C> AppConn<C> {
     /// Whether the application still takes calls for this connection.
     pub fn is_open(&self) -> bool {
-        self.opened && self.state.is_some()
+        matches!(self.0, Stage::Open(_))
     }
 }
 
@@ -290,19 +297,21 @@ pub struct Session<'a, A: App> {
 impl<A: App> Session<'_, A> {
     /// Tells the application the connection is closed (once, and only if it was opened).
     pub fn close(&mut self, info: Option<&CloseInfo>) {
-        if !self.conn.opened {
-            return;
-        }
-        if let Some(state) = self.conn.state.take() {
+        if let Stage::Open(state) = std::mem::replace(&mut self.conn.0, Stage::None) {
             let mut ctx = Context::detached(self.id, self.now, self.hub);
             self.app.on_close(state, &Closed::from_info(info), &mut ctx);
         }
         self.hub.topics.unsubscribe_all(self.id);
     }
 
-    fn context<'c>(&'c mut self, reply: &'c mut Reply<'_>) -> (&'c mut A, Option<&'c mut A::Conn>, Context<'c>) {
-        let ctx = Context { id: self.id, now: self.now, reply: Some(reply.reborrow()), hub: self.hub };
-        (self.app, self.conn.state.as_mut(), ctx)
+    /// Calls `f` with the application, its state for this connection (if it
+    /// is open for it) and a context that replies through `reply`.
+    #[inline(always)]
+    fn call(&mut self, reply: &mut Reply<'_>, f: impl FnOnce(&mut A, &mut A::Conn, &mut Context<'_>)) {
+        if let Stage::Open(state) = &mut self.conn.0 {
+            let mut ctx = Context { id: self.id, now: self.now, reply: Some(reply.reborrow()), hub: self.hub };
+            f(self.app, state, &mut ctx);
+        }
     }
 }
 
@@ -310,7 +319,7 @@ impl<A: App> connection::Handler for Session<'_, A> {
     fn route(&mut self, request: &Request<'_, '_>) -> connection::Route {
         match self.app.route(request) {
             Route::Accept(state) => {
-                self.conn.state = Some(state);
+                self.conn.0 = Stage::Routed(state);
                 connection::Route::Upgrade
             }
             Route::Respond(response) => connection::Route::Respond(response),
@@ -319,17 +328,13 @@ impl<A: App> connection::Handler for Session<'_, A> {
     }
 
     fn on_open(&mut self, reply: &mut Reply<'_>) {
-        self.conn.opened = true;
-        let (app, state, mut ctx) = self.context(reply);
-        if let Some(state) = state {
-            app.on_open(state, &mut ctx);
+        if let Stage::Routed(state) = std::mem::replace(&mut self.conn.0, Stage::None) {
+            self.conn.0 = Stage::Open(state);
         }
+        self.call(reply, |app, state, ctx| app.on_open(state, ctx));
     }
 
     fn on_message(&mut self, message: Message<'_>, reply: &mut Reply<'_>) {
-        let (app, state, mut ctx) = self.context(reply);
-        if let Some(state) = state {
-            app.on_message(state, message, &mut ctx);
-        }
+        self.call(reply, |app, state, ctx| app.on_message(state, message, ctx));
     }
 }

@@ -64,19 +64,20 @@ impl TokenBucket {
     }
 }
 
-/// What the chat keeps for one connection of its own.
+/// What the chat keeps for one connection of its own until it joins: the
+/// request's query string. (Small, since every connection's slot holds one:
+/// the member itself lives in the chat's table.)
 #[derive(Debug, Default)]
 pub struct ChatConn {
-    /// The request's query string, until the connection has joined.
-    query: String,
-    bucket: TokenBucket,
+    query: Box<str>,
 }
 
-/// A member as the others see it.
+/// A member: its name, its room, its rate limit.
 #[derive(Debug)]
 struct Member {
     nick: String,
     room: String,
+    bucket: TokenBucket,
 }
 
 /// Whether `name` is a valid nickname or room name: 1–32 ASCII letters,
@@ -111,7 +112,7 @@ impl App for Chat {
             "/" if !request.is_upgrade() => Route::Respond(page::response()),
             "/" | "/chat" => {
                 let query = request.target.split_once('?').map_or("", |(_, query)| query);
-                Route::Accept(ChatConn { query: query.to_string(), bucket: TokenBucket::default() })
+                Route::Accept(ChatConn { query: query.into() })
             }
             _ => Route::NotFound,
         }
@@ -124,10 +125,10 @@ impl App for Chat {
         }
     }
 
-    fn on_message(&mut self, conn: &mut ChatConn, message: Message<'_>, ctx: &mut Context<'_>) {
+    fn on_message(&mut self, _: &mut ChatConn, message: Message<'_>, ctx: &mut Context<'_>) {
         match message {
-            Message::Text(text) => self.handle_text(conn, text, ctx),
-            Message::Binary(_) => self.handle_binary(conn, ctx),
+            Message::Text(text) => self.handle_text(text, ctx),
+            Message::Binary(_) => self.handle_binary(ctx),
         }
     }
 
@@ -191,7 +192,7 @@ impl Chat {
 
         let id = ctx.id();
         self.nicks.insert(nick.to_ascii_lowercase(), id);
-        self.members.insert(id, Member { nick, room: room.clone() });
+        self.members.insert(id, Member { nick, room: room.clone(), bucket: TokenBucket::default() });
         self.enter(&room, ctx);
         for (code, message) in errors {
             ctx.send_text(&events::error(code, &message));
@@ -207,12 +208,10 @@ impl Chat {
     }
 
     /// A text message from a member: a message to its room, or a command.
-    fn handle_text(&mut self, conn: &mut ChatConn, text: &str, ctx: &mut Context<'_>) {
-        if !self.members.contains_key(&ctx.id()) {
-            return;
-        }
+    fn handle_text(&mut self, text: &str, ctx: &mut Context<'_>) {
         let config = &self.config;
-        if !conn.bucket.take(ctx.now(), config.rate_limit_per_sec, config.rate_limit_burst) {
+        let Some(member) = self.members.get_mut(&ctx.id()) else { return };
+        if !member.bucket.take(ctx.now(), config.rate_limit_per_sec, config.rate_limit_burst) {
             let message = format!("slow down: at most {} messages a second", config.rate_limit_per_sec);
             ctx.send_text(&events::error(code::RATE_LIMITED, &message));
             return;
@@ -226,11 +225,10 @@ impl Chat {
     }
 
     /// A binary message from a member: the chat speaks text only.
-    fn handle_binary(&mut self, conn: &mut ChatConn, ctx: &mut Context<'_>) {
-        if !self.members.contains_key(&ctx.id()) {
-            return;
-        }
-        if conn.bucket.take(ctx.now(), self.config.rate_limit_per_sec, self.config.rate_limit_burst) {
+    fn handle_binary(&mut self, ctx: &mut Context<'_>) {
+        let config = &self.config;
+        let Some(member) = self.members.get_mut(&ctx.id()) else { return };
+        if member.bucket.take(ctx.now(), config.rate_limit_per_sec, config.rate_limit_burst) {
             let message = "binary frames are not part of the chat protocol: send text";
             ctx.send_text(&events::error(code::BINARY_NOT_SUPPORTED, message));
         }

@@ -31,7 +31,7 @@ impl TestChat {
     /// What `on_open` does, but with the refusal returned instead of a close
     /// (which a detached context cannot do).
     fn connect(&mut self, id: ConnId, query: &str) -> Result<(), Refusal> {
-        let conn = ChatConn { query: query.to_string(), ..ChatConn::default() };
+        let conn = ChatConn { query: query.into() };
         let mut ctx = Context::detached(id, self.now, &mut self.hub);
         self.chat.connect(&conn.query, &mut ctx)?;
         self.conns.insert(id, conn);

@@ -316,6 +316,7 @@ impl WebSocketClient {
     }
 
     /// Starts the close a handler asked for through its [`Reply`].
+    #[inline(always)]
     fn close_if_asked(&mut self, close: Option<(u16, String)>, now: Instant, config: &ConnectionConfig) {
         if let Some((code, reason)) = close {
             self.close(code, &reason, now, config);

@@ -273,6 +273,7 @@ impl MessageAssembler {
     }
 
     /// Forgets the current message and gets ready for the next one.
+    #[inline]
     pub fn reset(&mut self) {
         self.kind = None;
         self.fin = false;

@@ -126,7 +126,7 @@ impl<A: App> Server<A> {
         self.admission.generation += 1;
         let id = ConnId { index, generation: self.admission.generation };
         let client = self.new_client(now);
-        let inserted = self.connections.insert(Connection::new(id, stream, peer, client));
+        let inserted = self.connections.insert(Connection::new(id, stream, client));
         debug_assert_eq!(inserted, index);
         self.admission.handshakes.push_back(id);
         self.admission.handshake_count += 1;
@@ -142,7 +142,7 @@ impl<A: App> Server<A> {
             if !conn.handshaking {
                 continue;
             }
-            debug!(conn = id.index, peer = %conn.peer, "too many handshakes in progress: dropping the oldest");
+            debug!(conn = id.index, peer = %conn.peer(), "too many handshakes in progress: dropping the oldest");
             let response = service_unavailable("too many connections are still handshaking");
             conn.client.reject(&response, now, &self.config.connection);
             self.service(id.index, false, now);

@@ -6,7 +6,6 @@ use crate::connection::{ConnectionConfig, Handler, WebSocketClient};
 use mio::Interest;
 use mio::net::TcpStream;
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
 use std::time::Instant;
 
 /// The operating system says "try again later": not an error, just the end of this burst.
@@ -24,8 +23,9 @@ pub(super) fn interrupted(err: &io::Error) -> bool {
 pub(super) struct Connection<C> {
     /// Who this is to the application: the slot and a generation unique to this connection.
     pub id: ConnId,
+    /// (The peer's address is not kept: 32 bytes in every slot, for the logs
+    /// only. [`Connection::peer`] asks the socket.)
     pub stream: TcpStream,
-    pub peer: SocketAddr,
     pub client: WebSocketClient,
     pub app: AppConn<C>,
     /// What the registry currently watches for this connection.
@@ -51,11 +51,10 @@ pub(super) struct Connection<C> {
 }
 
 impl<C> Connection<C> {
-    pub fn new(id: ConnId, stream: TcpStream, peer: SocketAddr, client: WebSocketClient) -> Connection<C> {
+    pub fn new(id: ConnId, stream: TcpStream, client: WebSocketClient) -> Connection<C> {
         Connection {
             id,
             stream,
-            peer,
             client,
             app: AppConn::default(),
             interest: Interest::READABLE,
@@ -68,6 +67,13 @@ impl<C> Connection<C> {
             handshaking: true,
             hangup: false,
         }
+    }
+}
+
+impl<C> Connection<C> {
+    /// The peer's address, for a log line ("?" once the socket has lost it).
+    pub fn peer(&self) -> String {
+        self.stream.peer_addr().map_or_else(|_| "?".into(), |addr| addr.to_string())
     }
 }
 

@@ -43,12 +43,27 @@ impl Default for Delivery {
     }
 }
 
-/// Where delivery finds a recipient's connection, and tells it that it has output.
+/// Where delivery finds a recipient's connection.
 pub(crate) trait Recipients {
     /// The connection `id` names, if it is still there.
-    fn client(&mut self, id: ConnId) -> Option<&mut WebSocketClient>;
-    /// `id` got something to write this turn.
-    fn touched(&mut self, id: ConnId);
+    fn get(&mut self, id: ConnId) -> Option<Recipient<'_>>;
+}
+
+/// A connection that may be delivered to, and the list of those that got
+/// something this turn (to be written at its end).
+pub(crate) struct Recipient<'a> {
+    pub client: &'a mut WebSocketClient,
+    /// Whether it is on `written` already.
+    listed: &'a mut bool,
+    written: &'a mut VecDeque<usize>,
+    index: usize,
+}
+
+impl Recipient<'_> {
+    /// It got something: write it at the end of the turn (once).
+    fn touched(self) {
+        mark_dirty(self.listed, self.index, self.written);
+    }
 }
 
 /// Puts every run of `outbox` on its recipients' queues; adds the
@@ -68,7 +83,8 @@ pub(crate) fn queue_runs(
         let mut compressed: [Option<SharedFrame>; 16] = Default::default();
         let raw_len: usize = frames.iter().map(OutFrame::len).sum();
         for &id in recipients {
-            let Some(client) = to.client(id) else { continue };
+            let Some(recipient) = to.get(id) else { continue };
+            let client = &mut *recipient.client;
             if !client.is_open() {
                 continue;
             }
@@ -99,7 +115,7 @@ pub(crate) fn queue_runs(
                     }
                 }
             }
-            to.touched(id);
+            recipient.touched();
         }
     }
 }
@@ -149,14 +165,9 @@ struct Table<'a, C> {
 }
 
 impl<C> Recipients for Table<'_, C> {
-    fn client(&mut self, id: ConnId) -> Option<&mut WebSocketClient> {
-        self.connections.get_id(id).map(|conn| &mut conn.client)
-    }
-
-    fn touched(&mut self, id: ConnId) {
-        if let Some(conn) = self.connections.get_id(id) {
-            mark_dirty(&mut conn.dirty, id.index, self.dirty);
-        }
+    fn get(&mut self, id: ConnId) -> Option<Recipient<'_>> {
+        let conn = self.connections.get_id(id)?;
+        Some(Recipient { client: &mut conn.client, listed: &mut conn.dirty, written: self.dirty, index: id.index })
     }
 }
 
@@ -208,7 +219,7 @@ impl<A: App> Server<A> {
             let Some(conn) = self.connections.get_id(id) else { continue };
             if let Some(skipped) = self.delivery.slow_warning.ready(now) {
                 let queued = conn.client.queued();
-                warn!(conn = id.index, peer = %conn.peer, queued, skipped, "closing a slow consumer (1008)");
+                warn!(conn = id.index, peer = %conn.peer(), queued, skipped, "closing a slow consumer (1008)");
             }
             conn.client.close_slow_consumer("slow consumer: too much unread data", now, &self.config.connection);
             mark_dirty(&mut conn.dirty, id.index, &mut self.delivery.dirty);

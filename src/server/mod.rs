@@ -350,34 +350,11 @@ impl<A: App> Server<A> {
             self.remove(index, now);
             return;
         }
-        self.settle(index, budget == 0, now);
-    }
-
-    /// After a service: counts a finished handshake, queues a connection
-    /// that used up its read budget, and brings its interest and timer up to date.
-    fn settle(&mut self, index: usize, budget_spent: bool, now: Instant) {
-        let config = &self.config.connection;
-        let Some(conn) = self.connections.get_mut(index) else { return };
-        if conn.handshaking && !conn.client.is_awaiting_handshake() {
-            conn.handshaking = false;
-            self.admission.handshake_done();
-        }
-        if budget_spent && !conn.in_ready {
-            conn.in_ready = true;
-            self.ready.push(index);
-        }
-        let wanted =
-            if conn.client.wants_write() { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
-        if wanted != conn.interest {
-            if self.poll.registry().reregister(&mut conn.stream, Token(index), wanted).is_err() {
-                self.remove(index, now);
-                return;
-            }
-            conn.interest = wanted;
-        }
-        // Arm the timer if the connection now needs one sooner than its live entry.
-        if let Some(at) = conn.client.poll_timeout(config) {
-            self.timers.arm(&mut conn.timer, at, index);
+        let registry = self.poll.registry();
+        let settled =
+            settle(conn, index, budget == 0, registry, &mut self.admission, &mut self.ready, &mut self.timers, config);
+        if !settled {
+            self.remove(index, now);
         }
     }
 
@@ -393,8 +370,8 @@ impl<A: App> Server<A> {
         self.hub.topics.unsubscribe_all(conn.id);
         let clean = matches!(info, Some(CloseInfo::Handshake(_)));
         match info {
-            Some(info) => debug!(conn = index, peer = %conn.peer, clean, close = %info, "closed"),
-            None => debug!(conn = index, peer = %conn.peer, clean, "closed (reset or error)"),
+            Some(info) => debug!(conn = index, peer = %conn.peer(), clean, close = %info, "closed"),
+            None => debug!(conn = index, peer = %conn.peer(), clean, "closed (reset or error)"),
         }
         deregister(self.poll.registry(), &mut conn.stream);
     }
@@ -403,6 +380,42 @@ impl<A: App> Server<A> {
     fn new_client(&self, now: Instant) -> WebSocketClient {
         WebSocketClient::new(now, &self.config.connection)
     }
+}
+
+/// After a service: counts a finished handshake, queues a connection that
+/// used up its read budget, and brings its interest and timer up to date.
+/// `false` if the poller would not take the new interest (then it must go).
+#[allow(clippy::too_many_arguments)]
+fn settle<C>(
+    conn: &mut connections::Connection<C>,
+    index: usize,
+    budget_spent: bool,
+    registry: &Registry,
+    admission: &mut Admission,
+    ready: &mut Vec<usize>,
+    timers: &mut Timers,
+    config: &crate::connection::ConnectionConfig,
+) -> bool {
+    if conn.handshaking && !conn.client.is_awaiting_handshake() {
+        conn.handshaking = false;
+        admission.handshake_done();
+    }
+    if budget_spent && !conn.in_ready {
+        conn.in_ready = true;
+        ready.push(index);
+    }
+    let wanted = if conn.client.wants_write() { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+    if wanted != conn.interest {
+        if registry.reregister(&mut conn.stream, Token(index), wanted).is_err() {
+            return false;
+        }
+        conn.interest = wanted;
+    }
+    // Arm the timer if the connection now needs one sooner than its live entry.
+    if let Some(at) = conn.client.poll_timeout(config) {
+        timers.arm(&mut conn.timer, at, index);
+    }
+    true
 }
 
 /// Dropping the stream closes the socket; deregistering first keeps the
@@ -445,6 +458,6 @@ mod tests {
         let slot = std::mem::size_of::<Option<connections::Connection<Conn>>>();
         let client = std::mem::size_of::<WebSocketClient>();
         eprintln!("Option<Connection>: {slot} bytes; WebSocketClient: {client} bytes");
-        assert!(slot <= 384, "{slot}");
+        assert!(slot <= 320, "{slot}");
     }
 }

@@ -19,19 +19,27 @@ impl Handler for Accept {
     fn on_message(&mut self, _: Message<'_>, _: &mut Reply<'_>) {}
 }
 
-/// Open connections by id, and which ones delivery touched.
+/// Open connections by id, and which ones delivery touched (by index).
 #[derive(Default)]
 struct Clients {
-    clients: HashMap<ConnId, WebSocketClient>,
-    touched: Vec<ConnId>,
+    clients: HashMap<ConnId, (WebSocketClient, bool)>,
+    touched: VecDeque<usize>,
+}
+
+impl Clients {
+    fn insert(&mut self, id: ConnId, client: WebSocketClient) {
+        self.clients.insert(id, (client, false));
+    }
+
+    fn client(&mut self, id: ConnId) -> &mut WebSocketClient {
+        &mut self.clients.get_mut(&id).unwrap().0
+    }
 }
 
 impl Recipients for Clients {
-    fn client(&mut self, id: ConnId) -> Option<&mut WebSocketClient> {
-        self.clients.get_mut(&id)
-    }
-    fn touched(&mut self, id: ConnId) {
-        self.touched.push(id);
+    fn get(&mut self, id: ConnId) -> Option<Recipient<'_>> {
+        let (client, listed) = self.clients.get_mut(&id)?;
+        Some(Recipient { client, listed, written: &mut self.touched, index: id.index })
     }
 }
 
@@ -76,7 +84,7 @@ fn a_run_reaches_every_member_whole_and_in_order_with_one_queue_entry_each() {
     let config = ConnectionConfig::default();
     let mut to = Clients::default();
     for i in 0..3 {
-        to.clients.insert(id(i), open_client(&config, ""));
+        to.insert(id(i), open_client(&config, ""));
     }
     let mut outbox = Outbox::new(64 << 10);
     for text in ["one", "two", "three"] {
@@ -85,9 +93,9 @@ fn a_run_reaches_every_member_whole_and_in_order_with_one_queue_entry_each() {
     let mut slow = Vec::new();
     queue_runs(&outbox, &mut to, &mut SharedDeflaters::default(), &config, &mut slow);
     assert!(slow.is_empty());
-    assert_eq!(to.touched, vec![id(0), id(1), id(2)], "each member once");
+    assert_eq!(to.touched, [0, 1, 2], "each member once");
     for i in 0..3 {
-        let client = to.clients.get_mut(&id(i)).unwrap();
+        let client = to.client(id(i));
         let got: Vec<Vec<u8>> = frames(written(client)).into_iter().map(|f| f.payload).collect();
         assert_eq!(got, [b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]);
     }
@@ -101,19 +109,19 @@ fn a_member_whose_queue_would_pass_its_cap_is_a_slow_consumer_and_gets_nothing_m
     // 900 bytes it has not read yet.
     behind.send(OpCode::Binary, &[0; 896], &mut SharedDeflaters::default(), &config);
     assert_eq!(behind.queued(), 900);
-    to.clients.insert(id(0), behind);
-    to.clients.insert(id(1), open_client(&config, ""));
+    to.insert(id(0), behind);
+    to.insert(id(1), open_client(&config, ""));
     let mut outbox = Outbox::new(1000);
     outbox.push(OutFrame::new(OpCode::Text, &[b'x'; 98]), [id(0), id(1)]); // 100 bytes: 900 + 100 fits
     outbox.push(OutFrame::new(OpCode::Text, b"y"), [id(1), id(0)]); // a new run: 1000 + 3 does not
     let mut slow = Vec::new();
     queue_runs(&outbox, &mut to, &mut SharedDeflaters::default(), &config, &mut slow);
     assert_eq!(slow, vec![id(0)]);
-    assert_eq!(to.clients[&id(0)].queued(), 1000, "exactly at the cap is still fine");
-    assert_eq!(to.clients[&id(1)].queued(), 103);
+    assert_eq!(to.client(id(0)).queued(), 1000, "exactly at the cap is still fine");
+    assert_eq!(to.client(id(1)).queued(), 103);
     // Told so, it is closed with 1008 after what it has started receiving.
     let now = Instant::now();
-    let client = to.clients.get_mut(&id(0)).unwrap();
+    let client = to.client(id(0));
     client.close_slow_consumer("slow consumer", now, &config);
     let last = frames(written(client)).pop().unwrap();
     assert_eq!((last.header.opcode, &last.payload[..2]), (OpCode::Close, &1008u16.to_be_bytes()[..]));
@@ -123,13 +131,13 @@ fn a_member_whose_queue_would_pass_its_cap_is_a_slow_consumer_and_gets_nothing_m
 fn a_run_larger_than_the_cap_still_fits_an_empty_queue() {
     let config = ConnectionConfig { max_outgoing_bytes: 100, ..ConnectionConfig::default() };
     let mut to = Clients::default();
-    to.clients.insert(id(0), open_client(&config, ""));
+    to.insert(id(0), open_client(&config, ""));
     let mut outbox = Outbox::new(64 << 10);
     outbox.push(OutFrame::new(OpCode::Text, &[b'z'; 500]), [id(0)]);
     let mut slow = Vec::new();
     queue_runs(&outbox, &mut to, &mut SharedDeflaters::default(), &config, &mut slow);
     assert!(slow.is_empty());
-    assert_eq!(to.clients[&id(0)].queued(), 504);
+    assert_eq!(to.client(id(0)).queued(), 504);
 }
 
 #[test]
@@ -138,7 +146,7 @@ fn closed_or_gone_recipients_are_skipped() {
     let mut to = Clients::default();
     let mut closing = open_client(&config, "");
     closing.close(1000, "bye", Instant::now(), &config);
-    to.clients.insert(id(0), closing);
+    to.insert(id(0), closing);
     let mut outbox = Outbox::new(64 << 10);
     outbox.push(OutFrame::new(OpCode::Text, b"late"), [id(0), id(7)]);
     let mut slow = Vec::new();
@@ -154,17 +162,17 @@ fn compressed_members_share_one_compression_and_raw_ones_get_the_plain_frames() 
     };
     let offer = "Sec-WebSocket-Extensions: permessage-deflate\r\n";
     let mut to = Clients::default();
-    to.clients.insert(id(0), open_client(&config, offer));
-    to.clients.insert(id(1), open_client(&config, offer));
-    to.clients.insert(id(2), open_client(&config, ""));
+    to.insert(id(0), open_client(&config, offer));
+    to.insert(id(1), open_client(&config, offer));
+    to.insert(id(2), open_client(&config, ""));
     let text = "compress me ".repeat(20);
     let mut outbox = Outbox::new(64 << 10);
     outbox.push(OutFrame::new(OpCode::Text, text.as_bytes()), (0..3).map(id));
     let mut slow = Vec::new();
     queue_runs(&outbox, &mut to, &mut SharedDeflaters::default(), &config, &mut slow);
-    let a = written(to.clients.get_mut(&id(0)).unwrap());
-    let b = written(to.clients.get_mut(&id(1)).unwrap());
-    let raw = written(to.clients.get_mut(&id(2)).unwrap());
+    let a = written(to.client(id(0)));
+    let b = written(to.client(id(1)));
+    let raw = written(to.client(id(2)));
     assert_eq!(a, b, "one compression, shared");
     assert!(a.len() < raw.len());
     assert_eq!(frames(a)[0].header.rsv, crate::protocol::frame::RSV1);
