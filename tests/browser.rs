@@ -30,6 +30,29 @@ fn text_of(browser: &Browser, id: &str) -> String {
     browser.eval("return document.getElementById(arguments[0]).textContent", json!([id])).as_str().unwrap().to_string()
 }
 
+/// The blog's console snippet, typed into the current tab's console: it
+/// joins the lobby and hears itself.
+fn blogs_snippet_joins_the_lobby(browser: &Browser, server: &TestServer) {
+    // (`window.ws =` is what `ws =` means in the console; WebDriver scripts run in strict mode.)
+    let url = format!("ws://{}", server.addr);
+    browser.eval(
+        "window.snippet = []; window.ws = new WebSocket(arguments[0]); \
+         ws.onmessage = e => { console.log(e.data); window.snippet.push(JSON.parse(e.data)); };",
+        json!([url]),
+    );
+    browser.wait_for("the snippet's socket to open", "return ws.readyState === WebSocket.OPEN", PATIENCE);
+    browser.eval("ws.send('hi')", json!([]));
+    let got = browser.wait_for(
+        "the snippet's own message",
+        "return window.snippet.find(e => e.type === 'message') && window.snippet",
+        PATIENCE,
+    );
+    assert_eq!(got[0]["type"], "welcome");
+    assert_eq!(got[0]["room"], "lobby");
+    let message = got.as_array().unwrap().iter().find(|e| e["type"] == "message").unwrap();
+    assert_eq!((message["text"].as_str(), message["room"].as_str()), (Some("hi"), Some("lobby")));
+}
+
 #[test]
 fn two_tabs_chat_and_the_blogs_snippet_joins_the_lobby() {
     let Some(browser) = Browser::start("two_tabs_chat_and_the_blogs_snippet_joins_the_lobby") else { return };
@@ -88,25 +111,7 @@ fn two_tabs_chat_and_the_blogs_snippet_joins_the_lobby() {
     type_line(&browser, "/join den");
     browser.wait_for("A in den", "return document.getElementById('room').textContent === 'den'", PATIENCE);
 
-    // The blog's console snippet, typed into tab A's console: it joins the lobby and hears itself.
-    // (`window.ws =` is what `ws =` means in the console; WebDriver scripts run in strict mode.)
-    let url = format!("ws://{}", server.addr);
-    browser.eval(
-        "window.snippet = []; window.ws = new WebSocket(arguments[0]); \
-         ws.onmessage = e => { console.log(e.data); window.snippet.push(JSON.parse(e.data)); };",
-        json!([url]),
-    );
-    browser.wait_for("the snippet's socket to open", "return ws.readyState === WebSocket.OPEN", PATIENCE);
-    browser.eval("ws.send('hi')", json!([]));
-    let got = browser.wait_for(
-        "the snippet's own message",
-        "return window.snippet.find(e => e.type === 'message') && window.snippet",
-        PATIENCE,
-    );
-    assert_eq!(got[0]["type"], "welcome");
-    assert_eq!(got[0]["room"], "lobby");
-    let message = got.as_array().unwrap().iter().find(|e| e["type"] == "message").unwrap();
-    assert_eq!((message["text"].as_str(), message["room"].as_str()), (Some("hi"), Some("lobby")));
+    blogs_snippet_joins_the_lobby(&browser, &server);
 
     browser.switch_to(&tab_a);
     type_line(&browser, "hi bob, welcome to the den");

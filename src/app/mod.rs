@@ -49,6 +49,7 @@ use crate::connection::{self, Reply};
 use crate::protocol::OpCode;
 use crate::protocol::close_code;
 use crate::protocol::deflate::SharedDeflaters;
+use crate::protocol::message::is_valid_close_code;
 use std::time::Instant;
 use topics::Topics;
 
@@ -61,7 +62,8 @@ pub trait App {
     /// A `GET` request arrived: accept it as a WebSocket (with the state for
     /// this connection), answer it with plain HTTP, or say nothing is here.
     /// An accepted request that is not a valid upgrade is answered 400 or
-    /// 426 by the server, and the state dropped.
+    /// 426 by the server; the state is then dropped with the connection,
+    /// without any other call.
     fn route(&mut self, request: &Request<'_, '_>) -> Route<Self::Conn>;
 
     /// The upgrade is done (the `101` is queued): the connection may be
@@ -72,8 +74,13 @@ pub trait App {
     fn on_message(&mut self, conn: &mut Self::Conn, message: Message<'_>, ctx: &mut Context<'_>);
 
     /// The connection is closed for the application: nothing more can be sent
-    /// to it. Called once for every connection that was opened, as soon as
-    /// its end is known. The server unsubscribes it from every topic after this.
+    /// to it. Called once for every connection that was opened: as soon as
+    /// its end is known (the peer's Close, a protocol error, a timeout, the
+    /// peer hanging up, the server closing a slow consumer), or, for a close
+    /// the server started (shutdown, [`Context::close`]), when the peer
+    /// answers or the close times out; and for every connection still open
+    /// when [`Server::run`](crate::Server::run) returns. The server
+    /// unsubscribes it from every topic after this.
     fn on_close(&mut self, _conn: Self::Conn, _closed: &Closed, _ctx: &mut Context<'_>) {}
 }
 
@@ -102,8 +109,9 @@ impl<C> Route<C> {
 /// How a connection ended, as [`App::on_close`] is told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Closed {
-    /// The close code: the peer's in a close handshake (1005 if it gave none),
-    /// ours if the server failed the connection, 1006 if TCP just ended.
+    /// The close code: the peer's in a close handshake, whoever started it
+    /// (1005 if it gave none); the server's if it failed the connection (a
+    /// protocol error, a timeout, a slow consumer); 1006 if TCP just ended.
     pub code: u16,
     /// The server's reason when it failed the connection; empty otherwise.
     pub reason: &'static str,
@@ -148,12 +156,15 @@ pub struct Hub {
     pub deflaters: SharedDeflaters,
     /// The wall clock (milliseconds since the Unix epoch); the server's, or a test's.
     pub clock: fn() -> u64,
+    /// Closes asked for while something for the connection still waited in
+    /// the outbox: the driver starts them once that has been delivered.
+    pub closes: Vec<(ConnId, u16, String)>,
 }
 
 impl Hub {
     /// Topics whose runs of deliveries stay within `run_limit` bytes, and the wall clock `clock`.
     pub fn new(run_limit: usize, clock: fn() -> u64) -> Hub {
-        Hub { topics: Topics::new(run_limit), deflaters: SharedDeflaters::default(), clock }
+        Hub { topics: Topics::new(run_limit), deflaters: SharedDeflaters::default(), clock, closes: Vec::new() }
     }
 }
 
@@ -162,7 +173,7 @@ impl Hub {
 pub struct Context<'a> {
     id: ConnId,
     now: Instant,
-    /// This connection's queue; `None` once it is closing, or in a detached context.
+    /// This connection's queue; `None` in a detached context (and so in `on_close`).
     reply: Option<Reply<'a>>,
     hub: &'a mut Hub,
 }
@@ -208,18 +219,27 @@ impl<'a> Context<'a> {
     #[inline(always)]
     fn send_frame(&mut self, opcode: OpCode, payload: &[u8]) {
         match &mut self.reply {
-            // Straight onto the queue, unless something published earlier
-            // this turn waits in the outbox: then behind it, so that this
-            // connection receives everything in the order it was said.
-            Some(reply) if self.hub.topics.outbox().is_empty() => reply.send(opcode, payload, &mut self.hub.deflaters),
+            // Straight onto the queue, unless something for this connection
+            // waits in the outbox (a publish earlier in the turn): then behind
+            // it, so that it receives everything in the order it was said.
+            Some(reply) if !self.hub.topics.has_waiting(self.id) => {
+                reply.send(opcode, payload, &mut self.hub.deflaters)
+            }
             _ => self.hub.topics.send_to(self.id, opcode, payload),
         }
     }
 
-    /// Starts closing this connection with `code` and `reason` once the call
-    /// returns (messages sent before still go out first).
+    /// Starts closing this connection (the close handshake, RFC 6455 §7.1.2)
+    /// with `code` and `reason` once the call returns; everything sent to it
+    /// before goes out first. A code that may not be sent on the wire (1005,
+    /// 1006, 1015, or one outside the ranges of §7.4) is sent as 1011. In
+    /// [`App::on_open`] it refuses the connection: the Close goes out at once
+    /// and nothing more is read. In [`App::on_close`] there is nothing left to close.
     pub fn close(&mut self, code: u16, reason: &str) {
-        if let Some(reply) = &mut self.reply {
+        let code = if is_valid_close_code(code) { code } else { close_code::INTERNAL_ERROR };
+        if self.hub.topics.has_waiting(self.id) {
+            self.hub.closes.push((self.id, code, reason.to_string()));
+        } else if let Some(reply) = &mut self.reply {
             reply.close(code, reason);
         }
     }
@@ -228,6 +248,11 @@ impl<'a> Context<'a> {
     /// connection too, if it subscribes).
     pub fn publish_text(&mut self, topic: &str, text: &str) {
         self.hub.topics.publish(topic, OpCode::Text, text.as_bytes());
+    }
+
+    /// Publishes a binary message to every subscriber of `topic`.
+    pub fn publish_binary(&mut self, topic: &str, bytes: &[u8]) {
+        self.hub.topics.publish(topic, OpCode::Binary, bytes);
     }
 
     /// Publishes `message` (text or binary) to every subscriber of `topic`.

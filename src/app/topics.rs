@@ -141,6 +141,16 @@ impl Outbox {
     }
 }
 
+/// Marks slot `id` as having something queued in round `round`.
+fn mark(queued_in: &mut Vec<u32>, id: ConnId, round: u32) {
+    if queued_in.len() <= id.index {
+        queued_in.resize(id.index + 1, 0);
+    }
+    if let Some(slot) = queued_in.get_mut(id.index) {
+        *slot = round;
+    }
+}
+
 /// Who subscribes to what, and the outbox of what was published.
 #[derive(Debug)]
 pub struct Topics {
@@ -150,12 +160,25 @@ pub struct Topics {
     /// that goes away leaves them all at once.
     subscriptions: HashMap<ConnId, Vec<Arc<str>>>,
     outbox: Outbox,
+    /// For each connection slot, the round of the outbox in which something
+    /// was last queued for it: what tells whether a connection has anything
+    /// waiting (see [`Topics::has_waiting`]) at the cost of one store per
+    /// recipient.
+    queued_in: Vec<u32>,
+    /// The outbox's round: one more each time delivery takes it.
+    round: u32,
 }
 
 impl Topics {
     /// No topics yet; runs of deliveries within `run_limit` bytes.
     pub fn new(run_limit: usize) -> Topics {
-        Topics { subscribers: HashMap::new(), subscriptions: HashMap::new(), outbox: Outbox::new(run_limit) }
+        Topics {
+            subscribers: HashMap::new(),
+            subscriptions: HashMap::new(),
+            outbox: Outbox::new(run_limit),
+            queued_in: Vec::new(),
+            round: 1,
+        }
     }
 
     /// Subscribes `id` to `topic` (once: subscribing again changes nothing).
@@ -207,12 +230,22 @@ impl Topics {
     /// Frames `payload` once and queues it for every subscriber of `topic`.
     pub fn publish(&mut self, topic: &str, opcode: OpCode, payload: &[u8]) {
         let Some(members) = self.subscribers.get(topic) else { return };
+        for member in members {
+            mark(&mut self.queued_in, *member, self.round);
+        }
         self.outbox.push(OutFrame::new(opcode, payload), members.iter().copied());
     }
 
     /// Queues `payload` for one connection, in order with what was published before.
     pub fn send_to(&mut self, id: ConnId, opcode: OpCode, payload: &[u8]) {
+        mark(&mut self.queued_in, id, self.round);
         self.outbox.push(OutFrame::new(opcode, payload), [id]);
+    }
+
+    /// Whether something waits in the outbox for `id`: then what is sent to
+    /// it must wait behind that, or it would arrive first.
+    pub fn has_waiting(&self, id: ConnId) -> bool {
+        !self.outbox.is_empty() && self.queued_in.get(id.index) == Some(&self.round)
     }
 
     /// What waits for delivery.
@@ -224,6 +257,8 @@ impl Topics {
     /// which may publish more); give it back with [`Topics::restore_outbox`]
     /// to keep its capacity.
     pub fn take_outbox(&mut self) -> Outbox {
+        // What is published from now on is a new round; the marks of this one are spent.
+        self.round = self.round.wrapping_add(1).max(1);
         let fresh = Outbox::new(self.outbox.run_limit);
         std::mem::replace(&mut self.outbox, fresh)
     }
@@ -234,5 +269,50 @@ impl Topics {
             outbox.clear();
             self.outbox = outbox;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(index: usize) -> ConnId {
+        ConnId { index, generation: 1 }
+    }
+
+    #[test]
+    fn only_a_connection_with_something_in_the_outbox_has_anything_waiting() {
+        let mut topics = Topics::new(RUN_LIMIT);
+        topics.subscribe(id(1), "room");
+        topics.subscribe(id(2), "room");
+        assert!(!topics.has_waiting(id(1)));
+        topics.publish("room", OpCode::Text, b"hi");
+        assert!(topics.has_waiting(id(1)) && topics.has_waiting(id(2)));
+        // Someone outside the room (an echo connection) may still be answered directly.
+        assert!(!topics.has_waiting(id(3)));
+        topics.send_to(id(3), OpCode::Text, b"you");
+        assert!(topics.has_waiting(id(3)));
+        // Once delivery has taken the outbox, nothing waits any more.
+        let outbox = topics.take_outbox();
+        assert_eq!(outbox.iter().count(), 2);
+        assert!(!topics.has_waiting(id(1)) && !topics.has_waiting(id(3)));
+        topics.restore_outbox(outbox);
+        assert!(topics.outbox().is_empty());
+    }
+
+    #[test]
+    fn a_connection_that_goes_leaves_every_topic_and_empty_topics_are_forgotten() {
+        let mut topics = Topics::new(RUN_LIMIT);
+        topics.subscribe(id(1), "a");
+        topics.subscribe(id(1), "b");
+        topics.subscribe(id(1), "a");
+        topics.subscribe(id(2), "a");
+        assert_eq!(topics.subscribers("a"), [id(1), id(2)], "once each, in order");
+        topics.unsubscribe_all(id(1));
+        assert_eq!(topics.subscribers("a"), [id(2)]);
+        assert!(topics.subscribers("b").is_empty());
+        assert!(!topics.subscribers.contains_key("b") && !topics.subscriptions.contains_key(&id(1)));
+        topics.unsubscribe(id(2), "a");
+        assert!(topics.subscribers.is_empty() && topics.subscriptions.is_empty());
     }
 }

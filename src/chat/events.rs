@@ -2,6 +2,7 @@
 //! each with a `"type"`. `docs/protocol.md` shows an example of every event.
 
 use serde_json::{Value, json};
+use std::io::Write as _;
 
 /// Machine-readable codes of `error` events.
 pub mod code {
@@ -38,31 +39,28 @@ pub mod code {
 /// busiest path of the chat); the strings go through serde_json's escaping,
 /// and the keys come out in the same (sorted) order as the other events.
 pub fn message(room: &str, nick: &str, text: &str, time_ms: u64, seq: u64, action: bool) -> String {
-    let mut event = String::with_capacity(80 + room.len() + nick.len() + text.len());
-    event.push('{');
+    let mut event = Vec::with_capacity(80 + room.len() + nick.len() + text.len());
     if action {
-        event.push_str("\"action\":true,");
+        event.extend_from_slice(b"{\"action\":true,\"nick\":");
+    } else {
+        event.extend_from_slice(b"{\"nick\":");
     }
-    event.push_str("\"nick\":");
     push_json_string(&mut event, nick);
-    event.push_str(",\"room\":");
+    event.extend_from_slice(b",\"room\":");
     push_json_string(&mut event, room);
-    event.push_str(",\"seq\":");
-    event.push_str(&seq.to_string());
-    event.push_str(",\"text\":");
+    // Writing numbers into a Vec cannot fail.
+    let _ = write!(event, ",\"seq\":{seq},\"text\":");
     push_json_string(&mut event, text);
-    event.push_str(",\"time\":");
-    event.push_str(&time_ms.to_string());
-    event.push_str(",\"type\":\"message\"}");
-    event
+    let _ = write!(event, ",\"time\":{time_ms},\"type\":\"message\"}}");
+    // Everything written is UTF-8 (the strings were, and serde_json keeps them so).
+    String::from_utf8(event).unwrap_or_default()
 }
 
 /// Appends `text` as a JSON string literal, quoted and escaped.
-fn push_json_string(out: &mut String, text: &str) {
-    // Serialising a `&str` cannot fail; the fallback keeps the event valid JSON regardless.
-    match serde_json::to_string(text) {
-        Ok(quoted) => out.push_str(&quoted),
-        Err(_) => out.push_str("\"\""),
+fn push_json_string(out: &mut Vec<u8>, text: &str) {
+    // Serialising a `&str` into a Vec cannot fail; if it ever did, the event would still be valid JSON.
+    if serde_json::to_writer(&mut *out, text).is_err() {
+        out.extend_from_slice(b"\"\"");
     }
 }
 

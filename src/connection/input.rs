@@ -81,8 +81,13 @@ impl WebSocketClient {
                 self.deflate = deflate.map(|agreement| Box::new(DeflateState::new(agreement)));
                 self.state = ClientState::HandshakeResponse { ends_at: self.outgoing.queued_total() };
                 let mut close = None;
-                handler.on_open(&mut self.reply_with(config.deflate.threshold, &mut close));
-                self.close_if_asked(close, now, config);
+                handler.on_open(&mut Reply::new(&mut self.outgoing, self.deflate.as_deref_mut(), config, &mut close));
+                if let Some((code, reason)) = close {
+                    // Refused on opening: the Close goes out at once, and what
+                    // the client sent after its request is not read.
+                    self.refuse(code, &reason, now, config);
+                    return;
+                }
                 // A first frame sent in the same write as the request.
                 if head_len < head.len() {
                     self.handle_frames(&mut head[head_len..], now, config, handler);
@@ -254,13 +259,10 @@ impl WebSocketClient {
             };
             let used = header_len + payload.len();
             let mut close = None;
-            let mut reply = Reply {
-                outgoing: &mut self.outgoing,
-                deflate: self.deflate.as_deref_mut(),
-                threshold: config.deflate.threshold,
-                close: &mut close,
-            };
-            handler.on_message(message, &mut reply);
+            handler.on_message(
+                message,
+                &mut Reply::new(&mut self.outgoing, self.deflate.as_deref_mut(), config, &mut close),
+            );
             self.reader.message.reset();
             self.close_if_asked(close, now, config);
             return Ok(Some(used));
@@ -302,12 +304,7 @@ impl WebSocketClient {
         }
         if message.end_frame()? {
             let mut close = None;
-            let mut reply = Reply {
-                outgoing: &mut self.outgoing,
-                deflate: self.deflate.as_deref_mut(),
-                threshold: config.deflate.threshold,
-                close: &mut close,
-            };
+            let mut reply = Reply::new(&mut self.outgoing, self.deflate.as_deref_mut(), config, &mut close);
             handler.on_message(message.message(), &mut reply);
             message.reset();
             self.close_if_asked(close, now, config);

@@ -83,7 +83,18 @@ pub struct Reply<'a> {
     close: &'a mut Option<(u16, String)>,
 }
 
-impl Reply<'_> {
+impl<'a> Reply<'a> {
+    /// A channel to `outgoing`, compressing with `deflate` where it pays, and
+    /// recording into `close` a close the handler asks for.
+    fn new(
+        outgoing: &'a mut Outgoing,
+        deflate: Option<&'a mut DeflateState>,
+        config: &ConnectionConfig,
+        close: &'a mut Option<(u16, String)>,
+    ) -> Reply<'a> {
+        Reply { outgoing, deflate, threshold: config.deflate.threshold, close }
+    }
+
     /// Sends one message as one frame, compressed if the connection agreed
     /// to permessage-deflate and compression pays for this message.
     pub fn send(&mut self, opcode: OpCode, payload: &[u8], shared: &mut SharedDeflaters) {
@@ -272,11 +283,7 @@ impl WebSocketClient {
     /// its own handler (a delivery to a connection with its own compressor).
     pub fn send(&mut self, opcode: OpCode, payload: &[u8], shared: &mut SharedDeflaters, config: &ConnectionConfig) {
         let mut close = None;
-        self.reply_with(config.deflate.threshold, &mut close).send(opcode, payload, shared);
-    }
-
-    fn reply_with<'a>(&'a mut self, threshold: usize, close: &'a mut Option<(u16, String)>) -> Reply<'a> {
-        Reply { outgoing: &mut self.outgoing, deflate: self.deflate.as_deref_mut(), threshold, close }
+        Reply::new(&mut self.outgoing, self.deflate.as_deref_mut(), config, &mut close).send(opcode, payload, shared);
     }
 
     /// Queues bytes shared with other connections (an already framed
@@ -311,7 +318,10 @@ impl WebSocketClient {
     pub fn handle_timeout(&mut self, now: Instant, config: &ConnectionConfig) -> TimerAction {
         match self.state {
             ClientState::AwaitingHandshake { deadline, .. } if now >= deadline => {
-                let response = HttpResponse::error(408, "the request took too long to arrive");
+                let response = HttpResponse {
+                    content_type: "text/plain",
+                    ..HttpResponse::error(408, "the request took too long to arrive")
+                };
                 self.answer_http(&response, now, config);
             }
             ClientState::Closing { deadline } | ClientState::Closed { deadline } if now >= deadline => {
@@ -414,10 +424,29 @@ impl WebSocketClient {
     /// unless we already sent one, and stop reading frames. The one way the
     /// server ends a WebSocket on its own.
     fn fail_with(&mut self, code: u16, reason: &'static str, now: Instant, config: &ConnectionConfig) {
+        self.end_with_close(code, reason, reason, now, config);
+    }
+
+    /// The application refused the connection as it opened: Close with its
+    /// `code` and `reason` at once, and read nothing more.
+    fn refuse(&mut self, code: u16, reason: &str, now: Instant, config: &ConnectionConfig) {
+        self.end_with_close(code, reason, "refused by the application", now, config);
+    }
+
+    /// Sends Close (`code`, `reason`) unless one went out already, records
+    /// `logged` as why, and stops reading frames.
+    fn end_with_close(
+        &mut self,
+        code: u16,
+        reason: &str,
+        logged: &'static str,
+        now: Instant,
+        config: &ConnectionConfig,
+    ) {
         if self.is_open() {
             self.outgoing.push_frame(OpCode::Close, &message::close_payload(code, reason));
         }
-        self.close_info = Some(CloseInfo::Failed(code, reason));
+        self.close_info = Some(CloseInfo::Failed(code, logged));
         self.enter_closed(now, config);
     }
 

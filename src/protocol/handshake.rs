@@ -41,13 +41,14 @@ pub enum HandshakeError {
 impl HandshakeError {
     /// The HTTP status code and reason phrase.
     pub fn status(&self) -> (u16, &'static str) {
-        match self {
-            HandshakeError::BadRequest(_) => (400, "Bad Request"),
-            HandshakeError::MethodNotAllowed => (405, "Method Not Allowed"),
-            HandshakeError::NotFound => (404, "Not Found"),
-            HandshakeError::UpgradeRequired | HandshakeError::UnsupportedVersion => (426, "Upgrade Required"),
-            HandshakeError::HeadTooLarge => (431, "Request Header Fields Too Large"),
-        }
+        let code = match self {
+            HandshakeError::BadRequest(_) => 400,
+            HandshakeError::MethodNotAllowed => 405,
+            HandshakeError::NotFound => 404,
+            HandshakeError::UpgradeRequired | HandshakeError::UnsupportedVersion => 426,
+            HandshakeError::HeadTooLarge => 431,
+        };
+        (code, reason_phrase(code))
     }
 
     /// The HTTP response, with a short plain-text body that says what was wrong.
@@ -280,7 +281,8 @@ pub struct HttpResponse {
     pub status: u16,
     /// The `Content-Type` of the body.
     pub content_type: &'static str,
-    /// Extra header lines, each `Name: value` without the line end.
+    /// Extra header lines, each `Name: value` without the line end (a line
+    /// with a line break in it is not sent).
     pub headers: Vec<String>,
     /// The body.
     pub body: std::borrow::Cow<'static, [u8]>,
@@ -298,9 +300,11 @@ impl HttpResponse {
         HttpResponse { status, content_type: "text/plain; charset=utf-8", headers: Vec::new(), body: body.into() }
     }
 
-    /// The bytes on the wire.
+    /// The bytes on the wire. A header line with a line break in it is left
+    /// out, so that no application can split the response by mistake.
     pub fn encode(&self) -> Vec<u8> {
-        let headers: Vec<&str> = self.headers.iter().map(String::as_str).collect();
+        let headers: Vec<&str> =
+            self.headers.iter().map(String::as_str).filter(|line| !line.contains(['\r', '\n'])).collect();
         http_response(self.status, reason_phrase(self.status), &headers, self.content_type, &self.body)
     }
 }

@@ -51,6 +51,22 @@ impl Admission {
         false
     }
 
+    /// Counts `id` among the handshakes in progress, oldest last. Entries of
+    /// connections that have finished (or gone) are dropped from the front,
+    /// and the whole list is compacted when they are more than the live ones,
+    /// so that it never holds more than about twice the handshakes in
+    /// progress, however many connections come and go.
+    pub fn start_handshake(&mut self, id: ConnId, mut still_handshaking: impl FnMut(ConnId) -> bool) {
+        while self.handshakes.front().is_some_and(|&oldest| !still_handshaking(oldest)) {
+            self.handshakes.pop_front();
+        }
+        if self.handshakes.len() > 2 * self.handshake_count + 16 {
+            self.handshakes.retain(|&queued| still_handshaking(queued));
+        }
+        self.handshakes.push_back(id);
+        self.handshake_count += 1;
+    }
+
     /// A connection that was handshaking no longer is (done, or gone).
     pub fn handshake_done(&mut self) {
         self.handshake_count -= 1;
@@ -59,9 +75,7 @@ impl Admission {
 
 /// The 503 response for a connection the server cannot take now.
 fn service_unavailable(why: &str) -> HttpResponse {
-    let mut response = HttpResponse::error(503, why);
-    response.headers.push("Retry-After: 5".into());
-    response
+    HttpResponse { content_type: "text/plain", headers: vec!["Retry-After: 5".into()], ..HttpResponse::error(503, why) }
 }
 
 /// Answers a connection over the limit with 503 and closes it, without ever
@@ -128,8 +142,8 @@ impl<A: App> Server<A> {
         let client = self.new_client(now);
         let inserted = self.connections.insert(Connection::new(id, stream, client));
         debug_assert_eq!(inserted, index);
-        self.admission.handshakes.push_back(id);
-        self.admission.handshake_count += 1;
+        let connections = &mut self.connections;
+        self.admission.start_handshake(id, |id| connections.get_id(id).is_some_and(|conn| conn.handshaking));
         debug!(conn = index, %peer, "accepted");
         // Arms the handshake timer.
         self.service(index, false, now);
@@ -148,5 +162,32 @@ impl<A: App> Server<A> {
             self.service(id.index, false, now);
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn the_handshake_list_stays_near_the_handshakes_in_progress() {
+        let mut admission = Admission::default();
+        let mut live: HashSet<ConnId> = HashSet::new();
+        // A slow handshake that stays at the front, then 10,000 that finish at once.
+        let slow = ConnId { index: 0, generation: 0 };
+        live.insert(slow);
+        admission.start_handshake(slow, |id| live.contains(&id));
+        for generation in 1..=10_000 {
+            let id = ConnId { index: 1, generation };
+            admission.start_handshake(id, |id| live.contains(&id));
+            live.insert(id);
+            // ...and it finishes.
+            live.remove(&id);
+            admission.handshake_done();
+        }
+        assert_eq!(admission.handshake_count, 1);
+        assert!(admission.handshakes.len() <= 2 + 16 + 1, "{}", admission.handshakes.len());
+        assert_eq!(admission.handshakes.front(), Some(&slow), "the oldest live one is still first in line");
     }
 }

@@ -192,6 +192,7 @@ impl<A: App> Server<A> {
         loop {
             if !self.hub.topics.outbox().is_empty() {
                 self.queue_outbox(now);
+                self.start_closes(now);
                 continue;
             }
             let Some(index) = self.delivery.dirty.pop_front() else { break };
@@ -222,6 +223,16 @@ impl<A: App> Server<A> {
                 warn!(conn = id.index, peer = %conn.peer(), queued, skipped, "closing a slow consumer (1008)");
             }
             conn.client.close_slow_consumer("slow consumer: too much unread data", now, &self.config.connection);
+            mark_dirty(&mut conn.dirty, id.index, &mut self.delivery.dirty);
+        }
+    }
+
+    /// Starts the closes that applications asked for while their
+    /// connections still had deliveries waiting (now queued ahead of the Close).
+    fn start_closes(&mut self, now: Instant) {
+        for (id, code, reason) in std::mem::take(&mut self.hub.closes) {
+            let Some(conn) = self.connections.get_id(id) else { continue };
+            conn.client.close(code, &reason, now, &self.config.connection);
             mark_dirty(&mut conn.dirty, id.index, &mut self.delivery.dirty);
         }
     }

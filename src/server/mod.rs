@@ -176,8 +176,20 @@ impl<A: App> Server<A> {
         &self.app
     }
 
-    /// Serves until stopped, or until a graceful shutdown has drained.
+    /// Serves until stopped, or until a graceful shutdown has drained. The
+    /// application is told of every connection still open when it returns.
     pub fn run(&mut self) -> io::Result<Exit> {
+        let exit = self.serve();
+        let now = Instant::now();
+        for index in self.connections.indices() {
+            let Some(conn) = self.connections.get_mut(index) else { continue };
+            let info = conn.client.close_info();
+            Session { app: &mut self.app, conn: &mut conn.app, hub: &mut self.hub, id: conn.id, now }.close(info);
+        }
+        exit
+    }
+
+    fn serve(&mut self) -> io::Result<Exit> {
         let c = &self.config;
         info!(
             addr = %self.local_addr,
@@ -366,8 +378,8 @@ impl<A: App> Server<A> {
             self.admission.handshake_done();
         }
         let info = conn.client.close_info();
+        // Tells the application (if it has not been told) and leaves every topic.
         Session { app: &mut self.app, conn: &mut conn.app, hub: &mut self.hub, id: conn.id, now }.close(info);
-        self.hub.topics.unsubscribe_all(conn.id);
         let clean = matches!(info, Some(CloseInfo::Handshake(_)));
         match info {
             Some(info) => debug!(conn = index, peer = %conn.peer(), clean, close = %info, "closed"),
