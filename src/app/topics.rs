@@ -183,6 +183,9 @@ impl Topics {
 
     /// Subscribes `id` to `topic` (once: subscribing again changes nothing).
     pub fn subscribe(&mut self, id: ConnId, topic: &str) {
+        if self.queued_in.len() <= id.index {
+            self.queued_in.resize(id.index + 1, 0);
+        }
         let mine = self.subscriptions.entry(id).or_default();
         if mine.iter().any(|t| &**t == topic) {
             return;
@@ -230,8 +233,11 @@ impl Topics {
     /// Frames `payload` once and queues it for every subscriber of `topic`.
     pub fn publish(&mut self, topic: &str, opcode: OpCode, payload: &[u8]) {
         let Some(members) = self.subscribers.get(topic) else { return };
+        // Every subscriber has its mark already (see `subscribe`): one store each.
         for member in members {
-            mark(&mut self.queued_in, *member, self.round);
+            if let Some(slot) = self.queued_in.get_mut(member.index) {
+                *slot = self.round;
+            }
         }
         self.outbox.push(OutFrame::new(opcode, payload), members.iter().copied());
     }
