@@ -418,3 +418,52 @@ fn a_slow_consumer_is_closed_while_everyone_else_gets_everything() {
     assert_eq!(close.close_code(), Some(1008));
     assert!(String::from_utf8_lossy(&close.payload[2..]).contains("slow consumer"));
 }
+
+#[test]
+fn chat_messages_over_the_text_limit_are_read_past_without_being_held() {
+    // Ten members each streaming one 15 MiB frame: once, 8 MB became 162 MB.
+    let server = Spawned::start(&[]);
+    let mut members: Vec<RawClient> = (0..10)
+        .map(|_| {
+            let mut client = RawClient::open(server.addr, "/chat");
+            let _welcome = client.read_frame();
+            client
+        })
+        .collect();
+    let (base, _) = server.memory_kib();
+    let body = vec![b'x'; 15 << 20];
+    let key = [1, 2, 3, 4];
+    let frame = client_frame(true, TEXT, &body, key);
+    // Everyone sends all but the last byte, so every message is still arriving at once.
+    for member in members.iter_mut() {
+        member.send_raw(&frame[..frame.len() - 1]);
+    }
+    let (middle, _) = server.memory_kib();
+    for member in members.iter_mut() {
+        member.send_raw(&frame[frame.len() - 1..]);
+    }
+    for member in members.iter_mut() {
+        let error: serde_json::Value = loop {
+            let event: serde_json::Value = serde_json::from_slice(&member.read_frame().payload).unwrap();
+            if event["type"] == "error" {
+                break event;
+            }
+        };
+        assert_eq!(error["code"], "message_too_long", "{error}");
+    }
+    let (_, peak) = server.memory_kib();
+    let growth_mib = peak.saturating_sub(base) / 1024;
+    eprintln!("ten 15 MiB chat frames: RSS {base} -> {middle} KiB mid-way, peak grew {growth_mib} MiB");
+    assert!(growth_mib < 8, "the server held {growth_mib} MiB for ten over-long chat messages");
+    // Every member is still in the chat.
+    members[0].send_text("still here");
+    for member in members.iter_mut() {
+        let said: serde_json::Value = loop {
+            let event: serde_json::Value = serde_json::from_slice(&member.read_frame().payload).unwrap();
+            if event["type"] == "message" {
+                break event;
+            }
+        };
+        assert_eq!(said["text"], "still here");
+    }
+}

@@ -376,3 +376,67 @@ fn a_burst_of_chat_messages_reaches_every_kind_of_member_whole_and_in_order() {
         }
     }
 }
+
+#[test]
+fn a_compressed_chat_message_is_held_to_the_chats_limit_by_what_it_inflates_to() {
+    // 15 KB of compressed zeros inflate to 15 MiB: once, that pinned 15 MiB per connection.
+    let server = Spawned::start(&[]);
+    let (mut client, _) = open_offering(server.addr, "/chat", "permessage-deflate");
+    let welcome: Value = serde_json::from_slice(&read_message(&mut client).1).unwrap();
+    assert_eq!(welcome["type"], "welcome");
+    let mut compressor = Compress::new_with_window_bits(Compression::best(), false, 15);
+    let payload = compress(&mut compressor, &vec![b' '; 15 << 20]);
+    assert!(payload.len() < 64 * 1024, "{}", payload.len());
+    let (base, _) = server.memory_kib();
+    for _ in 0..4 {
+        let frame = compressed_frame(&mut client, true, TEXT, &payload);
+        client.send_raw(&frame);
+        let error: Value = serde_json::from_slice(&read_message(&mut client).1).unwrap();
+        assert_eq!(error["code"], "message_too_long", "{error}");
+    }
+    let (_, peak) = server.memory_kib();
+    let growth_mib = peak.saturating_sub(base) / 1024;
+    eprintln!("compressed 15 MiB chat messages: server peak grew {growth_mib} MiB");
+    assert!(growth_mib < 4, "the server held {growth_mib} MiB for chat messages over 4 KiB");
+    // The connection stays, and its next (compressed) message is said.
+    let frame = compressed_frame(&mut client, true, TEXT, &compress(&mut raw_compressor(), b"after all"));
+    client.send_raw(&frame);
+    let said: Value = serde_json::from_slice(&read_message(&mut client).1).unwrap();
+    assert_eq!((said["type"].as_str(), said["text"].as_str()), (Some("message"), Some("after all")));
+}
+
+/// `len` bytes that do not compress (xorshift).
+fn random_bytes(len: usize) -> Vec<u8> {
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+#[test]
+fn a_message_at_the_size_limit_passes_compressed_though_its_frame_is_longer() {
+    let server = TestServer::start();
+    let (mut client, _) = open_offering(server.addr, "/echo", "permessage-deflate");
+    // Exactly --max-message-size (16 MiB) of random bytes: compressed, a little longer.
+    let message = random_bytes(16 << 20);
+    let payload = compress(&mut raw_compressor(), &message);
+    assert!(payload.len() > message.len(), "incompressible data grows: {}", payload.len());
+    let frame = compressed_frame(&mut client, true, BINARY, &payload);
+    client.send_raw(&frame);
+    let (compressed, echoed, opcode) = read_message(&mut client);
+    assert_eq!(opcode, BINARY);
+    let echoed = if compressed { inflate(&mut raw_decompressor(), &echoed) } else { echoed };
+    assert!(echoed == message, "the echo differs ({} bytes back)", echoed.len());
+    // One byte more is over the limit, compressed or not.
+    let mut over = message;
+    over.push(0);
+    let payload = compress(&mut raw_compressor(), &over);
+    let frame = compressed_frame(&mut client, true, BINARY, &payload);
+    client.send_raw(&frame);
+    assert_eq!(client.read_close().close_code(), Some(1009));
+}

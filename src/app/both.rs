@@ -41,6 +41,20 @@ impl<A: App, B: App> App for Both<A, B> {
         }
     }
 
+    fn max_message_size(&self, conn: &Self::Conn) -> Option<usize> {
+        match conn {
+            Either::First(conn) => self.0.max_message_size(conn),
+            Either::Second(conn) => self.1.max_message_size(conn),
+        }
+    }
+
+    fn on_message_too_long(&mut self, conn: &mut Self::Conn, ctx: &mut Context<'_>) {
+        match conn {
+            Either::First(conn) => self.0.on_message_too_long(conn, ctx),
+            Either::Second(conn) => self.1.on_message_too_long(conn, ctx),
+        }
+    }
+
     fn on_close(&mut self, conn: Self::Conn, closed: &Closed, ctx: &mut Context<'_>) {
         match conn {
             Either::First(conn) => self.0.on_close(conn, closed, ctx),

@@ -73,6 +73,25 @@ pub trait App {
     /// One whole message (text or binary, its fragments joined, its UTF-8 checked).
     fn on_message(&mut self, conn: &mut Self::Conn, message: Message<'_>, ctx: &mut Context<'_>);
 
+    /// The most bytes one message to this connection may have, once
+    /// inflated. `None` (the default) leaves it at the server's
+    /// [`max_message_size`](crate::ConnectionConfig::max_message_size). A
+    /// longer message is read to its end as it arrives without being kept
+    /// (so an application of small messages, like the chat's 4 KiB, never
+    /// makes the server hold more for it), and
+    /// [`on_message_too_long`](App::on_message_too_long) is called instead of
+    /// [`on_message`](App::on_message). Asked at each message's first frame.
+    fn max_message_size(&self, _conn: &Self::Conn) -> Option<usize> {
+        None
+    }
+
+    /// A message longer than [`max_message_size`](App::max_message_size)
+    /// arrived and was dropped. By default the connection is closed with 1009
+    /// ("too big to process"); an application may answer and go on instead.
+    fn on_message_too_long(&mut self, _conn: &mut Self::Conn, ctx: &mut Context<'_>) {
+        ctx.close(close_code::TOO_BIG, "message too big");
+    }
+
     /// The connection is closed for the application: nothing more can be sent
     /// to it. Called once for every connection that was opened: as soon as
     /// its end is known (the peer's Close, a protocol error, a timeout, the
@@ -361,5 +380,16 @@ impl<A: App> connection::Handler for Session<'_, A> {
 
     fn on_message(&mut self, message: Message<'_>, reply: &mut Reply<'_>) {
         self.call(reply, |app, state, ctx| app.on_message(state, message, ctx));
+    }
+
+    fn message_limit(&mut self) -> usize {
+        match &self.conn.0 {
+            Stage::Open(state) => self.app.max_message_size(state).unwrap_or(usize::MAX),
+            _ => usize::MAX,
+        }
+    }
+
+    fn on_message_too_long(&mut self, reply: &mut Reply<'_>) {
+        self.call(reply, |app, state, ctx| app.on_message_too_long(state, ctx));
     }
 }

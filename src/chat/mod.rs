@@ -29,6 +29,9 @@ pub const LOBBY: &str = "lobby";
 /// The longest nickname or room name.
 pub const MAX_NAME_LEN: usize = 32;
 
+/// The longest prefix a message may carry before its text (`/me `).
+const MAX_PREFIX: usize = "/me ".len();
+
 /// A room: its members in the order they joined, its recent messages and
 /// the sequence number of its last message. Its topic has the room's name.
 #[derive(Debug, Default)]
@@ -132,6 +135,21 @@ impl App for Chat {
         }
     }
 
+    /// The longest text, and room for the longest command prefix (`/me `):
+    /// a longer message is never held, only read past.
+    fn max_message_size(&self, _: &ChatConn) -> Option<usize> {
+        Some(self.config.max_text_bytes.saturating_add(MAX_PREFIX))
+    }
+
+    /// An over-long message costs a message of the rate, is answered with
+    /// `message_too_long`, and the connection stays.
+    fn on_message_too_long(&mut self, _: &mut ChatConn, ctx: &mut Context<'_>) {
+        if self.within_rate(ctx) {
+            let message = format!("messages are limited to {} bytes; this one has more", self.config.max_text_bytes);
+            ctx.send_text(&events::error(code::MESSAGE_TOO_LONG, &message));
+        }
+    }
+
     fn on_close(&mut self, _: ChatConn, _: &Closed, ctx: &mut Context<'_>) {
         self.disconnect(ctx);
     }
@@ -209,11 +227,7 @@ impl Chat {
 
     /// A text message from a member: a message to its room, or a command.
     fn handle_text(&mut self, text: &str, ctx: &mut Context<'_>) {
-        let config = &self.config;
-        let Some(member) = self.members.get_mut(&ctx.id()) else { return };
-        if !member.bucket.take(ctx.now(), config.rate_limit_per_sec, config.rate_limit_burst) {
-            let message = format!("slow down: at most {} messages a second", config.rate_limit_per_sec);
-            ctx.send_text(&events::error(code::RATE_LIMITED, &message));
+        if !self.within_rate(ctx) {
             return;
         }
         match text.strip_prefix('/') {
@@ -222,6 +236,19 @@ impl Chat {
             Some(command) => self.command(command, ctx),
             None => self.say(text, false, ctx),
         }
+    }
+
+    /// Whether a member may send a message now (a token from its bucket);
+    /// if not, it is told to slow down. `false` for a connection that is no member.
+    fn within_rate(&mut self, ctx: &mut Context<'_>) -> bool {
+        let config = &self.config;
+        let Some(member) = self.members.get_mut(&ctx.id()) else { return false };
+        if member.bucket.take(ctx.now(), config.rate_limit_per_sec, config.rate_limit_burst) {
+            return true;
+        }
+        let message = format!("slow down: at most {} messages a second", config.rate_limit_per_sec);
+        ctx.send_text(&events::error(code::RATE_LIMITED, &message));
+        false
     }
 
     /// A binary message from a member: the chat speaks text only.

@@ -254,6 +254,15 @@ fn text_length_limit_at_its_edge() {
     assert_eq!(chat.drain()[&id(1)][0]["code"], "message_too_long");
     chat.text(id(1), "/me 0123456789");
     assert_eq!(chat.drain()[&id(1)][0]["type"], "message");
+    // The connection never holds more than the text and the longest prefix for the chat...
+    assert_eq!(chat.chat.max_message_size(&ChatConn::default()), Some(10 + "/me ".len()));
+    // ...and what it read past is answered the same way, the connection staying a member.
+    let mut conn = ChatConn::default();
+    let mut ctx = Context::detached(id(1), chat.now, &mut chat.hub);
+    chat.chat.on_message_too_long(&mut conn, &mut ctx);
+    assert_eq!(chat.drain()[&id(1)][0]["code"], "message_too_long");
+    chat.text(id(1), "still here");
+    assert_eq!(chat.drain()[&id(1)][0]["text"], "still here");
 }
 
 #[test]

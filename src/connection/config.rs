@@ -9,13 +9,19 @@ pub struct ConnectionConfig {
     /// Largest payload one frame may declare, in bytes. Default 16 MiB.
     /// A larger declared length is answered with close 1009 before any of
     /// its payload is read. Frames are streamed, not buffered whole, so this
-    /// bounds work rather than memory; the message limit bounds memory.
+    /// bounds work rather than memory; the message limit bounds memory. On a
+    /// connection that negotiated permessage-deflate a frame may be longer by
+    /// what DEFLATE can add to incompressible data
+    /// ([`max_compressed_len`](crate::protocol::deflate::max_compressed_len)),
+    /// so that a message within the message limit always passes compressed.
     pub max_frame_size: usize,
 
     /// Largest message, summed over its fragments, in bytes. Default 16 MiB,
     /// because the conformance suite's 9.* cases send 16 MiB messages. This is
     /// the most a connection can make the server buffer for one message;
-    /// a larger one is answered with close 1009 as soon as its frames declare it.
+    /// a larger one is answered with close 1009 as soon as its frames declare it
+    /// (a compressed one, as soon as it inflates to more). An application can
+    /// set a lower limit of its own ([`App::max_message_size`](crate::App::max_message_size)).
     pub max_message_size: usize,
 
     /// Largest HTTP request head (request line and headers), in bytes.

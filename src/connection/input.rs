@@ -28,7 +28,7 @@ pub(super) struct FrameReader {
     /// The data frame whose payload is arriving.
     frame: Option<PayloadInProgress>,
     /// The message being reassembled.
-    message: MessageAssembler,
+    pub(super) message: MessageAssembler,
 }
 
 /// The payload of the data frame now arriving.
@@ -177,6 +177,8 @@ impl WebSocketClient {
         let mut rules = DecodeRules::server(config.max_frame_size as u64);
         if self.deflate.is_some() {
             rules.allowed_rsv = RSV1;
+            // A compressed frame may be a little longer than what it holds.
+            rules.max_payload = deflate::max_compressed_len(rules.max_payload);
         }
         let Some((header, header_len)) = FrameHeader::decode(buf, &rules)? else {
             return Ok(None);
@@ -243,13 +245,16 @@ impl WebSocketClient {
     ) -> Result<Option<usize>, ProtocolError> {
         let key = header.mask.unwrap_or_default();
         let was_in_progress = self.reader.message.in_progress();
-        self.reader.message.begin_frame(header, config.max_message_size as u64)?;
+        // The receiver's own limit is asked for at a message's first frame only.
+        let limit = if was_in_progress { u64::MAX } else { handler.message_limit() as u64 };
+        self.reader.message.begin_frame(header, config.max_message_size as u64, limit)?;
         let end = usize::try_from(header.payload_len).ok().and_then(|len| len.checked_add(header_len));
         // Fast path: a whole single-frame message is in the buffer. Unmask it
         // in place and hand it over without copying it anywhere.
         if header.fin
             && !was_in_progress
             && !self.reader.message.is_compressed()
+            && !self.reader.message.is_over()
             && let Some(payload) = end.and_then(|end| buf.get_mut(header_len..end))
         {
             apply_mask(payload, key, 0);
@@ -305,7 +310,11 @@ impl WebSocketClient {
         if message.end_frame()? {
             let mut close = None;
             let mut reply = Reply::new(&mut self.outgoing, self.deflate.as_deref_mut(), config, &mut close);
-            handler.on_message(message.message(), &mut reply);
+            if message.is_over() {
+                handler.on_message_too_long(&mut reply);
+            } else {
+                handler.on_message(message.message(), &mut reply);
+            }
             message.reset();
             self.close_if_asked(close, now, config);
         }

@@ -59,6 +59,19 @@ pub trait Handler {
 
     /// One complete text or binary message arrived.
     fn on_message(&mut self, message: Message<'_>, reply: &mut Reply<'_>);
+
+    /// The most bytes (once inflated) the next message may have for whoever
+    /// receives it; a longer one is read to its end without being kept, and
+    /// [`on_message_too_long`](Self::on_message_too_long) is called instead
+    /// of `on_message`. Asked at each message's first frame. Beyond
+    /// [`ConnectionConfig::max_message_size`] a message fails the connection
+    /// (1009) whatever this says.
+    fn message_limit(&mut self) -> usize {
+        usize::MAX
+    }
+
+    /// A message passed [`message_limit`](Self::message_limit) and was read past.
+    fn on_message_too_long(&mut self, _reply: &mut Reply<'_>) {}
 }
 
 /// A [`Handler`]'s answer to a request.

@@ -382,3 +382,106 @@ fn eof_without_close_is_abrupt() {
     assert_eq!(client.close_info(), Some(&CloseInfo::Abrupt));
     assert!(client.is_done_writing());
 }
+
+/// Echo, with a limit of its own on messages: what it was told of over-long ones.
+#[derive(Default)]
+struct Limited {
+    echo: Echo,
+    limit: usize,
+    too_long: usize,
+}
+
+impl Handler for Limited {
+    fn route(&mut self, request: &Request<'_, '_>) -> Route {
+        self.echo.route(request)
+    }
+    fn on_open(&mut self, reply: &mut Reply<'_>) {
+        self.echo.on_open(reply);
+    }
+    fn on_message(&mut self, message: Message<'_>, reply: &mut Reply<'_>) {
+        self.echo.on_message(message, reply);
+    }
+    fn message_limit(&mut self) -> usize {
+        self.limit
+    }
+    fn on_message_too_long(&mut self, reply: &mut Reply<'_>) {
+        self.too_long += 1;
+        reply.send(OpCode::Text, b"too long", &mut self.echo.shared);
+    }
+}
+
+#[test]
+fn a_message_over_the_receivers_limit_is_read_past_unkept_and_the_connection_stays() {
+    let config = Config::default();
+    let now = Instant::now();
+    let mut handler = Limited { limit: 100, ..Limited::default() };
+    let mut client = WebSocketClient::new(now, &config);
+    client.handle_input(&mut REQUEST.to_vec(), now, &config, &mut handler);
+    take_output(&mut client);
+    // Exactly at the limit: echoed.
+    client.handle_input(&mut masked(OpCode::Binary, true, &[1; 100]), now, &config, &mut handler);
+    assert_eq!(take_output(&mut client).1, vec![WebSocketFrame::new(OpCode::Binary, vec![1; 100])]);
+    // A 1 MiB text frame trickled in 1,000-byte pieces: nothing of it is held.
+    let big = masked(OpCode::Text, true, &[b'x'; 1 << 20]);
+    for piece in big.chunks(1000) {
+        client.handle_input(&mut piece.to_vec(), now, &config, &mut handler);
+        assert_eq!(client.reader.message.buffered(), 0);
+        assert!(client.reader.leftover.len() <= MAX_UNIT);
+    }
+    assert_eq!(handler.too_long, 1);
+    // Fragmented, over the limit in its second fragment; a Ping in between is still answered.
+    let stream = [
+        masked(OpCode::Text, false, &[b'a'; 60]),
+        masked(OpCode::Ping, true, b"p"),
+        masked(OpCode::Continuation, true, &[b'b'; 60]),
+        masked(OpCode::Text, true, b"after"),
+    ]
+    .concat();
+    client.handle_input(&mut stream.clone(), now, &config, &mut handler);
+    let (_, frames) = take_output(&mut client);
+    let expected = [
+        WebSocketFrame::new(OpCode::Text, "too long"),
+        WebSocketFrame::new(OpCode::Pong, "p"),
+        WebSocketFrame::new(OpCode::Text, "too long"),
+        WebSocketFrame::new(OpCode::Text, "after"),
+    ];
+    assert_eq!(frames, expected);
+    assert_eq!(client.state(), &ClientState::Connected);
+    // Read past, but still checked: invalid UTF-8 in an over-long text fails the connection.
+    let mut bad = vec![b'x'; 200];
+    bad[150] = 0xFF;
+    client.handle_input(&mut masked(OpCode::Text, true, &bad), now, &config, &mut handler);
+    assert_eq!(close_code_of(take_output(&mut client).1.last().unwrap()), Some(1007));
+}
+
+#[test]
+fn a_compressed_message_is_held_to_the_receivers_limit_by_what_it_inflates_to() {
+    let config = Config::default();
+    let now = Instant::now();
+    let mut handler = Limited { limit: 4096, ..Limited::default() };
+    let mut client = WebSocketClient::new(now, &config);
+    let request = String::from_utf8(REQUEST.to_vec()).unwrap().replace(
+        "Sec-WebSocket-Version: 13\r\n",
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: permessage-deflate\r\n",
+    );
+    client.handle_input(&mut request.into_bytes(), now, &config, &mut handler);
+    take_output(&mut client);
+    // 256 KiB of zeros compresses to a few hundred bytes: a bomb for a 4 KiB receiver.
+    let mut body = Vec::new();
+    crate::protocol::deflate::Deflater::new(15).compress(&vec![0; 256 << 10], &mut body, true);
+    assert!(body.len() < 4096);
+    let mut frame = masked(OpCode::Binary, true, &body);
+    frame[0] |= crate::protocol::frame::RSV1;
+    client.handle_input(&mut frame, now, &config, &mut handler);
+    assert_eq!(handler.too_long, 1);
+    assert_eq!(client.reader.message.buffered(), 0);
+    assert_eq!(client.state(), &ClientState::Connected);
+    assert_eq!(take_output(&mut client).1, vec![WebSocketFrame::new(OpCode::Text, "too long")]);
+    // The inflater's context is intact: the next compressed message still comes through.
+    let mut small = Vec::new();
+    crate::protocol::deflate::Deflater::new(15).compress(b"hello", &mut small, true);
+    let mut frame = masked(OpCode::Text, true, &small);
+    frame[0] |= crate::protocol::frame::RSV1;
+    client.handle_input(&mut frame, now, &config, &mut handler);
+    assert_eq!(take_output(&mut client).1, vec![WebSocketFrame::new(OpCode::Text, "hello")]);
+}

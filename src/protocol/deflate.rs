@@ -362,6 +362,16 @@ impl Deflater {
     }
 }
 
+/// The longest DEFLATE data a message of `len` bytes can need: incompressible
+/// data goes into stored blocks of at most 64 KiB with 5 bytes of header
+/// each, plus the final empty block of the sync flush; a client that splits
+/// its message into frames may flush at each. `len / 256 + 1024` covers all of
+/// that many times over, and costs nothing to allow: compressed frames are
+/// inflated as they arrive, not held.
+pub fn max_compressed_len(len: u64) -> u64 {
+    len.saturating_add(len / 256).saturating_add(1024)
+}
+
 /// The server's shared compressors, one per window size, each reset after
 /// every message: all that `server_no_context_takeover` connections need.
 #[derive(Debug, Default)]

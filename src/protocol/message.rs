@@ -166,7 +166,7 @@ impl<'a> Message<'a> {
 /// pieces), and [`end_frame`](Self::end_frame) when the payload is complete.
 /// The buffer grows only as bytes arrive, and only after the declared
 /// length has passed the message limit.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MessageAssembler {
     /// The kind of the message in progress, `None` between messages.
     kind: Option<MessageKind>,
@@ -178,6 +178,27 @@ pub struct MessageAssembler {
     declared: u64,
     buf: Vec<u8>,
     utf8: Utf8Validator,
+    /// The receiving application's limit on this message's (inflated) size
+    /// (4 bytes, not 8: every connection holds an assembler).
+    limit: u32,
+    /// The message has passed `limit`: its bytes are still checked (UTF-8)
+    /// as they arrive, but no longer kept.
+    over: bool,
+}
+
+impl Default for MessageAssembler {
+    fn default() -> MessageAssembler {
+        MessageAssembler {
+            kind: None,
+            fin: false,
+            compressed: false,
+            declared: 0,
+            buf: Vec::new(),
+            utf8: Utf8Validator::default(),
+            limit: u32::MAX,
+            over: false,
+        }
+    }
 }
 
 /// Capacity above which the reassembly buffer is freed after a message, so
@@ -205,8 +226,20 @@ impl MessageAssembler {
         self.fin
     }
 
-    /// Starts a data frame: checks the continuation rules and the message size limit.
-    pub fn begin_frame(&mut self, header: &FrameHeader, max_message: u64) -> Result<(), ProtocolError> {
+    /// Whether the message in progress has passed the application's limit
+    /// (see [`begin_frame`](Self::begin_frame)): it is read to its end, but not kept.
+    pub fn is_over(&self) -> bool {
+        self.over
+    }
+
+    /// Starts a data frame: checks the continuation rules and the message
+    /// size limit. `max_message` is the protocol's limit: a message over it
+    /// fails the connection (1009). `limit` (taken from a message's first
+    /// frame) is the application's, which may be lower: a message over it is
+    /// read past without being kept ([`is_over`](Self::is_over)), so that the
+    /// connection can go on. An uncompressed message is over as soon as its
+    /// frames declare more; a compressed one when its inflated bytes do.
+    pub fn begin_frame(&mut self, header: &FrameHeader, max_message: u64, limit: u64) -> Result<(), ProtocolError> {
         let kind = match (header.opcode, self.kind) {
             (OpCode::Continuation, Some(kind)) => kind,
             (OpCode::Continuation, None) => return Err(ProtocolError::UnexpectedContinuation),
@@ -216,21 +249,35 @@ impl MessageAssembler {
             // Control frames never reach the assembler.
             (_, None) => return Err(ProtocolError::UnknownOpCode(header.opcode.as_u8())),
         };
-        // Overflow-safe: `declared` never exceeds `max_message`.
-        if header.payload_len > max_message - self.declared {
-            return Err(ProtocolError::MessageTooLarge);
-        }
         // RFC 7692 §6.1: RSV1 marks a compressed message on its first frame only.
         let rsv1 = header.rsv & super::frame::RSV1 != 0;
-        if header.opcode == OpCode::Continuation {
-            if rsv1 {
-                return Err(ProtocolError::MisplacedCompressionBit);
-            }
-        } else {
+        let first = header.opcode != OpCode::Continuation;
+        if !first && rsv1 {
+            return Err(ProtocolError::MisplacedCompressionBit);
+        }
+        let compressed = if first { rsv1 } else { self.compressed };
+        // A compressed message's frames carry its DEFLATE data, which can be a
+        // little longer than the message itself: allow for that, so that every
+        // message within the limit passes compressed too. (The inflated bytes
+        // are held to `max_message` as they come out of the inflater.)
+        let max = if compressed { super::deflate::max_compressed_len(max_message) } else { max_message };
+        // Overflow-safe: `declared` never exceeds `max`.
+        if header.payload_len > max.saturating_sub(self.declared) {
+            return Err(ProtocolError::MessageTooLarge);
+        }
+        if first {
             self.compressed = rsv1;
+            self.limit = u32::try_from(limit).unwrap_or(u32::MAX);
         }
         self.declared += header.payload_len;
-        if self.buf.capacity() == 0 && header.payload_len as usize >= super::pool::MIN_BUFFER {
+        if !self.compressed && self.declared > u64::from(self.limit) {
+            self.pass_limit();
+        }
+        if !self.over
+            && self.buf.capacity() == 0
+            && header.payload_len as usize >= super::pool::MIN_BUFFER
+            && header.payload_len <= u64::from(self.limit)
+        {
             // A large message: start from a pooled buffer sized for this frame.
             self.buf = super::pool::take(header.payload_len as usize);
         }
@@ -239,13 +286,30 @@ impl MessageAssembler {
         Ok(())
     }
 
-    /// Adds a piece of the current frame's (unmasked) payload.
+    /// Adds a piece of the current frame's (unmasked, inflated) payload.
     pub fn feed(&mut self, piece: &[u8]) -> Result<(), ProtocolError> {
         if self.kind == Some(MessageKind::Text) {
             self.utf8.feed(piece)?;
         }
+        if self.over {
+            return Ok(());
+        }
+        if (self.buf.len() + piece.len()) as u64 > u64::from(self.limit) {
+            self.pass_limit();
+            return Ok(());
+        }
         self.buf.extend_from_slice(piece);
         Ok(())
+    }
+
+    /// The message is over the application's limit: let go of what was kept.
+    fn pass_limit(&mut self) {
+        self.over = true;
+        if self.buf.capacity() > KEEP_CAPACITY {
+            super::pool::give(std::mem::take(&mut self.buf));
+        } else {
+            self.buf.clear();
+        }
     }
 
     /// Ends the current frame. Returns `true` when it completed the message,
@@ -280,6 +344,8 @@ impl MessageAssembler {
         self.compressed = false;
         self.declared = 0;
         self.utf8 = Utf8Validator::default();
+        self.limit = u32::MAX;
+        self.over = false;
         if self.buf.capacity() > KEEP_CAPACITY {
             super::pool::give(std::mem::take(&mut self.buf));
         } else {
@@ -295,6 +361,58 @@ mod tests {
 
     fn data_header(opcode: OpCode, fin: bool, len: u64) -> FrameHeader {
         FrameHeader { fin, ..FrameHeader::new(opcode, len) }
+    }
+
+    #[test]
+    fn a_message_over_the_applications_limit_is_read_past_without_being_kept() {
+        let mut m = MessageAssembler::default();
+        // Exactly at the limit: kept.
+        m.begin_frame(&data_header(OpCode::Text, true, 10), 1000, 10).unwrap();
+        m.feed(b"0123456789").unwrap();
+        assert!(m.end_frame().unwrap() && !m.is_over());
+        assert_eq!(m.message(), Message::Text("0123456789"));
+        m.reset();
+        // One byte over, declared by a single frame: over at once, nothing kept.
+        m.begin_frame(&data_header(OpCode::Text, true, 11), 1000, 10).unwrap();
+        assert!(m.is_over());
+        m.feed(b"0123456789A").unwrap();
+        assert_eq!(m.buffered(), 0);
+        assert!(m.end_frame().unwrap() && m.is_over());
+        m.reset();
+        // Over in its third fragment: what the first two kept is let go.
+        m.begin_frame(&data_header(OpCode::Binary, false, 4), 1000, 10).unwrap();
+        m.feed(b"abcd").unwrap();
+        m.begin_frame(&data_header(OpCode::Continuation, false, 4), 1000, 10).unwrap();
+        m.feed(b"efgh").unwrap();
+        assert_eq!(m.buffered(), 8);
+        m.begin_frame(&data_header(OpCode::Continuation, true, 4), 1000, 10).unwrap();
+        assert!(m.is_over() && m.buffered() == 0);
+        m.feed(b"ijkl").unwrap();
+        assert!(m.end_frame().unwrap() && m.buffered() == 0);
+        m.reset();
+        // A compressed message is counted by what it inflates to, as it is fed.
+        let mut compressed = data_header(OpCode::Text, true, 3);
+        compressed.rsv = crate::protocol::frame::RSV1;
+        m.begin_frame(&compressed, 1000, 10).unwrap();
+        assert!(!m.is_over(), "3 compressed bytes may inflate to anything");
+        m.feed(b"01234").unwrap();
+        m.feed(b"56789").unwrap();
+        assert!(!m.is_over());
+        m.feed(b"!").unwrap();
+        assert!(m.is_over() && m.buffered() == 0);
+        m.reset();
+        // Still checked for UTF-8 while read past; and over the protocol's limit is still an error.
+        m.begin_frame(&data_header(OpCode::Text, true, 20), 1000, 10).unwrap();
+        assert_eq!(m.feed(&[0xC0, 0xAF]), Err(ProtocolError::InvalidUtf8));
+        m.reset();
+        assert_eq!(
+            m.begin_frame(&data_header(OpCode::Text, true, 1001), 1000, 10),
+            Err(ProtocolError::MessageTooLarge)
+        );
+        // The next message starts with no limit of its own until its first frame sets one.
+        m.reset();
+        m.begin_frame(&data_header(OpCode::Binary, true, 500), 1000, u64::MAX).unwrap();
+        assert!(!m.is_over());
     }
 
     #[test]
@@ -379,11 +497,11 @@ mod tests {
     #[test]
     fn fragments_reassemble_into_one_message() {
         let mut m = MessageAssembler::default();
-        m.begin_frame(&data_header(OpCode::Text, false, 3), 100).unwrap();
+        m.begin_frame(&data_header(OpCode::Text, false, 3), 100, u64::MAX).unwrap();
         m.feed(b"Hel").unwrap();
         assert!(!m.end_frame().unwrap());
         assert!(m.in_progress());
-        m.begin_frame(&data_header(OpCode::Continuation, true, 2), 100).unwrap();
+        m.begin_frame(&data_header(OpCode::Continuation, true, 2), 100, u64::MAX).unwrap();
         m.feed(b"l").unwrap();
         m.feed(b"o").unwrap();
         assert!(m.end_frame().unwrap());
@@ -396,31 +514,34 @@ mod tests {
     fn continuation_rules() {
         let mut m = MessageAssembler::default();
         assert_eq!(
-            m.begin_frame(&data_header(OpCode::Continuation, true, 0), 100),
+            m.begin_frame(&data_header(OpCode::Continuation, true, 0), 100, u64::MAX),
             Err(ProtocolError::UnexpectedContinuation)
         );
-        m.begin_frame(&data_header(OpCode::Binary, false, 1), 100).unwrap();
+        m.begin_frame(&data_header(OpCode::Binary, false, 1), 100, u64::MAX).unwrap();
         m.feed(b"x").unwrap();
         m.end_frame().unwrap();
-        assert_eq!(m.begin_frame(&data_header(OpCode::Text, true, 0), 100), Err(ProtocolError::ExpectedContinuation));
+        assert_eq!(
+            m.begin_frame(&data_header(OpCode::Text, true, 0), 100, u64::MAX),
+            Err(ProtocolError::ExpectedContinuation)
+        );
     }
 
     #[test]
     fn message_size_is_checked_across_fragments_at_the_edge() {
         let mut m = MessageAssembler::default();
-        m.begin_frame(&data_header(OpCode::Binary, false, 60), 100).unwrap();
+        m.begin_frame(&data_header(OpCode::Binary, false, 60), 100, u64::MAX).unwrap();
         m.feed(&[0; 60]).unwrap();
         m.end_frame().unwrap();
         assert_eq!(
-            m.begin_frame(&data_header(OpCode::Continuation, true, 41), 100),
+            m.begin_frame(&data_header(OpCode::Continuation, true, 41), 100, u64::MAX),
             Err(ProtocolError::MessageTooLarge)
         );
-        m.begin_frame(&data_header(OpCode::Continuation, true, 40), 100).unwrap();
+        m.begin_frame(&data_header(OpCode::Continuation, true, 40), 100, u64::MAX).unwrap();
         // A declared length near u64::MAX cannot overflow the running total.
         let mut m = MessageAssembler::default();
-        m.begin_frame(&data_header(OpCode::Binary, false, 50), 100).unwrap();
+        m.begin_frame(&data_header(OpCode::Binary, false, 50), 100, u64::MAX).unwrap();
         assert_eq!(
-            m.begin_frame(&data_header(OpCode::Continuation, true, u64::MAX), 100),
+            m.begin_frame(&data_header(OpCode::Continuation, true, u64::MAX), 100, u64::MAX),
             Err(ProtocolError::MessageTooLarge)
         );
     }
@@ -428,7 +549,7 @@ mod tests {
     #[test]
     fn invalid_utf8_fails_in_the_middle_of_a_fragment() {
         let mut m = MessageAssembler::default();
-        m.begin_frame(&data_header(OpCode::Text, false, 1000), 10_000).unwrap();
+        m.begin_frame(&data_header(OpCode::Text, false, 1000), 10_000, u64::MAX).unwrap();
         assert!(m.feed(b"valid so far ").is_ok());
         assert_eq!(m.feed(&[0xC0, 0xAF]), Err(ProtocolError::InvalidUtf8));
     }
@@ -437,10 +558,10 @@ mod tests {
     fn a_character_split_across_fragments_is_valid() {
         let euro = "€".as_bytes();
         let mut m = MessageAssembler::default();
-        m.begin_frame(&data_header(OpCode::Text, false, 1), 100).unwrap();
+        m.begin_frame(&data_header(OpCode::Text, false, 1), 100, u64::MAX).unwrap();
         m.feed(&euro[..1]).unwrap();
         assert!(!m.end_frame().unwrap());
-        m.begin_frame(&data_header(OpCode::Continuation, true, 2), 100).unwrap();
+        m.begin_frame(&data_header(OpCode::Continuation, true, 2), 100, u64::MAX).unwrap();
         m.feed(&euro[1..]).unwrap();
         assert!(m.end_frame().unwrap());
         assert_eq!(m.message(), Message::Text("€"));
@@ -449,7 +570,7 @@ mod tests {
     #[test]
     fn a_large_buffer_is_freed_after_its_message() {
         let mut m = MessageAssembler::default();
-        m.begin_frame(&data_header(OpCode::Binary, true, 100_000), 1 << 20).unwrap();
+        m.begin_frame(&data_header(OpCode::Binary, true, 100_000), 1 << 20, u64::MAX).unwrap();
         m.feed(&vec![0; 100_000]).unwrap();
         assert!(m.end_frame().unwrap());
         m.reset();

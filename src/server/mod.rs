@@ -465,11 +465,13 @@ mod tests {
 
     #[test]
     fn a_connection_is_small() {
-        // Idle memory per connection is mostly this slot (see BENCHMARKS.md).
+        // Idle memory per connection is mostly this slot (see BENCHMARKS.md):
+        // 320 bytes after the redesign, 328 with the message assembler's
+        // per-application limit.
         type Conn = <crate::app::Both<Echo, crate::chat::Chat> as App>::Conn;
         let slot = std::mem::size_of::<Option<connections::Connection<Conn>>>();
         let client = std::mem::size_of::<WebSocketClient>();
         eprintln!("Option<Connection>: {slot} bytes; WebSocketClient: {client} bytes");
-        assert!(slot <= 320, "{slot}");
+        assert!(slot <= 328, "{slot}");
     }
 }

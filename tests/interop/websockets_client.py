@@ -6,13 +6,14 @@ Usage: python websockets_client.py ws://127.0.0.1:PORT
 
 import asyncio
 import json
+import os
 import sys
 
 from websockets.asyncio.client import connect
 
 
 async def main(base: str) -> None:
-    async with connect(base + "/echo", compression="deflate", max_size=2**24) as ws:
+    async with connect(base + "/echo", compression="deflate", max_size=2**24 + 2**16) as ws:
         header = ws.response.headers.get("Sec-WebSocket-Extensions", "")
         assert header.startswith("permessage-deflate"), f"server did not accept: {header!r}"
         names = [extension.name for extension in ws.protocol.extensions]
@@ -22,6 +23,11 @@ async def main(base: str) -> None:
             await ws.send(message)
             echoed = await ws.recv()
             assert echoed == message, f"echo differs for a {type(message).__name__} of {len(message)}"
+        # Just under the 16 MiB message limit, and incompressible: compressed,
+        # its frame is longer than the message (and than 16 MiB - 4 KiB).
+        big = os.urandom(2**24 - 4096)
+        await ws.send(big)
+        assert await ws.recv() == big, "the 16 MiB - 4 KiB message did not come back whole"
         # A fragmented compressed message.
         await ws.send(["part one, " * 50, "part two, " * 50, "the end"])
         assert await ws.recv() == "part one, " * 50 + "part two, " * 50 + "the end"
