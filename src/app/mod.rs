@@ -378,10 +378,12 @@ impl<A: App> connection::Handler for Session<'_, A> {
         self.call(reply, |app, state, ctx| app.on_open(state, ctx));
     }
 
+    #[inline]
     fn on_message(&mut self, message: Message<'_>, reply: &mut Reply<'_>) {
         self.call(reply, |app, state, ctx| app.on_message(state, message, ctx));
     }
 
+    #[inline]
     fn message_limit(&mut self) -> usize {
         match &self.conn.0 {
             Stage::Open(state) => self.app.max_message_size(state).unwrap_or(usize::MAX),

@@ -244,18 +244,18 @@ impl WebSocketClient {
         handler: &mut H,
     ) -> Result<Option<usize>, ProtocolError> {
         let key = header.mask.unwrap_or_default();
-        let was_in_progress = self.reader.message.in_progress();
-        // The receiver's own limit is asked for at a message's first frame only.
-        let limit = if was_in_progress { u64::MAX } else { handler.message_limit() as u64 };
-        self.reader.message.begin_frame(header, config.max_message_size as u64, limit)?;
+        let in_progress = self.reader.message.in_progress();
         let end = usize::try_from(header.payload_len).ok().and_then(|len| len.checked_add(header_len));
-        // Fast path: a whole single-frame message is in the buffer. Unmask it
-        // in place and hand it over without copying it anywhere.
+        // Fast path: a whole single-frame, uncompressed message is in the
+        // buffer, within the limits. Unmask it in place and hand it over
+        // without copying it anywhere (nor touching the reassembly state).
         if header.fin
-            && !was_in_progress
-            && !self.reader.message.is_compressed()
-            && !self.reader.message.is_over()
+            && !in_progress
+            && header.rsv == 0
+            && header.opcode != OpCode::Continuation
+            && header.payload_len <= config.max_message_size as u64
             && let Some(payload) = end.and_then(|end| buf.get_mut(header_len..end))
+            && payload.len() <= handler.message_limit()
         {
             apply_mask(payload, key, 0);
             let message = match header.opcode {
@@ -268,10 +268,12 @@ impl WebSocketClient {
                 message,
                 &mut Reply::new(&mut self.outgoing, self.deflate.as_deref_mut(), config, &mut close),
             );
-            self.reader.message.reset();
             self.close_if_asked(close, now, config);
             return Ok(Some(used));
         }
+        // The receiver's own limit is asked for at a message's first frame only.
+        let limit = if in_progress { u64::MAX } else { handler.message_limit() as u64 };
+        self.reader.message.begin_frame(header, config.max_message_size as u64, limit)?;
         // Otherwise stream the payload into the reassembly buffer as it arrives.
         if header.payload_len == 0 {
             self.end_data_frame(now, config, handler)?;

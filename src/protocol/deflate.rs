@@ -368,6 +368,7 @@ impl Deflater {
 /// its message into frames may flush at each. `len / 256 + 1024` covers all of
 /// that many times over, and costs nothing to allow: compressed frames are
 /// inflated as they arrive, not held.
+#[inline]
 pub fn max_compressed_len(len: u64) -> u64 {
     len.saturating_add(len / 256).saturating_add(1024)
 }

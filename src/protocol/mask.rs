@@ -13,6 +13,7 @@
 /// doubled, is XORed into each 8-byte word. No `unsafe`; the compiler turns
 /// the word loop into SIMD. [`apply_mask_naive`] is the byte-at-a-time
 /// definition it is tested against.
+#[inline]
 pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
     let rotated = rotate_key(key, offset);
     let (words, tail) = buf.as_chunks_mut::<8>();

@@ -239,6 +239,7 @@ impl MessageAssembler {
     /// read past without being kept ([`is_over`](Self::is_over)), so that the
     /// connection can go on. An uncompressed message is over as soon as its
     /// frames declare more; a compressed one when its inflated bytes do.
+    #[inline]
     pub fn begin_frame(&mut self, header: &FrameHeader, max_message: u64, limit: u64) -> Result<(), ProtocolError> {
         let kind = match (header.opcode, self.kind) {
             (OpCode::Continuation, Some(kind)) => kind,
@@ -278,8 +279,7 @@ impl MessageAssembler {
             && header.payload_len as usize >= super::pool::MIN_BUFFER
             && header.payload_len <= u64::from(self.limit)
         {
-            // A large message: start from a pooled buffer sized for this frame.
-            self.buf = super::pool::take(header.payload_len as usize);
+            self.take_buffer(header.payload_len as usize);
         }
         self.kind = Some(kind);
         self.fin = header.fin;
@@ -302,7 +302,14 @@ impl MessageAssembler {
         Ok(())
     }
 
+    /// A large message: start from a pooled buffer sized for this frame.
+    #[cold]
+    fn take_buffer(&mut self, len: usize) {
+        self.buf = super::pool::take(len);
+    }
+
     /// The message is over the application's limit: let go of what was kept.
+    #[cold]
     fn pass_limit(&mut self) {
         self.over = true;
         if self.buf.capacity() > KEEP_CAPACITY {
