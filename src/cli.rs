@@ -42,6 +42,8 @@ COMPRESSION (permessage-deflate, RFC 7692):
 
 CHAT OPTIONS:
     --history N                  Messages each room keeps for newcomers [default: 100]
+    --history-bytes SIZE         What the history of all rooms may hold; the oldest
+                                 messages go first [default: 64MiB]
     --max-text-bytes SIZE        Longest chat message [default: 4KiB]
     --max-rooms N                Rooms that may exist at once [default: 1000]
     --max-room-members N         Members one room may have [default: 1000]
@@ -107,6 +109,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, Str
             "--max-connections" => config.server.max_connections = parse_count(&value()?, &name)?,
             "--max-pending-handshakes" => config.server.max_pending_handshakes = parse_count(&value()?, &name)?,
             "--history" => config.chat.history_len = parse_count(&value()?, &name)?,
+            "--history-bytes" => config.chat.history_bytes = parse_size(&value()?, &name)?,
             "--max-text-bytes" => config.chat.max_text_bytes = parse_size(&value()?, &name)?,
             "--max-rooms" => config.chat.max_rooms = parse_count(&value()?, &name)?,
             "--max-room-members" => config.chat.max_room_members = parse_count(&value()?, &name)?,
@@ -181,6 +184,8 @@ mod tests {
             "250ms",
             "--history",
             "7",
+            "--history-bytes",
+            "1MiB",
             "--max-text-bytes",
             "1k",
             "--max-rooms",
@@ -198,6 +203,7 @@ mod tests {
             (7, 1024, 3, 4)
         );
         assert_eq!((config.chat.rate_limit_per_sec, config.chat.rate_limit_burst), (0, 9));
+        assert_eq!(config.chat.history_bytes, 1 << 20);
         let deflate = run(&["--no-deflate", "--deflate-threshold", "1k", "--deflate-context-takeover"]).unwrap();
         assert!(!deflate.server.connection.deflate.enabled && deflate.server.connection.deflate.context_takeover);
         assert_eq!(deflate.server.connection.deflate.threshold, 1024);

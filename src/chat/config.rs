@@ -7,6 +7,13 @@ pub struct ChatConfig {
     /// (in `welcome`, and on `/join`). Default 100.
     pub history_len: usize,
 
+    /// What the history of all rooms together may hold, in bytes (each
+    /// message's JSON and a fixed overhead). Default 64 MiB: with the default
+    /// 1,000 rooms of 100 messages of at most 4 KiB, the count alone would
+    /// allow about 400 MiB. Past it the oldest messages, of whichever room,
+    /// go first.
+    pub history_bytes: usize,
+
     /// The longest message text, in bytes of UTF-8. Default 4 KiB.
     /// Longer messages get an `error` event and are dropped.
     pub max_text_bytes: usize,
@@ -33,6 +40,7 @@ impl Default for ChatConfig {
     fn default() -> ChatConfig {
         ChatConfig {
             history_len: 100,
+            history_bytes: 64 << 20,
             max_text_bytes: 4 << 10,
             max_rooms: 1000,
             max_room_members: 1000,

@@ -20,6 +20,8 @@ pub mod code {
     pub const TOO_MANY_ROOMS: &str = "too_many_rooms";
     /// The text is longer than the limit.
     pub const MESSAGE_TOO_LONG: &str = "message_too_long";
+    /// The text holds control characters (other than tab and newline).
+    pub const INVALID_TEXT: &str = "invalid_text";
     /// The text is empty (or only white space).
     pub const EMPTY_MESSAGE: &str = "empty_message";
     /// A command the server does not know.

@@ -13,13 +13,15 @@
 
 mod config;
 pub mod events;
+mod history;
 mod page;
 
 pub use config::ChatConfig;
 
 use crate::app::{App, Closed, ConnId, Context, Message, Request, Route};
 use events::code;
-use std::collections::{HashMap, VecDeque};
+use history::History;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -32,13 +34,12 @@ pub const MAX_NAME_LEN: usize = 32;
 /// The longest prefix a message may carry before its text (`/me `).
 const MAX_PREFIX: usize = "/me ".len();
 
-/// A room: its members in the order they joined, its recent messages and
-/// the sequence number of its last message. Its topic has the room's name.
+/// A room: its members in the order they joined, and the sequence number
+/// of its last message (its recent messages are in the chat's [`History`]).
+/// Its topic has the room's name.
 #[derive(Debug, Default)]
 struct Room {
     members: Vec<ConnId>,
-    /// `message` events, serialised, oldest first.
-    history: VecDeque<Arc<str>>,
     seq: u64,
 }
 
@@ -90,6 +91,13 @@ pub fn is_valid_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// Whether `c` may not appear in a chat message: C0 control characters
+/// other than tab and newline, and DEL. They have no place in a line of
+/// chat, and each would cost six bytes escaped in JSON.
+fn is_forbidden_in_text(c: char) -> bool {
+    (c.is_ascii_control() && c != '\t' && c != '\n') || c == '\u{7f}'
+}
+
 /// Why a connection cannot join the chat at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refusal(pub &'static str);
@@ -104,6 +112,7 @@ pub struct Chat {
     /// Nicknames in use, lower-cased (uniqueness ignores case), to their owner.
     nicks: HashMap<String, ConnId>,
     next_guest: u64,
+    history: History,
 }
 
 impl App for Chat {
@@ -160,12 +169,19 @@ impl Chat {
     pub fn new(config: ChatConfig) -> Chat {
         let mut rooms = HashMap::new();
         rooms.insert(LOBBY.to_string(), Room::default());
-        Chat { config, rooms, members: HashMap::new(), nicks: HashMap::new(), next_guest: 1 }
+        let history = History::new(config.history_len, config.history_bytes);
+        Chat { config, rooms, members: HashMap::new(), nicks: HashMap::new(), next_guest: 1, history }
     }
 
     /// The number of members in the chat.
     pub fn member_count(&self) -> usize {
         self.members.len()
+    }
+
+    /// What the history of all rooms holds now, in bytes (at most
+    /// [`ChatConfig::history_bytes`]).
+    pub fn history_bytes(&self) -> usize {
+        self.history.bytes()
     }
 
     /// The number of rooms (including the lobby).
@@ -306,6 +322,11 @@ impl Chat {
             ctx.send_text(&events::error(code::EMPTY_MESSAGE, "there is nothing to send"));
             return;
         }
+        if text.chars().any(is_forbidden_in_text) {
+            let message = "text may not hold control characters other than tab and newline";
+            ctx.send_text(&events::error(code::INVALID_TEXT, message));
+            return;
+        }
         let limit = self.config.max_text_bytes;
         if text.len() > limit {
             let message = format!("messages are limited to {limit} bytes; this one has {}", text.len());
@@ -317,12 +338,7 @@ impl Chat {
         room.seq += 1;
         let time = ctx.unix_time_ms();
         let event: Arc<str> = Arc::from(events::message(&member.room, &member.nick, text, time, room.seq, action));
-        if self.config.history_len > 0 {
-            if room.history.len() == self.config.history_len {
-                room.history.pop_front();
-            }
-            room.history.push_back(Arc::clone(&event));
-        }
+        self.history.push(&member.room, room.seq, Arc::clone(&event));
         ctx.publish_text(&member.room, &event);
     }
 
@@ -411,8 +427,7 @@ impl Chat {
         ctx.subscribe(name);
         let room = self.rooms.entry(name.to_string()).or_default();
         room.members.push(id);
-        let history: Vec<Arc<str>> = room.history.iter().cloned().collect();
-        ctx.send_text(&events::welcome(&nick, name, &self.nicks_in(name), history.iter()));
+        ctx.send_text(&events::welcome(&nick, name, &self.nicks_in(name), self.history.of(name)));
     }
 
     /// Takes this connection out of room `name`, tells the others, and
@@ -424,6 +439,7 @@ impl Chat {
         room.members.retain(|member| *member != id);
         if room.members.is_empty() && name != LOBBY {
             self.rooms.remove(name);
+            self.history.forget(name);
         } else {
             ctx.publish_text(name, &events::leave(name, nick));
         }

@@ -384,3 +384,46 @@ fn a_run_stops_growing_at_its_limit() {
     let sizes: Vec<usize> = chat.outbox().runs().map(|(frames, _)| frames.iter().map(|f| f.len()).sum()).collect();
     assert!(sizes.iter().all(|&bytes| bytes <= 5000) && sizes[0] > 4000, "{sizes:?}");
 }
+
+#[test]
+fn control_characters_other_than_tab_and_newline_are_refused() {
+    let (mut chat, _) = chat_with(ChatConfig::default());
+    chat.connect(id(1), "").unwrap();
+    chat.drain();
+    for bad in ["bell\u{7}", "esc\u{1b}[31m", "nul\u{0}", "del\u{7f}", "cr\r"] {
+        chat.text(id(1), bad);
+        assert_eq!(chat.drain()[&id(1)][0]["code"], "invalid_text", "{bad:?}");
+        chat.text(id(1), &format!("/me {bad}"));
+        assert_eq!(chat.drain()[&id(1)][0]["code"], "invalid_text", "/me {bad:?}");
+    }
+    chat.text(id(1), "tab\tand\nnewline, é, 😀");
+    assert_eq!(chat.drain()[&id(1)][0]["text"], "tab\tand\nnewline, é, 😀");
+    assert!(chat.chat.history_bytes() > 0);
+}
+
+#[test]
+fn the_history_of_all_rooms_together_is_bounded_in_bytes() {
+    let config = ChatConfig { history_bytes: 20_000, rate_limit_per_sec: 0, ..ChatConfig::default() };
+    let (mut chat, _) = chat_with(config);
+    chat.connect(id(1), "room=a").unwrap();
+    chat.connect(id(2), "room=b").unwrap();
+    let text = "x".repeat(1000);
+    for _ in 0..30 {
+        chat.text(id(1), &text);
+        chat.text(id(2), &text);
+    }
+    assert!(chat.chat.history_bytes() <= 20_000, "{}", chat.chat.history_bytes());
+    assert!(chat.chat.history_bytes() > 15_000, "it fills up to its bound: {}", chat.chat.history_bytes());
+    chat.drain();
+    // A newcomer to each room gets that room's newest messages, ending with the last said.
+    chat.connect(id(3), "room=a").unwrap();
+    let welcome = &chat.drain()[&id(3)][0];
+    let seqs: Vec<u64> = welcome["history"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert!(!seqs.is_empty() && seqs.len() < 30, "{seqs:?}");
+    assert_eq!(*seqs.last().unwrap(), 30);
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "contiguous: {seqs:?}");
+    // A room that empties takes its history with it.
+    let before = chat.chat.history_bytes();
+    chat.disconnect(id(2));
+    assert!(chat.chat.history_bytes() < before / 2 + 2000, "{} of {before}", chat.chat.history_bytes());
+}

@@ -1,0 +1,169 @@
+//! The rooms' recent messages: at most `history_len` per room, and at most
+//! `history_bytes` for all rooms together, the oldest going first.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+/// What one entry costs beyond its text: the shared string's counts, its
+/// place in the room's queue and in the server-wide order (an estimate,
+/// rounded up).
+pub const ENTRY_OVERHEAD: usize = 64;
+
+/// One `message` event, serialised, with its sequence number.
+#[derive(Debug)]
+struct Entry {
+    seq: u64,
+    event: Arc<str>,
+}
+
+impl Entry {
+    fn cost(&self) -> usize {
+        self.event.len() + ENTRY_OVERHEAD
+    }
+}
+
+/// Every room's recent messages.
+#[derive(Debug)]
+pub struct History {
+    per_room: usize,
+    max_bytes: usize,
+    rooms: HashMap<Arc<str>, VecDeque<Entry>>,
+    /// Every entry in the order it was kept, oldest first, as (room, seq).
+    /// Entries since dropped by their room's own count are skipped when
+    /// they come up, and swept out when they are as many as the live ones.
+    order: VecDeque<(Arc<str>, u64)>,
+    /// What the entries held cost together.
+    bytes: usize,
+    /// How many entries are held.
+    held: usize,
+}
+
+impl History {
+    /// Keeps `per_room` messages per room, and `max_bytes` for all of them.
+    pub fn new(per_room: usize, max_bytes: usize) -> History {
+        History { per_room, max_bytes, rooms: HashMap::new(), order: VecDeque::new(), bytes: 0, held: 0 }
+    }
+
+    /// What the messages held cost, in bytes (see [`ENTRY_OVERHEAD`]).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Keeps `event` (message `seq` of `room`), dropping what no longer fits.
+    pub fn push(&mut self, room: &str, seq: u64, event: Arc<str>) {
+        let entry = Entry { seq, event };
+        if self.per_room == 0 || entry.cost() > self.max_bytes {
+            return;
+        }
+        let name: Arc<str> = match self.rooms.get_key_value(room) {
+            Some((name, _)) => Arc::clone(name),
+            None => Arc::from(room),
+        };
+        let kept = self.rooms.entry(Arc::clone(&name)).or_default();
+        if kept.len() == self.per_room
+            && let Some(oldest) = kept.pop_front()
+        {
+            self.bytes -= oldest.cost();
+            self.held -= 1;
+        }
+        self.bytes += entry.cost();
+        self.held += 1;
+        kept.push_back(entry);
+        self.order.push_back((name, seq));
+        while self.bytes > self.max_bytes {
+            self.drop_oldest();
+        }
+        if self.order.len() > 2 * self.held + 64 {
+            let rooms = &self.rooms;
+            self.order.retain(|(room, seq)| rooms.get(room).is_some_and(|kept| holds(kept, *seq)));
+        }
+    }
+
+    /// Drops the oldest message held, in whichever room it is.
+    fn drop_oldest(&mut self) {
+        while let Some((room, seq)) = self.order.pop_front() {
+            let Some(kept) = self.rooms.get_mut(&room) else { continue };
+            if kept.front().is_some_and(|oldest| oldest.seq == seq)
+                && let Some(oldest) = kept.pop_front()
+            {
+                self.bytes -= oldest.cost();
+                self.held -= 1;
+                if kept.is_empty() {
+                    self.rooms.remove(&room);
+                }
+                return;
+            }
+        }
+    }
+
+    /// The messages `room` holds, oldest first.
+    pub fn of(&self, room: &str) -> impl Iterator<Item = &Arc<str>> {
+        self.rooms.get(room).into_iter().flatten().map(|entry| &entry.event)
+    }
+
+    /// Forgets `room`'s messages (the room is gone).
+    pub fn forget(&mut self, room: &str) {
+        if let Some(kept) = self.rooms.remove(room) {
+            self.bytes -= kept.iter().map(Entry::cost).sum::<usize>();
+            self.held -= kept.len();
+        }
+    }
+}
+
+/// Whether `kept` (in order of seq) still holds message `seq`.
+fn holds(kept: &VecDeque<Entry>, seq: u64) -> bool {
+    kept.front().is_some_and(|first| first.seq <= seq) && kept.back().is_some_and(|last| seq <= last.seq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts<'a>(history: &'a History, room: &str) -> Vec<&'a str> {
+        history.of(room).map(|event| &**event).collect()
+    }
+
+    #[test]
+    fn each_room_keeps_its_last_messages_by_count() {
+        let mut history = History::new(2, 1 << 20);
+        for (seq, text) in ["one", "two", "three"].iter().enumerate() {
+            history.push("a", seq as u64 + 1, Arc::from(*text));
+        }
+        assert_eq!(texts(&history, "a"), ["two", "three"]);
+        assert_eq!(history.bytes(), 3 + 5 + 2 * ENTRY_OVERHEAD);
+    }
+
+    #[test]
+    fn all_rooms_together_keep_no_more_than_the_bytes_allowed_oldest_first() {
+        let entry = 100 + ENTRY_OVERHEAD;
+        let mut history = History::new(100, 3 * entry);
+        let text = |c: char| Arc::<str>::from(c.to_string().repeat(100));
+        history.push("a", 1, text('a'));
+        history.push("b", 1, text('b'));
+        history.push("a", 2, text('c'));
+        assert_eq!(history.bytes(), 3 * entry);
+        // A fourth pushes out the oldest of all: room a's first.
+        history.push("b", 2, text('d'));
+        assert_eq!(history.bytes(), 3 * entry);
+        assert_eq!(texts(&history, "a"), [&*text('c')]);
+        assert_eq!(texts(&history, "b").len(), 2);
+        // A room that goes takes its bytes with it.
+        history.forget("b");
+        assert_eq!(history.bytes(), entry);
+        // A message larger than everything allowed is not kept at all.
+        history.push("a", 3, Arc::from("x".repeat(4 * entry)));
+        assert_eq!(history.bytes(), entry);
+    }
+
+    #[test]
+    fn the_order_list_stays_near_the_entries_held() {
+        // Rooms of one message each, over and over: every push drops its room's last.
+        let mut history = History::new(1, 1 << 30);
+        for seq in 1..=10_000 {
+            history.push("busy", seq, Arc::from("m"));
+        }
+        assert_eq!(history.held, 1);
+        assert!(history.order.len() <= 2 + 64 + 1, "{}", history.order.len());
+        assert_eq!(texts(&history, "busy"), ["m"]);
+    }
+}
