@@ -31,6 +31,9 @@ OPTIONS:
                                  finish closing [default: 5s]
     --max-connections N          Open connections at most; more get 503
                                  [default: the open-file limit less 64]
+    --max-connections-per-ip N   Open connections from one address at most; more
+                                 get 503; 0 = no limit (behind a proxy, keep 0)
+                                 [default: 0]
     --max-pending-handshakes N   Connections still sending their request at most;
                                  the oldest is dropped for a new one [default: 1024]
 
@@ -107,6 +110,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, Str
             "--idle-timeout" => c.idle_timeout = parse_duration(&value()?, &name)?,
             "--drain-timeout" => config.server.drain_timeout = parse_duration(&value()?, &name)?,
             "--max-connections" => config.server.max_connections = parse_count(&value()?, &name)?,
+            "--max-connections-per-ip" => config.server.max_connections_per_ip = parse_count(&value()?, &name)?,
             "--max-pending-handshakes" => config.server.max_pending_handshakes = parse_count(&value()?, &name)?,
             "--history" => config.chat.history_len = parse_count(&value()?, &name)?,
             "--history-bytes" => config.chat.history_bytes = parse_size(&value()?, &name)?,
@@ -221,6 +225,8 @@ mod tests {
             "500",
             "--max-pending-handshakes",
             "50",
+            "--max-connections-per-ip",
+            "8",
         ])
         .unwrap();
         assert_eq!(timeouts.server.connection.handshake_timeout, Duration::from_secs(2));
@@ -228,6 +234,7 @@ mod tests {
         assert_eq!(timeouts.server.connection.idle_timeout, Duration::from_secs(60));
         assert_eq!(timeouts.server.drain_timeout, Duration::from_secs(3));
         assert_eq!((timeouts.server.max_connections, timeouts.server.max_pending_handshakes), (500, 50));
+        assert_eq!(timeouts.server.max_connections_per_ip, 8);
         assert_eq!(config.server.bind.to_string(), "0.0.0.0:9000");
         assert_eq!(config.server.connection.max_message_size, 1 << 20);
         assert_eq!(config.server.connection.max_frame_size, 64 << 10);

@@ -124,6 +124,40 @@ fn above_the_connection_limit_new_clients_get_503_and_retry_after() {
     assert_eq!(next.read_frame(), Frame::text("in"));
 }
 
+/// A connection to `addr` from the local address `from` (any of 127.0.0.0/8 on loopback).
+fn connect_from(from: &str, addr: std::net::SocketAddr) -> RawClient {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&format!("{from}:0").parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    RawClient::from_stream(socket.into())
+}
+
+#[test]
+fn above_the_per_address_limit_that_address_gets_503_and_others_do_not() {
+    let server = TestServer::with_config(config(|c| {
+        c.server.max_connections_per_ip = 2;
+    }));
+    let mut held: Vec<RawClient> = (0..2).map(|_| RawClient::open(server.addr, "/echo")).collect();
+    let mut extra = RawClient::connect(server.addr);
+    extra.send_raw(&upgrade_request("/echo"));
+    let response = extra.read_http_response();
+    assert!(response.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{response}");
+    assert!(response.contains("from your address"), "{response}");
+    // Another address is let in.
+    let mut other = connect_from("127.0.0.2", server.addr);
+    other.send_raw(&upgrade_request("/echo"));
+    assert!(other.read_http_head().starts_with("HTTP/1.1 101 "));
+    // When one of the first address's leaves, that address may connect again.
+    let mut leaving = held.pop().unwrap();
+    leaving.send_close(1000, "");
+    leaving.read_close();
+    assert!(leaving.wait_eof());
+    assert!(server.wait_for_connections(2, PATIENCE));
+    let mut next = RawClient::open(server.addr, "/echo");
+    next.send_text("in");
+    assert_eq!(next.read_frame(), Frame::text("in"));
+}
+
 #[test]
 fn slow_handshakes_make_room_for_real_clients() {
     let server = TestServer::with_config(config(|c| {

@@ -7,9 +7,9 @@ use super::{Server, Throttle};
 use crate::app::{App, ConnId, HttpResponse};
 use mio::net::TcpStream;
 use mio::{Interest, Token};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
@@ -34,6 +34,44 @@ pub(super) struct Admission {
     paused_until: Option<Instant>,
     limit_warning: Throttle,
     fd_warning: Throttle,
+    per_address: PerAddress,
+}
+
+/// Open connections by client address, kept only while
+/// [`max_connections_per_ip`](super::ServerConfig::max_connections_per_ip) is set.
+#[derive(Default)]
+struct PerAddress {
+    open: HashMap<IpAddr, usize>,
+    /// Each slot's address, so that closing a connection needs no system call
+    /// (and works when the socket no longer knows its peer).
+    of_slot: Vec<Option<IpAddr>>,
+    warning: Throttle,
+}
+
+impl PerAddress {
+    fn count(&self, ip: IpAddr) -> usize {
+        self.open.get(&ip).copied().unwrap_or(0)
+    }
+
+    fn opened(&mut self, slot: usize, ip: IpAddr) {
+        if self.of_slot.len() <= slot {
+            self.of_slot.resize(slot + 1, None);
+        }
+        if let Some(entry) = self.of_slot.get_mut(slot) {
+            *entry = Some(ip);
+            *self.open.entry(ip).or_default() += 1;
+        }
+    }
+
+    fn closed(&mut self, slot: usize) {
+        let Some(ip) = self.of_slot.get_mut(slot).and_then(Option::take) else { return };
+        if let Some(count) = self.open.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                self.open.remove(&ip);
+            }
+        }
+    }
 }
 
 impl Admission {
@@ -67,6 +105,11 @@ impl Admission {
         self.handshake_count += 1;
     }
 
+    /// The connection in `slot` is gone.
+    pub fn closed(&mut self, slot: usize) {
+        self.per_address.closed(slot);
+    }
+
     /// A connection that was handshaking no longer is (done, or gone).
     pub fn handshake_done(&mut self) {
         self.handshake_count -= 1;
@@ -81,10 +124,10 @@ fn service_unavailable(why: &str) -> HttpResponse {
 /// Answers a connection over the limit with 503 and closes it, without ever
 /// registering it. Best effort: a fresh socket's send buffer is empty, so
 /// the short response goes out in one non-blocking write.
-fn refuse(stream: &mut TcpStream, scratch: &mut [u8]) {
+fn refuse(stream: &mut TcpStream, scratch: &mut [u8], why: &str) {
     // Read what the client already sent, so closing does not reset the connection.
     let _ = stream.read(scratch);
-    let _ = stream.write(&service_unavailable("the server is at its connection limit; try again shortly").encode());
+    let _ = stream.write(&service_unavailable(why).encode());
     let _ = stream.shutdown(Shutdown::Write);
 }
 
@@ -125,7 +168,15 @@ impl<A: App> Server<A> {
                 let max_connections = self.config.max_connections;
                 warn!(max_connections, skipped, "connection limit reached: answering 503");
             }
-            refuse(&mut stream, &mut self.read_buf);
+            refuse(&mut stream, &mut self.read_buf, "the server is at its connection limit; try again shortly");
+            return;
+        }
+        let per_ip = self.config.max_connections_per_ip;
+        if per_ip > 0 && self.admission.per_address.count(peer.ip()) >= per_ip {
+            if let Some(skipped) = self.admission.per_address.warning.ready(now) {
+                warn!(ip = %peer.ip(), max_connections_per_ip = per_ip, skipped, "per-address limit reached: answering 503");
+            }
+            refuse(&mut stream, &mut self.read_buf, "too many connections from your address; try again shortly");
             return;
         }
         if self.admission.handshake_count >= self.config.max_pending_handshakes {
@@ -142,9 +193,12 @@ impl<A: App> Server<A> {
         let client = self.new_client(now);
         let inserted = self.connections.insert(Connection::new(id, stream, client));
         debug_assert_eq!(inserted, index);
+        if per_ip > 0 {
+            self.admission.per_address.opened(index, peer.ip());
+        }
         let connections = &mut self.connections;
         self.admission.start_handshake(id, |id| connections.get_id(id).is_some_and(|conn| conn.handshaking));
-        debug!(conn = index, %peer, "accepted");
+        debug!(conn = id.generation, slot = index, %peer, "accepted");
         // Arms the handshake timer.
         self.service(index, false, now);
     }
@@ -156,7 +210,7 @@ impl<A: App> Server<A> {
             if !conn.handshaking {
                 continue;
             }
-            debug!(conn = id.index, peer = %conn.peer(), "too many handshakes in progress: dropping the oldest");
+            debug!(conn = id.generation, peer = %conn.peer(), "too many handshakes in progress: dropping the oldest");
             let response = service_unavailable("too many connections are still handshaking");
             conn.client.reject(&response, now, &self.config.connection);
             self.service(id.index, false, now);

@@ -20,6 +20,13 @@ pub struct ServerConfig {
     /// HTTP 503 and `Retry-After`, then closed.
     pub max_connections: usize,
 
+    /// The most connections open at once from one client address (IP). 0,
+    /// the default, sets no such limit. Beyond it a new connection from that
+    /// address gets 503, like the global limit. Behind a reverse proxy every
+    /// client has the proxy's address: leave it at 0 there (or set it to what
+    /// the proxy itself may open), and limit per client at the proxy.
+    pub max_connections_per_ip: usize,
+
     /// The most connections still sending their upgrade request at once.
     /// Default 1,024. When a new connection would pass it, the one that has
     /// been waiting longest is answered with 503 and closed: real clients
@@ -48,6 +55,7 @@ impl Default for ServerConfig {
         ServerConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 10000)),
             max_connections: open_file_limit().saturating_sub(FD_HEADROOM).max(1),
+            max_connections_per_ip: 0,
             max_pending_handshakes: 1024,
             read_buffer_size: 256 << 10,
             drain_timeout: Duration::from_secs(5),

@@ -220,7 +220,7 @@ impl<A: App> Server<A> {
             let Some(conn) = self.connections.get_id(id) else { continue };
             if let Some(skipped) = self.delivery.slow_warning.ready(now) {
                 let queued = conn.client.queued();
-                warn!(conn = id.index, peer = %conn.peer(), queued, skipped, "closing a slow consumer (1008)");
+                warn!(conn = id.generation, peer = %conn.peer(), queued, skipped, "closing a slow consumer (1008)");
             }
             conn.client.close_slow_consumer("slow consumer: too much unread data", now, &self.config.connection);
             mark_dirty(&mut conn.dirty, id.index, &mut self.delivery.dirty);

@@ -377,13 +377,14 @@ impl<A: App> Server<A> {
         if conn.handshaking {
             self.admission.handshake_done();
         }
+        self.admission.closed(index);
         let info = conn.client.close_info();
         // Tells the application (if it has not been told) and leaves every topic.
         Session { app: &mut self.app, conn: &mut conn.app, hub: &mut self.hub, id: conn.id, now }.close(info);
         let clean = matches!(info, Some(CloseInfo::Handshake(_)));
         match info {
-            Some(info) => debug!(conn = index, peer = %conn.peer(), clean, close = %info, "closed"),
-            None => debug!(conn = index, peer = %conn.peer(), clean, "closed (reset or error)"),
+            Some(info) => debug!(conn = conn.id.generation, peer = %conn.peer(), clean, close = %info, "closed"),
+            None => debug!(conn = conn.id.generation, peer = %conn.peer(), clean, "closed (reset or error)"),
         }
         deregister(self.poll.registry(), &mut conn.stream);
     }

@@ -161,7 +161,11 @@ pub struct RawClient {
 impl RawClient {
     /// A TCP connection with no handshake yet.
     pub fn connect(addr: SocketAddr) -> RawClient {
-        let stream = TcpStream::connect(addr).expect("connect");
+        RawClient::from_stream(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// A client on a stream connected some other way.
+    pub fn from_stream(stream: TcpStream) -> RawClient {
         stream.set_nodelay(true).unwrap();
         stream.set_read_timeout(Some(PATIENCE)).unwrap();
         RawClient { stream, buf: Vec::new(), next_key: 0x1234_5678 }
