@@ -19,6 +19,11 @@ OPTIONS:
     --max-handshake-bytes SIZE   Largest HTTP request head; larger gets 431 [default: 8KiB]
     --max-outgoing-bytes SIZE    Stop reading from a connection while this much of
                                  its output waits to be sent [default: 1MiB]
+    --slow-consumer-grace DURATION
+                                 How long room deliveries may keep a connection's
+                                 queue over that before it is closed (1008); it is
+                                 closed at once at 4 times the size; 0 = at the size
+                                 itself [default: 5s]
     --close-timeout DURATION     How long a closing connection may take before it is
                                  dropped [default: 5s]
     --handshake-timeout DURATION How long a new connection may take to send its
@@ -104,6 +109,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, Str
             "--max-frame-size" => c.max_frame_size = parse_size(&value()?, &name)?,
             "--max-handshake-bytes" => c.max_handshake_bytes = parse_size(&value()?, &name)?,
             "--max-outgoing-bytes" => c.max_outgoing_bytes = parse_size(&value()?, &name)?,
+            "--slow-consumer-grace" => c.slow_consumer_grace = parse_duration(&value()?, &name)?,
             "--close-timeout" => c.close_timeout = parse_duration(&value()?, &name)?,
             "--handshake-timeout" => c.handshake_timeout = parse_duration(&value()?, &name)?,
             "--ping-interval" => c.ping_interval = parse_duration(&value()?, &name)?,
@@ -186,6 +192,8 @@ mod tests {
             "2M",
             "--close-timeout",
             "250ms",
+            "--slow-consumer-grace",
+            "2s",
             "--history",
             "7",
             "--history-bytes",
@@ -208,6 +216,7 @@ mod tests {
         );
         assert_eq!((config.chat.rate_limit_per_sec, config.chat.rate_limit_burst), (0, 9));
         assert_eq!(config.chat.history_bytes, 1 << 20);
+        assert_eq!(config.server.connection.slow_consumer_grace, Duration::from_secs(2));
         let deflate = run(&["--no-deflate", "--deflate-threshold", "1k", "--deflate-context-takeover"]).unwrap();
         assert!(!deflate.server.connection.deflate.enabled && deflate.server.connection.deflate.context_takeover);
         assert_eq!(deflate.server.connection.deflate.threshold, 1024);

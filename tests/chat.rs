@@ -467,3 +467,56 @@ fn chat_messages_over_the_text_limit_are_read_past_without_being_held() {
         assert_eq!(said["text"], "still here");
     }
 }
+
+#[test]
+fn a_member_that_keeps_up_survives_other_members_bursts() {
+    // Three members bursting 20 messages of 4,000 bytes each at once: more
+    // than the 64 KiB cap reaches a reader within one turn of the loop, which
+    // once closed it as a slow consumer though it read at full speed. (A
+    // member that does not read at all is closed still: see
+    // a_slow_consumer_is_closed_while_everyone_else_gets_everything.)
+    let server = Spawned::start(&["--rate-limit", "0", "--max-outgoing-bytes", "64KiB", "--slow-consumer-grace", "1s"]);
+    let (mut reader, _) = ChatClient::join(server.addr, "nick=reader");
+    let mut senders: Vec<ChatClient> = (0..3).map(|i| ChatClient::join(server.addr, &format!("nick=s{i}")).0).collect();
+    let text = "y".repeat(4000);
+    let bursts: Vec<Vec<u8>> = senders
+        .iter_mut()
+        .map(|sender| (0..20).flat_map(|_| sender.raw.frame_bytes(true, TEXT, text.as_bytes())).collect())
+        .collect();
+    // The senders hear themselves too, and read it (a sender that did not
+    // would be held back by backpressure, then closed itself).
+    let drains: Vec<_> = senders
+        .iter()
+        .map(|sender| {
+            let mut stream = sender.raw.stream.try_clone().unwrap();
+            std::thread::spawn(move || {
+                let mut sink = vec![0u8; 1 << 16];
+                let mut total = 0usize;
+                while total < 60 * 4000 {
+                    match std::io::Read::read(&mut stream, &mut sink) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => total += n,
+                    }
+                }
+            })
+        })
+        .collect();
+    for (sender, burst) in senders.iter_mut().zip(&bursts) {
+        sender.raw.send_raw(burst);
+    }
+    let mut heard = 0;
+    while heard < 60 {
+        let event = reader.event();
+        match event["type"].as_str() {
+            Some("message") => heard += 1,
+            Some("join") => {}
+            _ => panic!("the reader got {event}"),
+        }
+    }
+    for drain in drains {
+        drain.join().unwrap();
+    }
+    // The reader is still in.
+    senders[0].say("one more");
+    assert_eq!(reader.until("message")["text"], "one more");
+}

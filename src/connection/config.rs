@@ -59,6 +59,16 @@ pub struct ConnectionConfig {
     /// cannot make the server hold everything a room says.
     pub max_outgoing_bytes: usize,
 
+    /// How long deliveries may keep a connection's outgoing queue over
+    /// `max_outgoing_bytes` before it is closed as a slow consumer (1008).
+    /// Default 5 s. A reader that keeps up reads its queue back under the cap
+    /// between bursts, and every time it does the grace starts again, so a
+    /// room's bursts never close a member that reads at full speed; a stalled
+    /// one is closed when the grace runs out, or at once if its queue would
+    /// pass the hard cap ([`hard_outgoing_cap`](Self::hard_outgoing_cap)).
+    /// Zero closes at the cap itself, with no grace.
+    pub slow_consumer_grace: Duration,
+
     /// permessage-deflate (RFC 7692).
     pub deflate: DeflateConfig,
 }
@@ -97,6 +107,7 @@ impl Default for ConnectionConfig {
             idle_timeout: Duration::from_secs(120),
             close_timeout: Duration::from_secs(5),
             max_outgoing_bytes: 1 << 20,
+            slow_consumer_grace: Duration::from_secs(5),
             deflate: DeflateConfig::default(),
         }
     }
@@ -109,6 +120,17 @@ impl Default for DeflateConfig {
 }
 
 impl ConnectionConfig {
+    /// What deliveries may queue for one connection at the most: four times
+    /// `max_outgoing_bytes` while a slow consumer's grace runs (so 4 MiB by
+    /// default), `max_outgoing_bytes` itself without a grace.
+    pub fn hard_outgoing_cap(&self) -> usize {
+        if self.slow_consumer_grace.is_zero() {
+            self.max_outgoing_bytes
+        } else {
+            self.max_outgoing_bytes.saturating_mul(4)
+        }
+    }
+
     /// Checks that the settings make sense together; the message says which does not.
     pub fn validate(&self) -> Result<(), String> {
         if self.max_frame_size == 0 {

@@ -156,7 +156,12 @@ pub enum ClientState {
         ends_at: u64,
     },
     /// Open: messages flow both ways.
-    Connected,
+    Connected {
+        /// Since when deliveries have kept the outgoing queue over its cap
+        /// without the peer reading it back under: a slow consumer's grace
+        /// (see [`ConnectionConfig::slow_consumer_grace`]).
+        over_cap_since: Option<Instant>,
+    },
     /// We sent a Close frame and wait for the peer's (§7.1.2). Messages that
     /// still arrive are read and dropped.
     Closing {
@@ -261,7 +266,7 @@ impl WebSocketClient {
 
     /// Whether messages may still be sent (the handshake is done and no Close has gone out).
     pub fn is_open(&self) -> bool {
-        matches!(self.state, ClientState::HandshakeResponse { .. } | ClientState::Connected)
+        matches!(self.state, ClientState::HandshakeResponse { .. } | ClientState::Connected { .. })
     }
 
     /// Whether nothing more will be processed (see [`ClientState::Closed`]).
@@ -299,6 +304,30 @@ impl WebSocketClient {
         Reply::new(&mut self.outgoing, self.deflate.as_deref_mut(), config, &mut close).send(opcode, payload, shared);
     }
 
+    /// Whether a delivery of `size` bytes may be queued: into an empty queue
+    /// always (however large); otherwise while the queue stays within the
+    /// hard cap ([`ConnectionConfig::hard_outgoing_cap`]). A connection that
+    /// does not admit a delivery is a slow consumer, to be closed.
+    pub fn admits(&self, size: usize, config: &ConnectionConfig) -> bool {
+        let queued = self.outgoing.len();
+        queued == 0 || queued.saturating_add(size) <= config.hard_outgoing_cap()
+    }
+
+    /// Deliveries were queued at `now`, onto a queue of `before` bytes: a
+    /// queue that had been read back within its cap ends a grace, and one
+    /// now over its cap starts one ([`ConnectionConfig::slow_consumer_grace`]).
+    pub fn note_backlog(&mut self, before: usize, now: Instant, config: &ConnectionConfig) {
+        let cap = config.max_outgoing_bytes;
+        if let ClientState::Connected { over_cap_since } = &mut self.state {
+            if before <= cap {
+                *over_cap_since = None;
+            }
+            if self.outgoing.len() > cap && over_cap_since.is_none() {
+                *over_cap_since = Some(now);
+            }
+        }
+    }
+
     /// Queues bytes shared with other connections (an already framed
     /// delivery), without copying them.
     pub fn queue_shared(&mut self, bytes: &SharedFrame) {
@@ -313,14 +342,15 @@ impl WebSocketClient {
             ClientState::AwaitingHandshake { deadline, .. }
             | ClientState::Closing { deadline }
             | ClientState::Closed { deadline } => Some(deadline),
-            ClientState::HandshakeResponse { .. } | ClientState::Connected => {
+            ClientState::HandshakeResponse { .. } | ClientState::Connected { .. } => {
                 let ping = (!config.ping_interval.is_zero() && !self.ping_sent)
                     .then(|| self.last_input + config.ping_interval);
                 let idle = (!config.idle_timeout.is_zero()).then(|| self.last_input + config.idle_timeout);
-                match (ping, idle) {
-                    (Some(ping), Some(idle)) => Some(ping.min(idle)),
-                    (ping, idle) => ping.or(idle),
-                }
+                let slow = match self.state {
+                    ClientState::Connected { over_cap_since: Some(since) } => Some(since + config.slow_consumer_grace),
+                    _ => None,
+                };
+                [ping, idle, slow].into_iter().flatten().min()
             }
         }
     }
@@ -340,7 +370,14 @@ impl WebSocketClient {
             ClientState::Closing { deadline } | ClientState::Closed { deadline } if now >= deadline => {
                 return TimerAction::Drop;
             }
-            ClientState::HandshakeResponse { .. } | ClientState::Connected => {
+            ClientState::Connected { over_cap_since: Some(since) } if now >= since + config.slow_consumer_grace => {
+                if self.outgoing.len() > config.max_outgoing_bytes {
+                    self.close_slow_consumer("slow consumer: too much unread data", now, config);
+                } else {
+                    self.state = ClientState::Connected { over_cap_since: None };
+                }
+            }
+            ClientState::HandshakeResponse { .. } | ClientState::Connected { .. } => {
                 if !config.idle_timeout.is_zero() && now >= self.last_input + config.idle_timeout {
                     self.fail_with(close_code::GOING_AWAY, "idle timeout", now, config);
                 } else if !config.ping_interval.is_zero()
@@ -422,7 +459,7 @@ impl WebSocketClient {
         if let ClientState::HandshakeResponse { ends_at } = self.state
             && self.outgoing.written_total() >= ends_at
         {
-            self.state = ClientState::Connected;
+            self.state = ClientState::Connected { over_cap_since: None };
             // Most connections then wait for a while: give the queue's memory back.
             self.outgoing.release();
         }

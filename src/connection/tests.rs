@@ -69,7 +69,7 @@ fn connected(config: &Config, now: Instant) -> WebSocketClient {
     let (head, frames) = take_output(&mut client);
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
     assert!(frames.is_empty());
-    assert_eq!(client.state(), &ClientState::Connected);
+    assert_eq!(client.state(), &ClientState::Connected { over_cap_since: None });
     client
 }
 
@@ -94,7 +94,7 @@ fn handshake_and_first_frame_in_one_read() {
     let (head, frames) = take_output(&mut client);
     assert!(head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
     assert_eq!(frames, vec![WebSocketFrame::new(OpCode::Text, "first")]);
-    assert_eq!(client.state(), &ClientState::Connected);
+    assert_eq!(client.state(), &ClientState::Connected { over_cap_since: None });
 }
 
 #[test]
@@ -268,7 +268,7 @@ fn protocol_errors_close_with_their_codes() {
     let (_, frames) = take_output(&mut client);
     assert_eq!(frames.len(), 2);
     assert_eq!(frames[1].payload.len(), 1000);
-    assert_eq!(client.state(), &ClientState::Connected);
+    assert_eq!(client.state(), &ClientState::Connected { over_cap_since: None });
 }
 
 #[test]
@@ -446,7 +446,7 @@ fn a_message_over_the_receivers_limit_is_read_past_unkept_and_the_connection_sta
         WebSocketFrame::new(OpCode::Text, "after"),
     ];
     assert_eq!(frames, expected);
-    assert_eq!(client.state(), &ClientState::Connected);
+    assert_eq!(client.state(), &ClientState::Connected { over_cap_since: None });
     // Read past, but still checked: invalid UTF-8 in an over-long text fails the connection.
     let mut bad = vec![b'x'; 200];
     bad[150] = 0xFF;
@@ -475,7 +475,7 @@ fn a_compressed_message_is_held_to_the_receivers_limit_by_what_it_inflates_to() 
     client.handle_input(&mut frame, now, &config, &mut handler);
     assert_eq!(handler.too_long, 1);
     assert_eq!(client.reader.message.buffered(), 0);
-    assert_eq!(client.state(), &ClientState::Connected);
+    assert_eq!(client.state(), &ClientState::Connected { over_cap_since: None });
     assert_eq!(take_output(&mut client).1, vec![WebSocketFrame::new(OpCode::Text, "too long")]);
     // The inflater's context is intact: the next compressed message still comes through.
     let mut small = Vec::new();

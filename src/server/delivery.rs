@@ -6,9 +6,11 @@
 //! into one shared buffer, made on first need: raw, and compressed once per
 //! window size for every recipient without server context takeover. A
 //! member gets one queue entry and one contiguous write per turn, not one
-//! per message. A recipient whose queue would pass its cap is a slow
+//! per message. A recipient whose queue stays over its cap for longer than
+//! the slow-consumer grace, or would pass four times the cap, is a slow
 //! consumer: it is closed with 1008 and its unsent queue dropped, so one
-//! stalled reader cannot make the server hold everything a room says.
+//! stalled reader cannot make the server hold everything a room says, while
+//! a reader that keeps up is never closed for a burst.
 
 use super::Server;
 use crate::app::topics::{OutFrame, Outbox};
@@ -67,16 +69,17 @@ impl Recipient<'_> {
 }
 
 /// Puts every run of `outbox` on its recipients' queues; adds the
-/// recipients whose queue would pass its cap to `slow` (once each), and
-/// queues nothing more for them.
+/// recipients whose queue would pass its hard cap to `slow` (once each),
+/// and queues nothing more for them. (Those over the soft cap for longer
+/// than their grace are closed by their own timer.)
 pub(crate) fn queue_runs(
     outbox: &Outbox,
     to: &mut impl Recipients,
     deflaters: &mut SharedDeflaters,
     config: &ConnectionConfig,
+    now: Instant,
     slow: &mut Vec<ConnId>,
 ) {
-    let cap = config.max_outgoing_bytes;
     let threshold = config.deflate.threshold;
     for (frames, recipients) in outbox.runs() {
         let mut raw: Option<SharedFrame> = None;
@@ -100,8 +103,7 @@ pub(crate) fn queue_runs(
             };
             let queued = client.queued();
             let size = shared.map_or(raw_len, |bytes| bytes.len());
-            // A run always fits an empty queue, however large.
-            if queued > 0 && queued + size > cap {
+            if !client.admits(size, config) {
                 if !slow.contains(&id) {
                     slow.push(id);
                 }
@@ -115,6 +117,7 @@ pub(crate) fn queue_runs(
                     }
                 }
             }
+            client.note_backlog(queued, now, config);
             recipient.touched();
         }
     }
@@ -214,7 +217,7 @@ impl<A: App> Server<A> {
         let mut slow = Vec::new();
         let outbox = self.hub.topics.take_outbox();
         let mut table = Table { connections: &mut self.connections, dirty: &mut self.delivery.dirty };
-        queue_runs(&outbox, &mut table, &mut self.hub.deflaters, &self.config.connection, &mut slow);
+        queue_runs(&outbox, &mut table, &mut self.hub.deflaters, &self.config.connection, now, &mut slow);
         self.hub.topics.restore_outbox(outbox);
         for id in slow {
             let Some(conn) = self.connections.get_id(id) else { continue };
