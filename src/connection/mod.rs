@@ -306,16 +306,18 @@ impl WebSocketClient {
 
     /// Whether a delivery of `size` bytes may be queued: into an empty queue
     /// always (however large); otherwise while the queue stays within the
-    /// hard cap ([`ConnectionConfig::hard_outgoing_cap`]). A connection that
+    /// hard cap (`hard_cap`: [`ConnectionConfig::hard_outgoing_cap`]). A connection that
     /// does not admit a delivery is a slow consumer, to be closed.
-    pub fn admits(&self, size: usize, config: &ConnectionConfig) -> bool {
+    #[inline]
+    pub fn admits(&self, size: usize, hard_cap: usize) -> bool {
         let queued = self.outgoing.len();
-        queued == 0 || queued.saturating_add(size) <= config.hard_outgoing_cap()
+        queued == 0 || queued.saturating_add(size) <= hard_cap
     }
 
     /// Deliveries were queued at `now`, onto a queue of `before` bytes: a
     /// queue that had been read back within its cap ends a grace, and one
     /// now over its cap starts one ([`ConnectionConfig::slow_consumer_grace`]).
+    #[inline]
     pub fn note_backlog(&mut self, before: usize, now: Instant, config: &ConnectionConfig) {
         let cap = config.max_outgoing_bytes;
         if let ClientState::Connected { over_cap_since } = &mut self.state {
@@ -337,6 +339,7 @@ impl WebSocketClient {
     /// When the connection next needs [`handle_timeout`](Self::handle_timeout):
     /// the end of the handshake, the next keepalive Ping, the idle timeout, or
     /// the end of the close. `None` when no timer applies.
+    #[inline]
     pub fn poll_timeout(&self, config: &ConnectionConfig) -> Option<Instant> {
         match self.state {
             ClientState::AwaitingHandshake { deadline, .. }
@@ -346,11 +349,17 @@ impl WebSocketClient {
                 let ping = (!config.ping_interval.is_zero() && !self.ping_sent)
                     .then(|| self.last_input + config.ping_interval);
                 let idle = (!config.idle_timeout.is_zero()).then(|| self.last_input + config.idle_timeout);
-                let slow = match self.state {
-                    ClientState::Connected { over_cap_since: Some(since) } => Some(since + config.slow_consumer_grace),
-                    _ => None,
+                let soonest = match (ping, idle) {
+                    (Some(ping), Some(idle)) => Some(ping.min(idle)),
+                    (ping, idle) => ping.or(idle),
                 };
-                [ping, idle, slow].into_iter().flatten().min()
+                match self.state {
+                    ClientState::Connected { over_cap_since: Some(since) } => {
+                        let grace_ends = since + config.slow_consumer_grace;
+                        Some(soonest.map_or(grace_ends, |soonest| soonest.min(grace_ends)))
+                    }
+                    _ => soonest,
+                }
             }
         }
     }

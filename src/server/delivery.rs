@@ -81,6 +81,7 @@ pub(crate) fn queue_runs(
     slow: &mut Vec<ConnId>,
 ) {
     let threshold = config.deflate.threshold;
+    let hard_cap = config.hard_outgoing_cap();
     for (frames, recipients) in outbox.runs() {
         let mut raw: Option<SharedFrame> = None;
         let mut compressed: [Option<SharedFrame>; 16] = Default::default();
@@ -103,7 +104,7 @@ pub(crate) fn queue_runs(
             };
             let queued = client.queued();
             let size = shared.map_or(raw_len, |bytes| bytes.len());
-            if !client.admits(size, config) {
+            if !client.admits(size, hard_cap) {
                 if !slow.contains(&id) {
                     slow.push(id);
                 }
