@@ -102,6 +102,14 @@ fn two_tabs_chat_and_the_blogs_snippet_joins_the_lobby() {
         json!([]),
     );
     assert_eq!(injected, json!([0, null]));
+    // And its text is isolated for bidirectional layout, so that right-to-left
+    // or override characters in it cannot reorder the rest of the line.
+    let isolated = browser.eval(
+        "const t = [...document.querySelectorAll('#messages .line .text')].pop(); \
+         return [t.dir, getComputedStyle(t).unicodeBidi]",
+        json!([]),
+    );
+    assert_eq!(isolated, json!(["auto", "isolate"]));
 
     // /join from the box moves B; A sees B leave.
     type_line(&browser, "/join den");
