@@ -52,6 +52,7 @@ fuzz_target!(|data: &[u8]| {
         ping_interval: Duration::from_secs(1),
         idle_timeout: Duration::from_secs(3),
         close_timeout: Duration::from_secs(1),
+        slow_consumer_grace: Duration::from_secs(1),
         deflate: DeflateConfig { enabled: true, threshold: 16, context_takeover: mode & 8 != 0 },
     };
     // The binary's own applications: `/echo` and the chat.
