@@ -99,29 +99,39 @@ fn a_connection_that_answers_pings_stays() {
     assert_eq!(echo, Frame::text("still here"));
 }
 
+/// An upgrade request that the server turns away: its 503 response.
+fn refused_upgrade(addr: std::net::SocketAddr) -> String {
+    let mut extra = RawClient::connect(addr);
+    extra.send_raw(&upgrade_request("/echo"));
+    let response = extra.read_http_response();
+    assert!(response.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{response}");
+    response
+}
+
+/// `leaving` closes; once the server is down to `left` connections, a new one is served.
+fn leave_then_enter(server: &TestServer, mut leaving: RawClient, left: usize) {
+    leaving.send_close(1000, "");
+    leaving.read_close();
+    assert!(leaving.wait_eof());
+    assert!(server.wait_for_connections(left, PATIENCE));
+    let mut next = RawClient::open(server.addr, "/echo");
+    next.send_text("in");
+    assert_eq!(next.read_frame(), Frame::text("in"));
+}
+
 #[test]
 fn above_the_connection_limit_new_clients_get_503_and_retry_after() {
     let server = TestServer::with_config(config(|c| {
         c.server.max_connections = 3;
     }));
     let mut held: Vec<RawClient> = (0..3).map(|_| RawClient::open(server.addr, "/echo")).collect();
-    let mut extra = RawClient::connect(server.addr);
-    extra.send_raw(&upgrade_request("/echo"));
-    let response = extra.read_http_response();
-    assert!(response.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{response}");
+    let response = refused_upgrade(server.addr);
     assert!(response.contains("\r\nRetry-After: 5\r\n"), "{response}");
     // The three already in are served as before.
     held[0].send_text("fine");
     assert_eq!(held[0].read_frame(), Frame::text("fine"));
     // When one leaves, there is room again.
-    let mut leaving = held.pop().unwrap();
-    leaving.send_close(1000, "");
-    leaving.read_close();
-    assert!(leaving.wait_eof());
-    assert!(server.wait_for_connections(2, PATIENCE));
-    let mut next = RawClient::open(server.addr, "/echo");
-    next.send_text("in");
-    assert_eq!(next.read_frame(), Frame::text("in"));
+    leave_then_enter(&server, held.pop().unwrap(), 2);
 }
 
 /// A connection to `addr` from the local address `from` (any of 127.0.0.0/8 on loopback).
@@ -138,24 +148,14 @@ fn above_the_per_address_limit_that_address_gets_503_and_others_do_not() {
         c.server.max_connections_per_ip = 2;
     }));
     let mut held: Vec<RawClient> = (0..2).map(|_| RawClient::open(server.addr, "/echo")).collect();
-    let mut extra = RawClient::connect(server.addr);
-    extra.send_raw(&upgrade_request("/echo"));
-    let response = extra.read_http_response();
-    assert!(response.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{response}");
+    let response = refused_upgrade(server.addr);
     assert!(response.contains("from your address"), "{response}");
     // Another address is let in.
     let mut other = connect_from("127.0.0.2", server.addr);
     other.send_raw(&upgrade_request("/echo"));
     assert!(other.read_http_head().starts_with("HTTP/1.1 101 "));
     // When one of the first address's leaves, that address may connect again.
-    let mut leaving = held.pop().unwrap();
-    leaving.send_close(1000, "");
-    leaving.read_close();
-    assert!(leaving.wait_eof());
-    assert!(server.wait_for_connections(2, PATIENCE));
-    let mut next = RawClient::open(server.addr, "/echo");
-    next.send_text("in");
-    assert_eq!(next.read_frame(), Frame::text("in"));
+    leave_then_enter(&server, held.pop().unwrap(), 2);
 }
 
 #[test]
