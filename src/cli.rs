@@ -17,6 +17,9 @@ OPTIONS:
                                  ones are closed with 1009 [default: 16MiB]
     --max-frame-size SIZE        Largest payload one frame may declare [default: 16MiB]
     --max-handshake-bytes SIZE   Largest HTTP request head; larger gets 431 [default: 8KiB]
+    --max-buffered-bytes SIZE    What all connections together may hold of messages
+                                 still arriving; past it the connection whose input
+                                 would pass it is closed with 1013 [default: 256MiB]
     --max-outgoing-bytes SIZE    Stop reading from a connection while this much of
                                  its output waits to be sent [default: 1MiB]
     --slow-consumer-grace DURATION
@@ -108,6 +111,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, Str
             "--max-message-size" => c.max_message_size = parse_size(&value()?, &name)?,
             "--max-frame-size" => c.max_frame_size = parse_size(&value()?, &name)?,
             "--max-handshake-bytes" => c.max_handshake_bytes = parse_size(&value()?, &name)?,
+            "--max-buffered-bytes" => config.server.max_buffered_bytes = parse_size(&value()?, &name)?,
             "--max-outgoing-bytes" => c.max_outgoing_bytes = parse_size(&value()?, &name)?,
             "--slow-consumer-grace" => c.slow_consumer_grace = parse_duration(&value()?, &name)?,
             "--close-timeout" => c.close_timeout = parse_duration(&value()?, &name)?,

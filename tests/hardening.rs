@@ -336,3 +336,43 @@ fn a_close_the_server_starts_gives_up_after_the_close_timeout() {
     let waited = start.elapsed();
     assert!(waited >= ms(450) && waited < ms(3000), "{waited:?}");
 }
+
+#[test]
+fn past_the_bound_on_input_in_progress_the_newest_large_message_gets_1013() {
+    // Room for two 1.5 MiB messages arriving at once, not three.
+    let server = TestServer::with_config(config(|c| {
+        c.server.connection.max_message_size = 2 << 20;
+        c.server.connection.max_frame_size = 2 << 20;
+        c.server.max_buffered_bytes = 4 << 20;
+    }));
+    let len = 3 << 19;
+    let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    let mut senders: Vec<(RawClient, Vec<u8>)> = (0..3)
+        .map(|_| {
+            let mut client = RawClient::open(server.addr, "/echo");
+            let frame = client.frame_bytes(true, BINARY, &payload);
+            (client, frame)
+        })
+        .collect();
+    // Each sends the start of its message, one after the other.
+    for (client, frame) in senders.iter_mut() {
+        client.send_raw(&frame[..64 << 10]);
+        std::thread::sleep(ms(100));
+    }
+    let (third, _) = &mut senders[2];
+    let close = third.read_close();
+    assert_eq!(close.close_code(), Some(1013), "{close:?}");
+    // The first two were accepted before the bound: their messages arrive whole.
+    for (client, frame) in senders.iter_mut().take(2) {
+        client.send_raw(&frame[64 << 10..]);
+        let echoed = client.read_frame();
+        assert_eq!(echoed.payload, payload);
+    }
+    // With those done, the room is back: a new large message passes.
+    let mut later = RawClient::open(server.addr, "/echo");
+    let frame = later.frame_bytes(true, BINARY, &payload);
+    later.send_raw(&frame[..64 << 10]);
+    std::thread::sleep(ms(50));
+    later.send_raw(&frame[64 << 10..]);
+    assert_eq!(later.read_frame().payload, payload);
+}

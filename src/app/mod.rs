@@ -263,6 +263,18 @@ impl<'a> Context<'a> {
         }
     }
 
+    /// Stops reading this connection until `until` (flood control: the IRC
+    /// servers' way). What it has sent already waits unread, first in the
+    /// server's buffer and then in the kernel's, so TCP slows the sender
+    /// down and nothing it sent is lost or reordered; the idle timeout does
+    /// not run meanwhile. A later call may only lengthen the pause. Nothing
+    /// in a detached context.
+    pub fn pause_reading_until(&mut self, until: Instant) {
+        if let Some(reply) = &mut self.reply {
+            reply.pause_reading_until(until);
+        }
+    }
+
     /// Publishes a text message to every subscriber of `topic` (this
     /// connection too, if it subscribes).
     pub fn publish_text(&mut self, topic: &str, text: &str) {

@@ -27,8 +27,9 @@ pub struct ChatConfig {
 
     /// Messages and commands one connection may send per second, on
     /// average (a token bucket). Default 10. `0` turns the limit off (for
-    /// benchmarks). Excess messages get an `error` event and are dropped;
-    /// the connection stays.
+    /// benchmarks). Excess messages are not dropped but delayed: once a
+    /// connection has used its burst, the server reads nothing more from it
+    /// until a token is back, so TCP slows the sender down.
     pub rate_limit_per_sec: u32,
 
     /// How many messages a connection may send in a burst before the

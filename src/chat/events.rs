@@ -28,8 +28,6 @@ pub mod code {
     pub const UNKNOWN_COMMAND: &str = "unknown_command";
     /// A command without its argument, or with one too many.
     pub const BAD_ARGUMENT: &str = "bad_argument";
-    /// More messages than the rate limit allows.
-    pub const RATE_LIMITED: &str = "rate_limited";
     /// A binary frame: the chat speaks text.
     pub const BINARY_NOT_SUPPORTED: &str = "binary_not_supported";
 }

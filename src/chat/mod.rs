@@ -23,7 +23,7 @@ use events::code;
 use history::History;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The room everyone starts in. It is never removed, even when empty.
 pub const LOBBY: &str = "lobby";
@@ -44,6 +44,11 @@ struct Room {
 }
 
 /// A token bucket: `burst` tokens, refilled at `rate` per second; a message takes one.
+///
+/// A message is never refused for want of a token: the bucket says how long
+/// the connection must then wait before its next message, and the chat
+/// pauses its input that long (flood control, as IRC servers do it), so a
+/// paste of fifty lines arrives whole, only spread out.
 #[derive(Debug, Clone, Copy, Default)]
 struct TokenBucket {
     tokens: f64,
@@ -52,19 +57,21 @@ struct TokenBucket {
 }
 
 impl TokenBucket {
-    fn take(&mut self, now: Instant, rate: u32, burst: u32) -> bool {
+    /// Takes a token for a message that has arrived. Returns until when the
+    /// sender must wait before its next message: `None` while it has tokens
+    /// left (or the rate is 0: no limit).
+    fn take(&mut self, now: Instant, rate: u32, burst: u32) -> Option<Instant> {
         if rate == 0 {
-            return true;
+            return None;
         }
+        let (rate, burst) = (f64::from(rate), f64::from(burst));
         let elapsed = self.last.map_or(f64::INFINITY, |last| now.saturating_duration_since(last).as_secs_f64());
-        self.tokens = (self.tokens + elapsed * f64::from(rate)).min(f64::from(burst));
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
         self.last = Some(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        // Below zero only if a pause was not kept (a driver that cannot pause):
+        // the debt is bounded, and so is the wait it asks for.
+        self.tokens = (self.tokens - 1.0).max(-burst);
+        (self.tokens < 1.0).then(|| now + Duration::from_secs_f64((1.0 - self.tokens) / rate))
     }
 }
 
@@ -153,7 +160,8 @@ impl App for Chat {
     /// An over-long message costs a message of the rate, is answered with
     /// `message_too_long`, and the connection stays.
     fn on_message_too_long(&mut self, _: &mut ChatConn, ctx: &mut Context<'_>) {
-        if self.within_rate(ctx) {
+        if self.is_member(ctx) {
+            self.throttle(ctx);
             let message = format!("messages are limited to {} bytes; this one has more", self.config.max_text_bytes);
             ctx.send_text(&events::error(code::MESSAGE_TOO_LONG, &message));
         }
@@ -243,9 +251,10 @@ impl Chat {
 
     /// A text message from a member: a message to its room, or a command.
     fn handle_text(&mut self, text: &str, ctx: &mut Context<'_>) {
-        if !self.within_rate(ctx) {
+        if !self.is_member(ctx) {
             return;
         }
+        self.throttle(ctx);
         match text.strip_prefix('/') {
             // `//text` says "/text": drop the first slash.
             Some(rest) if rest.starts_with('/') => self.say(rest, false, ctx),
@@ -254,24 +263,26 @@ impl Chat {
         }
     }
 
-    /// Whether a member may send a message now (a token from its bucket);
-    /// if not, it is told to slow down. `false` for a connection that is no member.
-    fn within_rate(&mut self, ctx: &mut Context<'_>) -> bool {
+    /// Whether this connection is in the chat (it may have been refused on opening).
+    fn is_member(&self, ctx: &Context<'_>) -> bool {
+        self.members.contains_key(&ctx.id())
+    }
+
+    /// Counts a message (or command) against the member's rate: when it has
+    /// used its burst, its input pauses until a token is back, so that what
+    /// it sends next waits in TCP instead of being dropped.
+    fn throttle(&mut self, ctx: &mut Context<'_>) {
         let config = &self.config;
-        let Some(member) = self.members.get_mut(&ctx.id()) else { return false };
-        if member.bucket.take(ctx.now(), config.rate_limit_per_sec, config.rate_limit_burst) {
-            return true;
+        let Some(member) = self.members.get_mut(&ctx.id()) else { return };
+        if let Some(until) = member.bucket.take(ctx.now(), config.rate_limit_per_sec, config.rate_limit_burst) {
+            ctx.pause_reading_until(until);
         }
-        let message = format!("slow down: at most {} messages a second", config.rate_limit_per_sec);
-        ctx.send_text(&events::error(code::RATE_LIMITED, &message));
-        false
     }
 
     /// A binary message from a member: the chat speaks text only.
     fn handle_binary(&mut self, ctx: &mut Context<'_>) {
-        let config = &self.config;
-        let Some(member) = self.members.get_mut(&ctx.id()) else { return };
-        if member.bucket.take(ctx.now(), config.rate_limit_per_sec, config.rate_limit_burst) {
+        if self.is_member(ctx) {
+            self.throttle(ctx);
             let message = "binary frames are not part of the chat protocol: send text";
             ctx.send_text(&events::error(code::BINARY_NOT_SUPPORTED, message));
         }

@@ -7,7 +7,7 @@
 //! buffer, handed to the handler without any copy. What is left over between
 //! reads is at most an incomplete frame header or control frame.
 
-use super::{ClientState, CloseInfo, ConnectionConfig, Handler, Reply, Route, WebSocketClient};
+use super::{Asks, ClientState, CloseInfo, ConnectionConfig, Handler, Reply, Route, WebSocketClient};
 use crate::protocol::ProtocolError;
 use crate::protocol::deflate::{self, DeflateState};
 use crate::protocol::frame::{DecodeRules, FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode, RSV1};
@@ -79,15 +79,17 @@ impl WebSocketClient {
                 let extension = deflate.map(|agreement| agreement.response_header());
                 self.outgoing.push(&handshake::accept_response(&accept, extension.as_deref()));
                 self.deflate = deflate.map(|agreement| Box::new(DeflateState::new(agreement)));
-                self.state = ClientState::HandshakeResponse { ends_at: self.outgoing.queued_total() };
-                let mut close = None;
-                handler.on_open(&mut Reply::new(&mut self.outgoing, self.deflate.as_deref_mut(), config, &mut close));
-                if let Some((code, reason)) = close {
+                let ends_at = self.outgoing.queued_total();
+                self.state = ClientState::HandshakeResponse { ends_at, paused_until: None };
+                let mut asks = Asks::default();
+                handler.on_open(&mut Reply::new(&mut self.outgoing, self.deflate.as_deref_mut(), config, &mut asks));
+                if let Some((code, reason)) = asks.close.take() {
                     // Refused on opening: the Close goes out at once, and what
                     // the client sent after its request is not read.
                     self.refuse(code, &reason, now, config);
                     return;
                 }
+                self.act_on(asks, now, config);
                 // A first frame sent in the same write as the request.
                 if head_len < head.len() {
                     self.handle_frames(&mut head[head_len..], now, config, handler);
@@ -122,9 +124,11 @@ impl WebSocketClient {
             // Drop the copy buffer: an idle connection holds no read buffer.
             drop(buf);
             self.feed_frames(&mut input[used - old..], now, config, handler);
-        } else {
-            // Still incomplete, so `input` was shorter than `take` could be: all of it is in `buf`.
+        } else if !self.is_closed() {
+            // The old unit is still incomplete (so all of `input` is in `buf`),
+            // or the handler paused the input (then the rest of it waits too).
             buf.drain(..used);
+            buf.extend_from_slice(&input[take..]);
             self.reader.leftover = buf;
         }
     }
@@ -149,6 +153,9 @@ impl WebSocketClient {
         while pos < buf.len() {
             if self.is_closed() {
                 return buf.len();
+            }
+            if self.paused_until().is_some() {
+                break; // the rest waits in `leftover` until the pause ends
             }
             match self.step(&mut buf[pos..], now, config, handler) {
                 Ok(Some(used)) => pos += used,
@@ -263,12 +270,12 @@ impl WebSocketClient {
                 _ => Message::Binary(payload),
             };
             let used = header_len + payload.len();
-            let mut close = None;
+            let mut asks = Asks::default();
             handler.on_message(
                 message,
-                &mut Reply::new(&mut self.outgoing, self.deflate.as_deref_mut(), config, &mut close),
+                &mut Reply::new(&mut self.outgoing, self.deflate.as_deref_mut(), config, &mut asks),
             );
-            self.close_if_asked(close, now, config);
+            self.act_on(asks, now, config);
             return Ok(Some(used));
         }
         // The receiver's own limit is asked for at a message's first frame only.
@@ -310,25 +317,17 @@ impl WebSocketClient {
             state.inflater().finish_message(config.max_message_size, reset, &mut |out| message.feed(out))?;
         }
         if message.end_frame()? {
-            let mut close = None;
-            let mut reply = Reply::new(&mut self.outgoing, self.deflate.as_deref_mut(), config, &mut close);
+            let mut asks = Asks::default();
+            let mut reply = Reply::new(&mut self.outgoing, self.deflate.as_deref_mut(), config, &mut asks);
             if message.is_over() {
                 handler.on_message_too_long(&mut reply);
             } else {
                 handler.on_message(message.message(), &mut reply);
             }
             message.reset();
-            self.close_if_asked(close, now, config);
+            self.act_on(asks, now, config);
         }
         Ok(())
-    }
-
-    /// Starts the close a handler asked for through its [`Reply`].
-    #[inline(always)]
-    fn close_if_asked(&mut self, close: Option<(u16, String)>, now: Instant, config: &ConnectionConfig) {
-        if let Some((code, reason)) = close {
-            self.close(code, &reason, now, config);
-        }
     }
 
     /// Answers a control frame (§5.5) [Part 2 §20].

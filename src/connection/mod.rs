@@ -92,20 +92,29 @@ pub struct Reply<'a> {
     outgoing: &'a mut Outgoing,
     deflate: Option<&'a mut DeflateState>,
     threshold: usize,
-    /// A close the handler asked for; the connection starts it once the handler returns.
-    close: &'a mut Option<(u16, String)>,
+    /// What the handler asked of the connection; acted on once it returns.
+    asks: &'a mut Asks,
+}
+
+/// What a handler asked of its connection during one call.
+#[derive(Debug, Default)]
+pub(crate) struct Asks {
+    /// Start the closing handshake with this code and reason.
+    close: Option<(u16, String)>,
+    /// Process no more input until then.
+    pause_until: Option<Instant>,
 }
 
 impl<'a> Reply<'a> {
     /// A channel to `outgoing`, compressing with `deflate` where it pays, and
-    /// recording into `close` a close the handler asks for.
+    /// recording into `asks` a close or pause the handler asks for.
     fn new(
         outgoing: &'a mut Outgoing,
         deflate: Option<&'a mut DeflateState>,
         config: &ConnectionConfig,
-        close: &'a mut Option<(u16, String)>,
+        asks: &'a mut Asks,
     ) -> Reply<'a> {
-        Reply { outgoing, deflate, threshold: config.deflate.threshold, close }
+        Reply { outgoing, deflate, threshold: config.deflate.threshold, asks }
     }
 
     /// Sends one message as one frame, compressed if the connection agreed
@@ -124,7 +133,16 @@ impl<'a> Reply<'a> {
     /// Asks the connection to start its closing handshake with `code` and
     /// `reason` once the handler returns. Messages sent before it still go out.
     pub fn close(&mut self, code: u16, reason: &str) {
-        self.close.get_or_insert_with(|| (code, reason.to_string()));
+        self.asks.close.get_or_insert_with(|| (code, reason.to_string()));
+    }
+
+    /// Asks the connection to process no more of its input until `until`
+    /// (flood control): what the peer already sent waits unread, in the
+    /// connection's buffer and then in the socket's, so TCP slows the peer
+    /// down and nothing it sent is lost or reordered. Control frames wait
+    /// too; the idle timeout does not run meanwhile.
+    pub fn pause_reading_until(&mut self, until: Instant) {
+        self.asks.pause_until = Some(self.asks.pause_until.map_or(until, |asked| asked.max(until)));
     }
 
     /// The same channel, borrowed for a shorter time (to hand on).
@@ -133,7 +151,7 @@ impl<'a> Reply<'a> {
             outgoing: &mut *self.outgoing,
             deflate: self.deflate.as_deref_mut(),
             threshold: self.threshold,
-            close: &mut *self.close,
+            asks: &mut *self.asks,
         }
     }
 }
@@ -154,6 +172,8 @@ pub enum ClientState {
     HandshakeResponse {
         /// The value of the outgoing queue's total at the end of the response.
         ends_at: u64,
+        /// Input is not processed until then (see [`Reply::pause_reading_until`]).
+        paused_until: Option<Instant>,
     },
     /// Open: messages flow both ways.
     Connected {
@@ -161,6 +181,8 @@ pub enum ClientState {
         /// without the peer reading it back under: a slow consumer's grace
         /// (see [`ConnectionConfig::slow_consumer_grace`]).
         over_cap_since: Option<Instant>,
+        /// Input is not processed until then (see [`Reply::pause_reading_until`]).
+        paused_until: Option<Instant>,
     },
     /// We sent a Close frame and wait for the peer's (§7.1.2). Messages that
     /// still arrive are read and dropped.
@@ -285,10 +307,52 @@ impl WebSocketClient {
     }
 
     /// Whether the driver should read more from this connection now. `false`
-    /// while the outgoing queue is over its limit: the peer must read what it
-    /// already has before it may send more (backpressure).
+    /// while the outgoing queue is over its limit (the peer must read what it
+    /// already has before it may send more: backpressure), and while the
+    /// handler has paused its input (flood control).
+    #[inline]
     pub fn wants_read(&self, config: &ConnectionConfig) -> bool {
-        self.outgoing.len() <= config.max_outgoing_bytes
+        self.outgoing.len() <= config.max_outgoing_bytes && self.paused_until().is_none()
+    }
+
+    /// Until when the handler paused this connection's input, if it did.
+    #[inline]
+    pub fn paused_until(&self) -> Option<Instant> {
+        match self.state {
+            ClientState::HandshakeResponse { paused_until, .. } | ClientState::Connected { paused_until, .. } => {
+                paused_until
+            }
+            _ => None,
+        }
+    }
+
+    /// Input that arrived while the connection was paused and still waits
+    /// to be processed, in bytes (at most one read's worth).
+    pub fn held_input(&self) -> usize {
+        self.reader.leftover.len()
+    }
+
+    /// What this connection holds for input not yet complete, in bytes: the
+    /// message being reassembled and what is left over between reads. (The
+    /// driver bounds the sum over all connections.)
+    #[inline]
+    pub fn buffered_bytes(&self) -> usize {
+        self.reader.leftover.capacity() + self.reader.message.capacity()
+    }
+
+    /// Processes input that waited while the connection was paused, now
+    /// that it no longer is (the driver calls it before reading anew, since
+    /// no new readiness event may come for bytes it already read).
+    pub fn resume<H: Handler>(&mut self, now: Instant, config: &ConnectionConfig, handler: &mut H) {
+        if !self.reader.leftover.is_empty() && self.paused_until().is_none() && !self.is_awaiting_handshake() {
+            self.handle_frames(&mut [], now, config, handler);
+        }
+    }
+
+    /// Fails the connection with 1013 ("try again later"): the server holds
+    /// as much input in progress as it may, and this connection's would pass it.
+    pub fn fail_server_busy(&mut self, now: Instant, config: &ConnectionConfig) {
+        self.fail_with(close_code::TRY_AGAIN_LATER, "server busy: too many large messages arriving", now, config);
     }
 
     /// Whether everything is said and written: time to shut down our side of TCP.
@@ -300,8 +364,8 @@ impl WebSocketClient {
     /// permessage-deflate and it pays: for messages that do not come from
     /// its own handler (a delivery to a connection with its own compressor).
     pub fn send(&mut self, opcode: OpCode, payload: &[u8], shared: &mut SharedDeflaters, config: &ConnectionConfig) {
-        let mut close = None;
-        Reply::new(&mut self.outgoing, self.deflate.as_deref_mut(), config, &mut close).send(opcode, payload, shared);
+        let mut asks = Asks::default();
+        Reply::new(&mut self.outgoing, self.deflate.as_deref_mut(), config, &mut asks).send(opcode, payload, shared);
     }
 
     /// Whether a delivery of `size` bytes may be queued: into an empty queue
@@ -320,7 +384,7 @@ impl WebSocketClient {
     #[inline]
     pub fn note_backlog(&mut self, before: usize, now: Instant, config: &ConnectionConfig) {
         let cap = config.max_outgoing_bytes;
-        if let ClientState::Connected { over_cap_since } = &mut self.state {
+        if let ClientState::Connected { over_cap_since, .. } = &mut self.state {
             if before <= cap {
                 *over_cap_since = None;
             }
@@ -345,6 +409,11 @@ impl WebSocketClient {
             ClientState::AwaitingHandshake { deadline, .. }
             | ClientState::Closing { deadline }
             | ClientState::Closed { deadline } => Some(deadline),
+            ClientState::HandshakeResponse { paused_until: Some(until), .. }
+            | ClientState::Connected { paused_until: Some(until), over_cap_since: None } => Some(until),
+            ClientState::Connected { paused_until: Some(until), over_cap_since: Some(since) } => {
+                Some(until.min(since + config.slow_consumer_grace))
+            }
             ClientState::HandshakeResponse { .. } | ClientState::Connected { .. } => {
                 let ping = (!config.ping_interval.is_zero() && !self.ping_sent)
                     .then(|| self.last_input + config.ping_interval);
@@ -354,7 +423,7 @@ impl WebSocketClient {
                     (ping, idle) => ping.or(idle),
                 };
                 match self.state {
-                    ClientState::Connected { over_cap_since: Some(since) } => {
+                    ClientState::Connected { over_cap_since: Some(since), .. } => {
                         let grace_ends = since + config.slow_consumer_grace;
                         Some(soonest.map_or(grace_ends, |soonest| soonest.min(grace_ends)))
                     }
@@ -365,9 +434,20 @@ impl WebSocketClient {
     }
 
     /// Acts on whatever timer is due at `now`: answers a handshake that took
-    /// too long with 408, pings a quiet connection, closes an idle one with
-    /// 1001, and gives up on a close that is not finishing.
+    /// too long with 408, ends a pause, pings a quiet connection, closes an
+    /// idle one with 1001, and gives up on a close that is not finishing.
     pub fn handle_timeout(&mut self, now: Instant, config: &ConnectionConfig) -> TimerAction {
+        if let Some(until) = self.paused_until() {
+            if now >= until {
+                // The pause ends; it did not count as silence.
+                self.set_pause(None);
+                self.last_input = now;
+                self.ping_sent = false;
+            }
+            if !matches!(self.state, ClientState::Connected { over_cap_since: Some(_), .. }) {
+                return TimerAction::Continue;
+            }
+        }
         match self.state {
             ClientState::AwaitingHandshake { deadline, .. } if now >= deadline => {
                 let response = HttpResponse {
@@ -379,14 +459,17 @@ impl WebSocketClient {
             ClientState::Closing { deadline } | ClientState::Closed { deadline } if now >= deadline => {
                 return TimerAction::Drop;
             }
-            ClientState::Connected { over_cap_since: Some(since) } if now >= since + config.slow_consumer_grace => {
+            ClientState::Connected { over_cap_since: Some(since), paused_until }
+                if now >= since + config.slow_consumer_grace =>
+            {
                 if self.outgoing.len() > config.max_outgoing_bytes {
                     self.close_slow_consumer("slow consumer: too much unread data", now, config);
                 } else {
-                    self.state = ClientState::Connected { over_cap_since: None };
+                    self.state = ClientState::Connected { over_cap_since: None, paused_until };
                 }
             }
-            ClientState::HandshakeResponse { .. } | ClientState::Connected { .. } => {
+            ClientState::HandshakeResponse { paused_until: None, .. }
+            | ClientState::Connected { paused_until: None, .. } => {
                 if !config.idle_timeout.is_zero() && now >= self.last_input + config.idle_timeout {
                     self.fail_with(close_code::GOING_AWAY, "idle timeout", now, config);
                 } else if !config.ping_interval.is_zero()
@@ -465,10 +548,10 @@ impl WebSocketClient {
     /// Writes as much of the outgoing queue as `writer` takes without blocking.
     pub fn write_to<W: Write + ?Sized>(&mut self, writer: &mut W) -> io::Result<usize> {
         let written = self.outgoing.write_to(writer)?;
-        if let ClientState::HandshakeResponse { ends_at } = self.state
+        if let ClientState::HandshakeResponse { ends_at, paused_until } = self.state
             && self.outgoing.written_total() >= ends_at
         {
-            self.state = ClientState::Connected { over_cap_since: None };
+            self.state = ClientState::Connected { over_cap_since: None, paused_until };
             // Most connections then wait for a while: give the queue's memory back.
             self.outgoing.release();
         }
@@ -515,6 +598,29 @@ impl WebSocketClient {
         self.outgoing.push(&response.encode());
         self.close_info = Some(CloseInfo::Http(response.status));
         self.enter_closed(now, config);
+    }
+
+    /// Sets or ends the pause of an open connection's input.
+    fn set_pause(&mut self, until: Option<Instant>) {
+        match &mut self.state {
+            ClientState::HandshakeResponse { paused_until, .. } | ClientState::Connected { paused_until, .. } => {
+                *paused_until = until;
+            }
+            _ => {}
+        }
+    }
+
+    /// Acts on what a handler asked during a call: a pause, then a close.
+    #[inline(always)]
+    fn act_on(&mut self, asks: Asks, now: Instant, config: &ConnectionConfig) {
+        if let Some(until) = asks.pause_until
+            && until > now
+        {
+            self.set_pause(Some(until));
+        }
+        if let Some((code, reason)) = asks.close {
+            self.close(code, &reason, now, config);
+        }
     }
 
     fn enter_closed(&mut self, now: Instant, config: &ConnectionConfig) {

@@ -69,7 +69,7 @@ fn connected(config: &Config, now: Instant) -> WebSocketClient {
     let (head, frames) = take_output(&mut client);
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
     assert!(frames.is_empty());
-    assert_eq!(client.state(), &ClientState::Connected { over_cap_since: None });
+    assert_eq!(client.state(), &ClientState::Connected { over_cap_since: None, paused_until: None });
     client
 }
 
@@ -94,7 +94,7 @@ fn handshake_and_first_frame_in_one_read() {
     let (head, frames) = take_output(&mut client);
     assert!(head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
     assert_eq!(frames, vec![WebSocketFrame::new(OpCode::Text, "first")]);
-    assert_eq!(client.state(), &ClientState::Connected { over_cap_since: None });
+    assert_eq!(client.state(), &ClientState::Connected { over_cap_since: None, paused_until: None });
 }
 
 #[test]
@@ -268,7 +268,7 @@ fn protocol_errors_close_with_their_codes() {
     let (_, frames) = take_output(&mut client);
     assert_eq!(frames.len(), 2);
     assert_eq!(frames[1].payload.len(), 1000);
-    assert_eq!(client.state(), &ClientState::Connected { over_cap_since: None });
+    assert_eq!(client.state(), &ClientState::Connected { over_cap_since: None, paused_until: None });
 }
 
 #[test]
@@ -383,12 +383,14 @@ fn eof_without_close_is_abrupt() {
     assert!(client.is_done_writing());
 }
 
-/// Echo, with a limit of its own on messages: what it was told of over-long ones.
+/// Echo, with a limit of its own on messages (what it was told of
+/// over-long ones), and a pause it asks for after every message.
 #[derive(Default)]
 struct Limited {
     echo: Echo,
     limit: usize,
     too_long: usize,
+    pause_until: Option<Instant>,
 }
 
 impl Handler for Limited {
@@ -400,6 +402,9 @@ impl Handler for Limited {
     }
     fn on_message(&mut self, message: Message<'_>, reply: &mut Reply<'_>) {
         self.echo.on_message(message, reply);
+        if let Some(until) = self.pause_until {
+            reply.pause_reading_until(until);
+        }
     }
     fn message_limit(&mut self) -> usize {
         self.limit
@@ -446,7 +451,7 @@ fn a_message_over_the_receivers_limit_is_read_past_unkept_and_the_connection_sta
         WebSocketFrame::new(OpCode::Text, "after"),
     ];
     assert_eq!(frames, expected);
-    assert_eq!(client.state(), &ClientState::Connected { over_cap_since: None });
+    assert_eq!(client.state(), &ClientState::Connected { over_cap_since: None, paused_until: None });
     // Read past, but still checked: invalid UTF-8 in an over-long text fails the connection.
     let mut bad = vec![b'x'; 200];
     bad[150] = 0xFF;
@@ -475,7 +480,7 @@ fn a_compressed_message_is_held_to_the_receivers_limit_by_what_it_inflates_to() 
     client.handle_input(&mut frame, now, &config, &mut handler);
     assert_eq!(handler.too_long, 1);
     assert_eq!(client.reader.message.buffered(), 0);
-    assert_eq!(client.state(), &ClientState::Connected { over_cap_since: None });
+    assert_eq!(client.state(), &ClientState::Connected { over_cap_since: None, paused_until: None });
     assert_eq!(take_output(&mut client).1, vec![WebSocketFrame::new(OpCode::Text, "too long")]);
     // The inflater's context is intact: the next compressed message still comes through.
     let mut small = Vec::new();
@@ -484,4 +489,48 @@ fn a_compressed_message_is_held_to_the_receivers_limit_by_what_it_inflates_to() 
     frame[0] |= crate::protocol::frame::RSV1;
     client.handle_input(&mut frame, now, &config, &mut handler);
     assert_eq!(take_output(&mut client).1, vec![WebSocketFrame::new(OpCode::Text, "hello")]);
+}
+
+#[test]
+fn a_paused_connection_keeps_its_input_in_order_and_is_not_idle_meanwhile() {
+    let config = Config { idle_timeout: Duration::from_secs(2), ..Config::default() };
+    let t0 = Instant::now();
+    let mut client = connected(&config, t0);
+    let pause = Duration::from_secs(5);
+    let mut handler = Limited { limit: usize::MAX, pause_until: Some(t0 + pause), ..Limited::default() };
+    // Three messages and the first half of a fourth in one read: one is
+    // processed, the rest waits (more than an incomplete unit).
+    let mut wire: Vec<u8> = (0..4).flat_map(|i| masked(OpCode::Text, true, format!("m{i}").as_bytes())).collect();
+    let half = wire.split_off(wire.len() - 3);
+    client.handle_input(&mut wire, t0, &config, &mut handler);
+    let (_, frames) = take_output(&mut client);
+    assert_eq!(frames.iter().map(|f| f.payload.clone()).collect::<Vec<_>>(), [b"m0".to_vec()]);
+    assert!(!client.wants_read(&config), "paused: the driver must not read");
+    assert_eq!(client.paused_until(), Some(t0 + Duration::from_secs(5)));
+    // Two whole frames of 8 bytes and 5 of the fourth wait.
+    assert_eq!(client.held_input(), 8 + 8 + 5);
+    // The pause's end is the next timer; the idle timeout (2 s) does not run meanwhile.
+    assert_eq!(client.poll_timeout(&config), Some(t0 + Duration::from_secs(5)));
+    let t1 = t0 + Duration::from_secs(5);
+    assert_eq!(client.handle_timeout(t1, &config), TimerAction::Continue);
+    assert!(client.is_open() && client.wants_read(&config));
+    // Resuming processes the next message only, and pauses again.
+    handler.pause_until = Some(t1 + pause);
+    client.resume(t1, &config, &mut handler);
+    let (_, frames) = take_output(&mut client);
+    assert_eq!(frames.iter().map(|f| f.payload.clone()).collect::<Vec<_>>(), [b"m1".to_vec()]);
+    let t2 = t1 + Duration::from_secs(5);
+    client.handle_timeout(t2, &config);
+    handler.pause_until = Some(t2 + pause);
+    client.resume(t2, &config, &mut handler);
+    let t3 = t2 + Duration::from_secs(5);
+    client.handle_timeout(t3, &config);
+    // New input behind the held: the held comes first, then the new, in order.
+    handler.pause_until = None;
+    client.handle_input(&mut half.clone(), t3, &config, &mut handler);
+    let (_, frames) = take_output(&mut client);
+    let texts: Vec<Vec<u8>> = frames.iter().map(|f| f.payload.clone()).collect();
+    assert_eq!(texts, [b"m2".to_vec(), b"m3".to_vec()]);
+    assert_eq!(client.held_input(), 0);
+    assert!(client.is_open());
 }

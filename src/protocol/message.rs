@@ -216,6 +216,12 @@ impl MessageAssembler {
         self.buf.len()
     }
 
+    /// Bytes the reassembly buffer has reserved (what it costs in memory).
+    #[inline]
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Whether the message in progress is compressed.
     pub fn is_compressed(&self) -> bool {
         self.compressed

@@ -52,6 +52,8 @@ pub mod close_code {
     pub const TOO_BIG: u16 = 1009;
     /// The server hit an unexpected condition.
     pub const INTERNAL_ERROR: u16 = 1011;
+    /// 1013 (registered with IANA): the server is overloaded for now; try again later.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 /// Why a peer's bytes break the protocol. Each variant knows the close code

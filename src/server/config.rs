@@ -41,6 +41,16 @@ pub struct ServerConfig {
     /// per connection (at most 139 bytes).
     pub read_buffer_size: usize,
 
+    /// What all connections together may hold of input not yet complete:
+    /// messages being reassembled (a message is held whole until its last
+    /// byte: up to [`max_message_size`](ConnectionConfig::max_message_size)
+    /// each) and input waiting while a connection is paused. Default 256 MiB.
+    /// A connection whose input would pass it is closed with 1013 ("try
+    /// again later"), so that many connections streaming large messages at
+    /// once cannot grow the process without bound; messages that arrive
+    /// whole in one read are never held and never count.
+    pub max_buffered_bytes: usize,
+
     /// Graceful shutdown (SIGINT, SIGTERM): how long the server waits for
     /// connections to finish their close handshakes before it exits anyway.
     /// Default 5 s.
@@ -58,6 +68,7 @@ impl Default for ServerConfig {
             max_connections_per_ip: 0,
             max_pending_handshakes: 1024,
             read_buffer_size: 256 << 10,
+            max_buffered_bytes: 256 << 20,
             drain_timeout: Duration::from_secs(5),
             connection: ConnectionConfig::default(),
         }
@@ -69,6 +80,12 @@ impl ServerConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.read_buffer_size < 1024 {
             return Err(format!("read buffer size must be at least 1024 bytes, not {}", self.read_buffer_size));
+        }
+        if self.max_buffered_bytes < self.connection.max_message_size {
+            return Err(format!(
+                "max buffered bytes ({}) must be at least the max message size ({}), or no message that size could arrive",
+                self.max_buffered_bytes, self.connection.max_message_size
+            ));
         }
         if self.drain_timeout.is_zero() {
             return Err("the drain timeout must be longer than zero".into());

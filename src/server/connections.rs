@@ -34,10 +34,14 @@ pub(super) struct Connection<C> {
     pub write_shut: bool,
     /// The peer has closed its writing side (read returned 0).
     pub peer_eof: bool,
+    /// What the server counts this connection as holding of input not yet
+    /// complete (its client's `buffered_bytes` when it was last serviced).
+    pub buffered: usize,
     /// The time of this connection's live entry in the timer heap, if any.
     pub timer: Option<Instant>,
-    /// Reading stopped because the outgoing queue was over its limit; resume
-    /// as soon as it drains, whatever event reports the drain.
+    /// Reading stopped because the outgoing queue was over its limit or the
+    /// input was paused: read again as soon as that ends, whatever event
+    /// reports it.
     pub read_paused: bool,
     /// On the ready list: it used up its read budget with input possibly left.
     pub in_ready: bool,
@@ -60,6 +64,7 @@ impl<C> Connection<C> {
             interest: Interest::READABLE,
             write_shut: false,
             peer_eof: false,
+            buffered: 0,
             timer: None,
             read_paused: false,
             in_ready: false,
@@ -139,13 +144,15 @@ impl<C> Slab<C> {
 pub(super) struct ReadOutcome {
     /// The peer closed its side (read returned 0).
     pub eof: bool,
-    /// Reading stopped because the outgoing queue is over its cap.
+    /// Reading stopped (or must stop now) because the outgoing queue is over
+    /// its cap or the input is paused.
     pub paused: bool,
 }
 
 /// Reads until the socket is drained, feeding every byte to the client,
-/// unless the client's outgoing queue is full (then `paused`) or the read
-/// budget runs out.
+/// unless the client's outgoing queue is full or its input is paused (then
+/// `paused`) or the read budget runs out. A client that comes to hold more
+/// than `allowance` bytes of input in progress is failed with 1013.
 ///
 /// A read that fills less than the buffer has drained the socket: on Linux,
 /// epoll reports every later arrival as a new edge, so the extra read that
@@ -162,11 +169,14 @@ pub(super) fn read_into<H: Handler>(
     handler: &mut H,
     now: Instant,
     budget: &mut usize,
+    allowance: usize,
 ) -> io::Result<ReadOutcome> {
+    // Stopped for a full queue or a pause: resume when that ends, whatever
+    // event reports it (no new READABLE edge comes for data already waiting).
+    let stopped = |client: &WebSocketClient| ReadOutcome { eof: false, paused: !client.wants_read(config) };
     loop {
-        let paused = !client.wants_read(config);
-        if paused || *budget == 0 {
-            return Ok(ReadOutcome { eof: false, paused });
+        if !client.wants_read(config) || *budget == 0 {
+            return Ok(stopped(client));
         }
         *budget -= 1;
         match Sock::of(stream).read(read_buf) {
@@ -175,13 +185,16 @@ pub(super) fn read_into<H: Handler>(
                 return Ok(ReadOutcome { eof: true, paused: false });
             }
             Ok(n) => {
-                let Some(input) = read_buf.get_mut(..n) else { return Ok(ReadOutcome { eof: false, paused: false }) };
+                let Some(input) = read_buf.get_mut(..n) else { return Ok(stopped(client)) };
                 client.handle_input(input, now, config, handler);
+                if client.buffered_bytes() > allowance {
+                    client.fail_server_busy(now, config);
+                }
                 if n < read_buf.len() && !hangup {
-                    return Ok(ReadOutcome { eof: false, paused: false });
+                    return Ok(stopped(client));
                 }
             }
-            Err(err) if would_block(&err) => return Ok(ReadOutcome { eof: false, paused: false }),
+            Err(err) if would_block(&err) => return Ok(stopped(client)),
             Err(err) if interrupted(&err) => continue,
             Err(err) => return Err(err),
         }

@@ -47,7 +47,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use timers::Timers;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 /// The listening socket's token. Connections use their slot index.
 const LISTENER: Token = Token(usize::MAX);
@@ -105,6 +105,10 @@ pub struct Server<A: App> {
     delivery: Delivery,
     admission: Admission,
     shutdown: Shutdown,
+    /// What all connections hold of input not yet complete (the sum of their
+    /// `buffered`), bounded by [`ServerConfig::max_buffered_bytes`].
+    buffered: usize,
+    busy_warning: Throttle,
 }
 
 /// Why the server could not start.
@@ -155,6 +159,8 @@ impl<A: App> Server<A> {
             delivery: Delivery::default(),
             admission: Admission::default(),
             shutdown,
+            buffered: 0,
+            busy_warning: Throttle::default(),
             config,
             connections: Slab::default(),
             timers: Timers::default(),
@@ -196,6 +202,7 @@ impl<A: App> Server<A> {
             max_connections = c.max_connections,
             max_pending_handshakes = c.max_pending_handshakes,
             max_message_size = c.connection.max_message_size,
+            max_buffered_bytes = c.max_buffered_bytes,
             max_outgoing_bytes = c.connection.max_outgoing_bytes,
             handshake_timeout = ?c.connection.handshake_timeout,
             ping_interval = ?c.connection.ping_interval,
@@ -300,16 +307,23 @@ impl<A: App> Server<A> {
     /// Reads, processes and writes for one connection, then updates its
     /// interest and timer, or removes it when it is finished.
     fn service(&mut self, index: usize, readable: bool, now: Instant) {
-        let Server { connections, read_buf, config, app, hub, .. } = self;
+        let Server { connections, read_buf, config, app, hub, buffered, .. } = self;
+        let max_buffered = config.max_buffered_bytes;
         let config = &config.connection;
         let Some(conn) = connections.get_mut(index) else {
             return; // a spurious event for a connection already removed
         };
+        // What this connection may hold: what the others leave of the bound.
+        let allowance = max_buffered.saturating_sub(*buffered - conn.buffered);
         let mut budget = READ_BUDGET;
         let mut want_read = readable;
         let finished = loop {
             if want_read && !conn.peer_eof {
                 let mut session = Session { app: &mut *app, conn: &mut conn.app, hub: &mut *hub, id: conn.id, now };
+                if conn.read_paused {
+                    // Input read before a pause comes first, before anything new.
+                    conn.client.resume(now, config, &mut session);
+                }
                 match read_into(
                     &conn.stream,
                     &mut conn.client,
@@ -319,6 +333,7 @@ impl<A: App> Server<A> {
                     &mut session,
                     now,
                     &mut budget,
+                    allowance,
                 ) {
                     Ok(read) => {
                         conn.peer_eof |= read.eof;
@@ -353,6 +368,16 @@ impl<A: App> Server<A> {
             }
             break false;
         };
+        let held = conn.client.buffered_bytes();
+        *buffered = *buffered - conn.buffered + held;
+        conn.buffered = held;
+        if let Some(CloseInfo::Failed(crate::protocol::close_code::TRY_AGAIN_LATER, _)) = conn.client.close_info()
+            && conn.app.is_open()
+            && let Some(skipped) = self.busy_warning.ready(now)
+        {
+            let (total, max) = (*buffered, max_buffered);
+            warn!(conn = conn.id.generation, total, max, skipped, "input in progress at its bound: closing with 1013");
+        }
         // The application hears of the end as soon as it is known.
         if conn.app.is_open() && conn.client.close_info().is_some() {
             Session { app: &mut *app, conn: &mut conn.app, hub: &mut *hub, id: conn.id, now }
@@ -374,6 +399,7 @@ impl<A: App> Server<A> {
     /// been), it leaves every topic, and its socket is closed.
     fn remove(&mut self, index: usize, now: Instant) {
         let Some(mut conn) = self.connections.remove(index) else { return };
+        self.buffered -= conn.buffered;
         if conn.handshaking {
             self.admission.handshake_done();
         }

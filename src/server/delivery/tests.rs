@@ -206,7 +206,7 @@ fn a_member_that_reads_its_queue_back_under_the_cap_is_never_closed_and_a_stalle
     assert!(burst(&mut to, t0).is_empty(), "over the cap is not slow yet");
     assert!(burst(&mut to, t0).is_empty());
     assert_eq!(to.client(id(1)).queued(), 3000);
-    assert_eq!(to.client(id(1)).state(), &ClientState::Connected { over_cap_since: Some(t0) });
+    assert_eq!(to.client(id(1)).state(), &ClientState::Connected { over_cap_since: Some(t0), paused_until: None });
     assert_eq!(to.client(id(1)).poll_timeout(&config), Some(t0 + grace));
     // Bursts keep coming; the reader reads each time, the stalled one does not.
     for second in 1..=6 {
