@@ -138,6 +138,68 @@ fn two_tabs_chat_and_the_blogs_snippet_joins_the_lobby() {
     }
 }
 
+/// The texts of the messages the page shows, in order.
+fn shown_texts(browser: &Browser) -> Vec<String> {
+    let texts = browser.eval("return [...document.querySelectorAll('#messages .line .text')].map(e => e.textContent)", json!([]));
+    texts.as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn the_page_resumes_what_it_missed_across_a_reload_or_says_it_cannot() {
+    let Some(browser) = Browser::start("the_page_resumes_what_it_missed_across_a_reload_or_says_it_cannot") else {
+        return;
+    };
+    let server = TestServer::with_config(config(|c| {
+        c.chat.history_len = 5;
+        c.chat.rate_limit_per_sec = 0;
+    }));
+    let page = format!("http://{}/", server.addr);
+    let online = "return document.getElementById('status').className === 'online'";
+    browser.goto(&format!("{page}?nick=dave&room=den"));
+    browser.wait_for("online", online, PATIENCE);
+    let (mut eve, _) = ChatClient::join(server.addr, "room=den&nick=eve");
+    for text in ["before 1", "before 2"] {
+        eve.say(text);
+        eve.until("message");
+    }
+    wait_for_line(&browser, "before 2");
+
+    // The tab goes elsewhere (another page of the same site, so that the tab
+    // keeps its session storage); two messages are said meanwhile.
+    let elsewhere = format!("{page}elsewhere");
+    browser.goto(&elsewhere);
+    assert_eq!(eve.until("leave")["nick"], "dave");
+    for text in ["away 1", "away 2"] {
+        eve.say(text);
+        eve.until("message");
+    }
+    // Back, by the bare address: the tab remembers its room, nick and place.
+    browser.goto(&page);
+    wait_for_line(&browser, "away 2");
+    assert_eq!((text_of(&browser, "nick"), text_of(&browser, "room")), ("dave".into(), "den".into()));
+    assert_eq!(shown_texts(&browser), ["before 1", "before 2", "away 1", "away 2"], "each once, in order");
+    wait_for_line(&browser, "nothing was missed");
+    let gaps = browser.eval("return document.querySelectorAll('#messages .gap').length", json!([]));
+    assert_eq!(gaps, json!(0));
+
+    // Away for longer than the history (5 messages): the page says so, and keeps what it had.
+    browser.goto(&elsewhere);
+    assert_eq!(eve.until("leave")["nick"], "dave");
+    for i in 1..=7 {
+        eve.say(&format!("long away {i}"));
+        eve.until("message");
+    }
+    browser.goto(&page);
+    wait_for_line(&browser, "long away 7");
+    wait_for_line(&browser, "may be missing");
+    let texts = shown_texts(&browser);
+    assert_eq!(texts[..4], ["before 1", "before 2", "away 1", "away 2"], "{texts:?}");
+    assert_eq!(texts[4..], ["long away 3", "long away 4", "long away 5", "long away 6", "long away 7"]);
+    // (The page "elsewhere" is a 404, and so is its favicon: the browser says so.)
+    let errors: Vec<String> = browser.console_errors().into_iter().filter(|e| !e.contains("status of 404")).collect();
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+}
+
 #[test]
 fn the_page_says_it_is_offline_and_reconnects_when_the_server_restarts() {
     let Some(browser) = Browser::start("the_page_says_it_is_offline_and_reconnects_when_the_server_restarts") else {
@@ -148,6 +210,8 @@ fn the_page_says_it_is_offline_and_reconnects_when_the_server_restarts() {
     browser.goto(&format!("http://{addr}/?nick=carol&room=den"));
     browser.wait_for("online", "return document.getElementById('status').className === 'online'", PATIENCE);
     assert_eq!((text_of(&browser, "nick"), text_of(&browser, "room")), ("carol".into(), "den".into()));
+    type_line(&browser, "before the restart");
+    wait_for_line(&browser, "before the restart");
 
     drop(server);
     let status = browser.wait_for(
@@ -163,6 +227,10 @@ fn the_page_says_it_is_offline_and_reconnects_when_the_server_restarts() {
     let _server = TestServer::at(addr, rust_chat::Config::default());
     browser.wait_for("online again", "return document.getElementById('status').className === 'online'", PATIENCE * 3);
     assert_eq!((text_of(&browser, "nick"), text_of(&browser, "room")), ("carol".into(), "den".into()));
+    // A new server is a new epoch: the page cannot know what it missed, and says so,
+    // keeping what it showed.
+    wait_for_line(&browser, "may be missing");
+    assert_eq!(shown_texts(&browser), ["before the restart"]);
     type_line(&browser, "back again");
     wait_for_line(&browser, "back again");
 }

@@ -17,10 +17,12 @@ fn no_rate_limit() -> Config {
 #[test]
 fn welcome_join_message_nick_leave() {
     let server = TestServer::start();
-    let (mut a, welcome) = ChatClient::join(server.addr, "");
+    let (mut a, mut welcome) = ChatClient::join(server.addr, "");
+    let epoch = welcome.as_object_mut().unwrap().remove("epoch").unwrap();
+    assert!(epoch.as_str().is_some_and(|e| e.len() == 16 && e.bytes().all(|b| b.is_ascii_hexdigit())), "{epoch}");
     assert_eq!(
         welcome,
-        json!({"type": "welcome", "nick": "guest-1", "room": "lobby", "members": ["guest-1"], "history": []})
+        json!({"type": "welcome", "nick": "guest-1", "room": "lobby", "members": ["guest-1"], "seq": 0, "history": []})
     );
 
     let (mut b, welcome) = ChatClient::join(server.addr, "");
@@ -164,6 +166,79 @@ fn history_arrives_in_welcome_and_on_join() {
     let texts: Vec<String> =
         c.expect("welcome")["history"].as_array().unwrap().iter().map(|e| e["text"].as_str().unwrap().into()).collect();
     assert_eq!(texts, ["message 3", "message 4", "message 5"]);
+}
+
+/// The `text` of each `message` in `welcome`'s history.
+fn history_texts(welcome: &Value) -> Vec<String> {
+    welcome["history"].as_array().unwrap().iter().map(|e| e["text"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn a_client_that_reconnects_with_since_gets_what_it_missed_or_is_told_it_cannot() {
+    let server = TestServer::with_config(with(no_rate_limit(), |c| c.chat.history_len = 5));
+    let (mut a, welcome) = ChatClient::join(server.addr, "room=den&nick=alice");
+    let epoch = welcome["epoch"].as_str().unwrap().to_string();
+    a.say("one");
+    let seen = a.expect("message")["seq"].as_u64().unwrap();
+    assert_eq!(seen, 1);
+    // Bob leaves after "one"; alice says three more while he is away.
+    let (bob, _) = ChatClient::join(server.addr, "room=den&nick=bob");
+    drop(bob);
+    a.expect("join");
+    a.expect("leave");
+    for text in ["two", "three", "four"] {
+        a.say(text);
+        a.expect("message");
+    }
+    // He comes back with where he was: exactly the three he missed, then live ones.
+    let (mut bob, welcome) = ChatClient::join(server.addr, &format!("room=den&nick=bob&since={seen}&epoch={epoch}"));
+    assert_eq!(welcome["recovered"], true, "{welcome}");
+    assert_eq!((welcome["epoch"].as_str(), welcome["seq"].as_u64()), (Some(&*epoch), Some(4)));
+    assert_eq!(history_texts(&welcome), ["two", "three", "four"]);
+    a.say("five");
+    assert_eq!(bob.expect("message")["text"], "five");
+    // Up to date already: recovered, nothing repeated.
+    let (_c, welcome) = ChatClient::join(server.addr, &format!("room=den&since=5&epoch={epoch}"));
+    assert_eq!((welcome["recovered"].as_bool(), history_texts(&welcome).len()), (Some(true), 0));
+    // Too long away: the history (5 messages) no longer reaches back to 2.
+    for i in 6..=9 {
+        a.say(&format!("m{i}"));
+        a.until("message");
+    }
+    let (_d, welcome) = ChatClient::join(server.addr, &format!("room=den&since=1&epoch={epoch}"));
+    assert_eq!(welcome["recovered"], false);
+    assert_eq!(history_texts(&welcome), ["five", "m6", "m7", "m8", "m9"], "the usual recent history");
+    // Another epoch (a restarted server, or a room made again): false, whatever the number.
+    let (_e, welcome) = ChatClient::join(server.addr, "room=den&since=8&epoch=0123456789abcdef");
+    assert_eq!(welcome["recovered"], false);
+    // A number from the future, or none that parses: false.
+    for since in ["100", "x"] {
+        let (_f, welcome) = ChatClient::join(server.addr, &format!("room=den&since={since}&epoch={epoch}"));
+        assert_eq!(welcome["recovered"], false, "since={since}");
+    }
+    // Without `since` nothing is said about recovery.
+    let (_g, welcome) = ChatClient::join(server.addr, "room=den");
+    assert!(welcome.get("recovered").is_none());
+}
+
+#[test]
+fn a_room_made_again_and_a_restarted_server_start_a_new_epoch() {
+    let server = TestServer::with_config(no_rate_limit());
+    let (a, welcome) = ChatClient::join(server.addr, "room=den");
+    let first = welcome["epoch"].as_str().unwrap().to_string();
+    let (_b, welcome) = ChatClient::join(server.addr, "room=den");
+    assert_eq!(welcome["epoch"], first.as_str(), "same room, same epoch");
+    let lobby = ChatClient::join(server.addr, "").1["epoch"].as_str().unwrap().to_string();
+    assert_ne!(lobby, first, "each room has its own");
+    drop((a, _b));
+    // Both gone: the room is removed; made again, it counts from 1 in a new epoch.
+    std::thread::sleep(Duration::from_millis(200));
+    let (_c, welcome) = ChatClient::join(server.addr, "room=den");
+    assert_ne!(welcome["epoch"], first.as_str());
+    assert_eq!(welcome["seq"], 0);
+    // A new server: the lobby too has a new epoch.
+    let other = TestServer::with_config(no_rate_limit());
+    assert_ne!(ChatClient::join(other.addr, "").1["epoch"], lobby.as_str());
 }
 
 #[test]

@@ -64,10 +64,37 @@ fn push_json_string(out: &mut Vec<u8>, text: &str) {
     }
 }
 
-/// `welcome`: you are in `room` as `nick`; here are its members and recent messages.
+/// Where a room's messages stand, for `welcome`: its epoch, its last
+/// sequence number, and (when the client asked to resume) whether every
+/// message after the one it named is in the history that follows.
+#[derive(Debug, Clone, Copy)]
+pub struct Position<'a> {
+    /// The room's epoch: a new one whenever its sequence starts again.
+    pub epoch: &'a str,
+    /// The sequence number of the room's last message (0: none yet).
+    pub seq: u64,
+    /// `Some` when the client connected with `since` and `epoch`.
+    pub recovered: Option<bool>,
+}
+
+/// `welcome`: you are in `room` as `nick`; here are its members, where its
+/// messages stand, and its recent messages (or those after the client's `since`).
 /// `history` holds `message` events, already serialised.
-pub fn welcome(nick: &str, room: &str, members: &[&str], history: impl Iterator<Item = impl AsRef<str>>) -> String {
-    let head = json!({"type": "welcome", "nick": nick, "room": room, "members": members}).to_string();
+pub fn welcome(
+    nick: &str,
+    room: &str,
+    members: &[&str],
+    position: Position<'_>,
+    history: impl Iterator<Item = impl AsRef<str>>,
+) -> String {
+    let mut head = json!({
+        "type": "welcome", "nick": nick, "room": room, "members": members,
+        "epoch": position.epoch, "seq": position.seq,
+    });
+    if let Some(recovered) = position.recovered {
+        head["recovered"] = Value::Bool(recovered);
+    }
+    let head = head.to_string();
     // Splice the stored events in as they are, instead of parsing them back.
     let mut out = String::with_capacity(head.len() + 64);
     out.push_str(&head[..head.len() - 1]);
@@ -159,10 +186,15 @@ mod tests {
     #[test]
     fn welcome_splices_history_as_events() {
         let history = [message("lobby", "a", "one", 1, 1, false), message("lobby", "b", "two", 2, 2, false)];
-        let event = parse(&welcome("me", "lobby", &["a", "me"], history.iter()));
+        let position = Position { epoch: "00ff", seq: 2, recovered: None };
+        let event = parse(&welcome("me", "lobby", &["a", "me"], position, history.iter()));
         assert_eq!(event["type"], "welcome");
         assert_eq!(event["members"], json!(["a", "me"]));
         assert_eq!(event["history"][1]["text"], "two");
-        assert_eq!(parse(&welcome("me", "lobby", &[], std::iter::empty::<&str>()))["history"], json!([]));
+        assert_eq!((&event["epoch"], &event["seq"]), (&json!("00ff"), &json!(2)));
+        assert!(event.get("recovered").is_none(), "said only to a client that asked to resume");
+        let resumed = Position { recovered: Some(false), ..position };
+        let event = parse(&welcome("me", "lobby", &[], resumed, std::iter::empty::<&str>()));
+        assert_eq!((&event["history"], &event["recovered"]), (&json!([]), &json!(false)));
     }
 }

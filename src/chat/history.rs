@@ -101,6 +101,24 @@ impl History {
         self.rooms.get(room).into_iter().flatten().map(|entry| &entry.event)
     }
 
+    /// The messages of `room` after `seq`, oldest first, if the history
+    /// still holds every one of them up to `last` (the room's latest);
+    /// `None` if some are gone, or `seq` is past `last`.
+    pub fn after(&self, room: &str, seq: u64, last: u64) -> Option<impl Iterator<Item = &Arc<str>>> {
+        let kept = self.rooms.get(room);
+        if seq > last {
+            return None;
+        }
+        if seq < last {
+            // Entries are contiguous and go oldest first, so the first one held decides.
+            let first = kept.and_then(VecDeque::front)?.seq;
+            if first > seq + 1 {
+                return None;
+            }
+        }
+        Some(kept.into_iter().flatten().filter(move |entry| entry.seq > seq).map(|entry| &entry.event))
+    }
+
     /// Forgets `room`'s messages (the room is gone).
     pub fn forget(&mut self, room: &str) {
         if let Some(kept) = self.rooms.remove(room) {
@@ -153,6 +171,25 @@ mod tests {
         // A message larger than everything allowed is not kept at all.
         history.push("a", 3, Arc::from("x".repeat(4 * entry)));
         assert_eq!(history.bytes(), entry);
+    }
+
+    #[test]
+    fn after_a_sequence_number_only_while_every_later_message_is_held() {
+        let mut history = History::new(3, 1 << 20);
+        for seq in 1..=5 {
+            history.push("a", seq, Arc::from(format!("m{seq}")));
+        }
+        let after = |seq| history.after("a", seq, 5).map(|events| events.map(|e| e.to_string()).collect::<Vec<_>>());
+        // Held: 3, 4, 5.
+        assert_eq!(after(2), Some(vec!["m3".into(), "m4".into(), "m5".into()]));
+        assert_eq!(after(4), Some(vec!["m5".into()]));
+        assert_eq!(after(5), Some(vec![]), "nothing missed");
+        assert_eq!(after(1), None, "message 2 is gone");
+        assert_eq!(after(0), None);
+        assert_eq!(after(6), None, "from the future: another epoch's number");
+        // A room that holds nothing can still say "nothing missed".
+        assert_eq!(history.after("empty", 0, 0).map(Iterator::count), Some(0));
+        assert!(history.after("empty", 0, 3).is_none());
     }
 
     #[test]

@@ -34,14 +34,37 @@ pub const MAX_NAME_LEN: usize = 32;
 /// The longest prefix a message may carry before its text (`/me `).
 const MAX_PREFIX: usize = "/me ".len();
 
-/// A room: its members in the order they joined, and the sequence number
-/// of its last message (its recent messages are in the chat's [`History`]).
-/// Its topic has the room's name.
-#[derive(Debug, Default)]
+/// A room: its members in the order they joined, the sequence number of
+/// its last message (its recent messages are in the chat's [`History`]),
+/// and its epoch. Its topic has the room's name.
+#[derive(Debug)]
 struct Room {
     members: Vec<ConnId>,
     seq: u64,
+    /// Made when the room (and so its sequence) starts: a room removed and
+    /// made again, or a restarted server, has a new one, so that a client
+    /// resuming with a sequence number can tell a new count from a gap.
+    epoch: Box<str>,
 }
+
+impl Room {
+    fn new() -> Room {
+        Room { members: Vec::new(), seq: 0, epoch: new_epoch() }
+    }
+}
+
+/// A fresh epoch: 16 hex digits, different in every process and every call.
+/// (std's `RandomState` is seeded from the operating system's randomness
+/// once per thread and changes its keys with every instance: unpredictable
+/// enough to tell one room's life from another, which is all it is for.)
+fn new_epoch() -> Box<str> {
+    use std::hash::BuildHasher;
+    let hash = std::collections::hash_map::RandomState::new().hash_one(0u8);
+    format!("{hash:016x}").into()
+}
+
+/// The longest epoch a client may send back (ours have 16 characters).
+const MAX_EPOCH_LEN: usize = 32;
 
 /// A token bucket: `burst` tokens, refilled at `rate` per second; a message takes one.
 ///
@@ -103,6 +126,14 @@ pub fn is_valid_name(name: &str) -> bool {
 /// chat, and each would cost six bytes escaped in JSON.
 fn is_forbidden_in_text(c: char) -> bool {
     (c.is_ascii_control() && c != '\t' && c != '\n') || c == '\u{7f}'
+}
+
+/// A client's request to resume a room where it left off: every message
+/// after `since`, if the room still has the same `epoch`.
+#[derive(Debug, Clone, Copy)]
+struct Resume<'a> {
+    since: u64,
+    epoch: &'a str,
 }
 
 /// Why a connection cannot join the chat at all.
@@ -176,7 +207,7 @@ impl Chat {
     /// An empty chat (but for the lobby) with the limits of `config`.
     pub fn new(config: ChatConfig) -> Chat {
         let mut rooms = HashMap::new();
-        rooms.insert(LOBBY.to_string(), Room::default());
+        rooms.insert(LOBBY.to_string(), Room::new());
         let history = History::new(config.history_len, config.history_bytes);
         Chat { config, rooms, members: HashMap::new(), nicks: HashMap::new(), next_guest: 1, history }
     }
@@ -198,19 +229,25 @@ impl Chat {
     }
 
     /// A connection opened the chat endpoint. `query` is the request's query
-    /// string (`room=NAME&nick=NAME`, both optional). A name that is invalid
-    /// or taken, or a room that is full, earns an `error` event after the
-    /// `welcome`, and the connection gets a guest nick or the lobby instead.
+    /// string (`room=NAME&nick=NAME&since=SEQ&epoch=EPOCH`, all optional). A
+    /// name that is invalid or taken, or a room that is full, earns an
+    /// `error` event after the `welcome`, and the connection gets a guest
+    /// nick or the lobby instead. With `since` and `epoch` the `welcome`
+    /// carries the room's messages after `since`, if it can (`recovered`).
     fn connect(&mut self, query: &str, ctx: &mut Context<'_>) -> Result<(), Refusal> {
         let mut errors = Vec::new();
-        let (mut want_room, mut want_nick) = (None, None);
+        let (mut want_room, mut want_nick, mut since, mut epoch) = (None, None, None, None);
         for pair in query.split('&') {
             match pair.split_once('=') {
                 Some(("room", value)) => want_room = Some(value),
                 Some(("nick", value)) => want_nick = Some(value),
+                // A number that does not parse asks for a resume that cannot succeed.
+                Some(("since", value)) => since = Some(value.parse::<u64>().unwrap_or(u64::MAX)),
+                Some(("epoch", value)) => epoch = Some(value),
                 _ => {}
             }
         }
+        let resume = since.map(|since| Resume { since, epoch: epoch.unwrap_or("") });
 
         let mut room = LOBBY.to_string();
         if let Some(wanted) = want_room {
@@ -235,7 +272,7 @@ impl Chat {
         let id = ctx.id();
         self.nicks.insert(nick.to_ascii_lowercase(), id);
         self.members.insert(id, Member { nick, room: room.clone(), bucket: TokenBucket::default() });
-        self.enter(&room, ctx);
+        self.enter(&room, resume, ctx);
         for (code, message) in errors {
             ctx.send_text(&events::error(code, &message));
         }
@@ -386,7 +423,7 @@ impl Chat {
         if let Some(member) = self.members.get_mut(&ctx.id()) {
             member.room = room.clone();
         }
-        self.enter(&room, ctx);
+        self.enter(&room, None, ctx);
     }
 
     /// Checks that a room can be entered; returns its canonical (lower-case) name.
@@ -430,15 +467,27 @@ impl Chat {
     }
 
     /// Puts this connection into room `name` (creating it): the others hear
-    /// of it first, then it subscribes and is welcomed.
-    fn enter(&mut self, name: &str, ctx: &mut Context<'_>) {
+    /// of it first, then it subscribes and is welcomed, with the messages it
+    /// missed if it is resuming and the history still has them all, or with
+    /// the recent ones.
+    fn enter(&mut self, name: &str, resume: Option<Resume<'_>>, ctx: &mut Context<'_>) {
         let id = ctx.id();
         let Some(nick) = self.members.get(&id).map(|m| m.nick.clone()) else { return };
         ctx.publish_text(name, &events::join(name, &nick));
         ctx.subscribe(name);
-        let room = self.rooms.entry(name.to_string()).or_default();
+        let room = self.rooms.entry(name.to_string()).or_insert_with(Room::new);
         room.members.push(id);
-        ctx.send_text(&events::welcome(&nick, name, &self.nicks_in(name), self.history.of(name)));
+        let (epoch, seq) = (room.epoch.clone(), room.seq);
+        let members = self.nicks_in(name);
+        let missed = resume
+            .filter(|resume| resume.epoch.len() <= MAX_EPOCH_LEN && resume.epoch == &*epoch)
+            .and_then(|resume| self.history.after(name, resume.since, seq));
+        let position = events::Position { epoch: &epoch, seq, recovered: resume.map(|_| missed.is_some()) };
+        let welcome = match missed {
+            Some(missed) => events::welcome(&nick, name, &members, position, missed),
+            None => events::welcome(&nick, name, &members, position, self.history.of(name)),
+        };
+        ctx.send_text(&welcome);
     }
 
     /// Takes this connection out of room `name`, tells the others, and
