@@ -603,3 +603,56 @@ fn a_member_that_keeps_up_survives_other_members_bursts() {
     senders[0].say("one more");
     assert_eq!(reader.until("message")["text"], "one more");
 }
+
+/// A log with its colour codes (if any) taken out.
+fn plain(log: &str) -> String {
+    let mut out = String::new();
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| c.is_ascii_alphabetic());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn at_debug_the_log_follows_each_connection_by_an_id_with_its_origin_nick_and_room() {
+    let server = Spawned::start_logging("debug", &[]);
+    let mut ids = Vec::new();
+    for nick in ["zoe", "yan"] {
+        let mut client = RawClient::connect(server.addr);
+        let request = String::from_utf8(upgrade_request(&format!("/chat?nick={nick}&room=den"))).unwrap();
+        let request = request.replacen("\r\n\r\n", "\r\nOrigin: http://evil.example\r\n\r\n", 1);
+        client.send_raw(request.as_bytes());
+        assert!(client.read_http_head().starts_with("HTTP/1.1 101"));
+        let _welcome = client.read_frame();
+        client.send_close(1000, "");
+        client.read_close();
+        assert!(client.wait_eof());
+        drop(client);
+        std::thread::sleep(Duration::from_millis(200));
+        let log = plain(&server.log());
+        let id = log
+            .lines()
+            .find(|l| l.contains("chat: joined") && l.contains(&format!("nick={nick}")))
+            .and_then(|l| l.split("conn=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("a 'chat: joined' line for {nick}:\n{log}"));
+        ids.push(id);
+    }
+    assert_ne!(ids[0], ids[1], "one slot, used twice, never the same id");
+    let log = plain(&server.log());
+    for (id, nick) in ids.iter().zip(["zoe", "yan"]) {
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(&format!("conn={id} "))).collect();
+        let all = lines.join("\n");
+        for part in ["accepted", "upgrade accepted", "origin=Some(\"http://evil.example\")", "chat: joined", "chat: left"] {
+            assert!(all.contains(part), "{part:?} missing for conn {id}:\n{all}");
+        }
+        assert!(all.contains(&format!("nick={nick} room=den")), "{all}");
+        assert!(lines.last().unwrap().contains("closed") && all.contains("clean=true"), "{all}");
+    }
+}

@@ -375,6 +375,9 @@ impl<A: App> connection::Handler for Session<'_, A> {
     fn route(&mut self, request: &Request<'_, '_>) -> connection::Route {
         match self.app.route(request) {
             Route::Accept(state) => {
+                // The peer's own words: logged escaped ({:?}) and cut short.
+                let origin = request.header("Origin").map(|o| String::from_utf8_lossy(&o[..o.len().min(200)]));
+                tracing::debug!(conn = self.id.generation, path = ?request.path(), origin = ?origin, "upgrade accepted");
                 self.conn.0 = Stage::Routed(state);
                 connection::Route::Upgrade
             }

@@ -270,6 +270,7 @@ impl Chat {
         };
 
         let id = ctx.id();
+        tracing::debug!(conn = id.generation, nick = %nick, room = %room, "chat: joined");
         self.nicks.insert(nick.to_ascii_lowercase(), id);
         self.members.insert(id, Member { nick, room: room.clone(), bucket: TokenBucket::default() });
         self.enter(&room, resume, ctx);
@@ -282,6 +283,7 @@ impl Chat {
     /// A connection left (closed, failed, or was dropped): it leaves its room.
     fn disconnect(&mut self, ctx: &mut Context<'_>) {
         let Some(member) = self.members.remove(&ctx.id()) else { return };
+        tracing::debug!(conn = ctx.id().generation, nick = %member.nick, room = %member.room, "chat: left");
         self.nicks.remove(&member.nick.to_ascii_lowercase());
         self.exit(&member.room, &member.nick, ctx);
     }
@@ -401,6 +403,7 @@ impl Chat {
             Ok(nick) => nick,
             Err((code, message)) => return ctx.send_text(&events::error(code, &message)),
         };
+        tracing::debug!(conn = id.generation, old = %old, nick = %nick, "chat: renamed");
         self.nicks.remove(&old.to_ascii_lowercase());
         self.nicks.insert(nick.to_ascii_lowercase(), id);
         let Some(member) = self.members.get_mut(&id) else { return };
@@ -419,6 +422,7 @@ impl Chat {
             Err((code, message)) => return ctx.send_text(&events::error(code, &message)),
         };
         let (old, nick) = (member.room.clone(), member.nick.clone());
+        tracing::debug!(conn = ctx.id().generation, nick = %nick, from = %old, to = %room, "chat: moved");
         self.exit(&old, &nick, ctx);
         if let Some(member) = self.members.get_mut(&ctx.id()) {
             member.room = room.clone();

@@ -388,16 +388,21 @@ impl Spawned {
 
     /// Starts it with `ulimit -n files` when `files` is given.
     pub fn start_limited(files: Option<u32>, args: &[&str]) -> Spawned {
-        Spawned::program(env!("CARGO_BIN_EXE_rust-chat"), files, args)
+        Spawned::program(env!("CARGO_BIN_EXE_rust-chat"), files, args, "info")
+    }
+
+    /// Starts it with `RUST_LOG=level`.
+    pub fn start_logging(level: &str, args: &[&str]) -> Spawned {
+        Spawned::program(env!("CARGO_BIN_EXE_rust-chat"), None, args, level)
     }
 
     /// Starts an example program (`examples/NAME.rs`), built first so that it is current.
     pub fn example(name: &str, args: &[&str]) -> Spawned {
         let binary = example_binary(name);
-        Spawned::program(binary.to_str().unwrap(), None, args)
+        Spawned::program(binary.to_str().unwrap(), None, args, "info")
     }
 
-    fn program(binary: &str, files: Option<u32>, args: &[&str]) -> Spawned {
+    fn program(binary: &str, files: Option<u32>, args: &[&str], log_level: &str) -> Spawned {
         static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = std::env::temp_dir().join(format!("rust-chat-test-{}-{n}.log", std::process::id()));
@@ -412,7 +417,7 @@ impl Spawned {
         let mut child = command
             .args(["--bind", "127.0.0.1:0"])
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", log_level)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
