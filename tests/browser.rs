@@ -140,7 +140,8 @@ fn two_tabs_chat_and_the_blogs_snippet_joins_the_lobby() {
 
 /// The texts of the messages the page shows, in order.
 fn shown_texts(browser: &Browser) -> Vec<String> {
-    let texts = browser.eval("return [...document.querySelectorAll('#messages .line .text')].map(e => e.textContent)", json!([]));
+    let texts = browser
+        .eval("return [...document.querySelectorAll('#messages .line .text')].map(e => e.textContent)", json!([]));
     texts.as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect()
 }
 

@@ -294,8 +294,7 @@ fn a_burst_over_the_rate_arrives_whole_and_in_order_only_later() {
     wire.extend(sender.raw.frame_bytes(true, TEXT, b"/who"));
     let started = Instant::now();
     sender.raw.send_raw(&wire);
-    let texts: Vec<String> =
-        (0..50).map(|_| reader.expect("message")["text"].as_str().unwrap().to_string()).collect();
+    let texts: Vec<String> = (0..50).map(|_| reader.expect("message")["text"].as_str().unwrap().to_string()).collect();
     let took = started.elapsed();
     let expected: Vec<String> = (0..50).map(|i| format!("line {i}")).collect();
     assert_eq!(texts, expected);
@@ -649,7 +648,9 @@ fn at_debug_the_log_follows_each_connection_by_an_id_with_its_origin_nick_and_ro
     for (id, nick) in ids.iter().zip(["zoe", "yan"]) {
         let lines: Vec<&str> = log.lines().filter(|l| l.contains(&format!("conn={id} "))).collect();
         let all = lines.join("\n");
-        for part in ["accepted", "upgrade accepted", "origin=Some(\"http://evil.example\")", "chat: joined", "chat: left"] {
+        for part in
+            ["accepted", "upgrade accepted", "origin=Some(\"http://evil.example\")", "chat: joined", "chat: left"]
+        {
             assert!(all.contains(part), "{part:?} missing for conn {id}:\n{all}");
         }
         assert!(all.contains(&format!("nick={nick} room=den")), "{all}");
