@@ -1,13 +1,16 @@
 //! A complete application on rust-chat in a few dozen lines: every text
 //! message comes back upper-cased; a binary one is refused with 1003.
 //!
-//!     cargo run --example uppercase -- --bind 127.0.0.1:10001
+//!     cargo run --example uppercase -- --bind 127.0.0.1:10001 [--workers 4]
+//!
+//! Its connections need nothing from each other, so it can use several
+//! cores: `--workers N` runs N event loops on the port (`SO_REUSEPORT`).
 //!
 //! Then, in a browser's console: `ws = new WebSocket('ws://127.0.0.1:10001');
 //! ws.onmessage = e => console.log(e.data); ws.send('hi')`.
 
 use rust_chat::app::{App, Context, Message, Request, Route};
-use rust_chat::server::{Server, ServerConfig};
+use rust_chat::server::{ServerConfig, Workers};
 
 struct Uppercase;
 
@@ -30,17 +33,17 @@ impl App for Uppercase {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut config = ServerConfig::default();
+    let (mut config, mut workers) = (ServerConfig::default(), 1);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--bind" => config.bind = args.next().ok_or("--bind needs an address")?.parse()?,
+            "--workers" => workers = args.next().ok_or("--workers needs a number")?.parse()?,
             other => return Err(format!("unknown option {other}; try --bind 127.0.0.1:10001").into()),
         }
     }
-    let mut server = Server::bind(config, Uppercase)?;
-    server.shutdown_on_signals()?;
-    println!("uppercase listening on ws://{}/", server.local_addr());
-    server.run()?;
+    let workers = Workers::start(config, workers, true, |_| Uppercase)?;
+    println!("uppercase listening on ws://{}/", workers.local_addr());
+    workers.wait()?;
     Ok(())
 }

@@ -108,7 +108,8 @@ fuzz_target!(|data: &[u8]| {
             dropped = client.handle_timeout(now, &config) == TimerAction::Drop;
         }
     }
-    while client.write_to(&mut Trickle { out: &mut out, step: 4096, stutter: false, blocked: false }).unwrap_or(0) > 0 {}
+    while client.write_to(&mut Trickle { out: &mut out, step: 4096, stutter: false, blocked: false }).unwrap_or(0) > 0 {
+    }
 
     check_output(&out);
 });

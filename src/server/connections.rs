@@ -35,8 +35,9 @@ pub(super) struct Connection<C> {
     /// The peer has closed its writing side (read returned 0).
     pub peer_eof: bool,
     /// What the server counts this connection as holding of input not yet
-    /// complete (its client's `buffered_bytes` when it was last serviced).
-    pub buffered: usize,
+    /// complete (its client's `buffered_bytes` when it was last serviced,
+    /// saturated: 4 bytes here rather than 8, in every slot).
+    pub buffered: u32,
     /// The time of this connection's live entry in the timer heap, if any.
     pub timer: Option<Instant>,
     /// Reading stopped because the outgoing queue was over its limit or the

@@ -18,6 +18,7 @@
 //! | `timers.rs` | one heap of deadlines, one live entry per connection |
 //! | `delivery.rs` | what was published: onto the subscribers' queues, slow consumers closed |
 //! | `shutdown.rs` | signals, the stop handle, the graceful drain |
+//! | `workers.rs` | several loops on one port (`SO_REUSEPORT`), one thread each |
 //!
 //! mio's readiness is edge-triggered: an event says "something changed", not
 //! "there is data", so every read and accept loop runs until `WouldBlock`,
@@ -30,9 +31,11 @@ mod connections;
 mod delivery;
 mod shutdown;
 mod timers;
+mod workers;
 
 pub use config::{ServerConfig, open_file_limit};
 pub use shutdown::{Exit, ServerHandle};
+pub use workers::{WorkerError, Workers, available_workers};
 
 use crate::app::topics::RUN_LIMIT;
 use crate::app::{App, Hub, Session};
@@ -141,8 +144,13 @@ impl<A: App> Server<A> {
     /// Validates `config`, binds its address and registers the listener.
     pub fn bind(config: ServerConfig, app: A) -> Result<Server<A>, StartError> {
         config.validate().map_err(StartError::Config)?;
+        let listener = TcpListener::bind(config.bind)?;
+        Server::on_listener(config, app, listener)
+    }
+
+    /// A server on a listener bound already (one of several on a port: see [`Workers`]).
+    fn on_listener(config: ServerConfig, app: A, mut listener: TcpListener) -> Result<Server<A>, StartError> {
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(config.bind)?;
         let local_addr = listener.local_addr()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let shutdown = Shutdown::new(poll.registry(), WAKER)?;
@@ -314,7 +322,7 @@ impl<A: App> Server<A> {
             return; // a spurious event for a connection already removed
         };
         // What this connection may hold: what the others leave of the bound.
-        let allowance = max_buffered.saturating_sub(*buffered - conn.buffered);
+        let allowance = max_buffered.saturating_sub(*buffered - conn.buffered as usize);
         let mut budget = READ_BUDGET;
         let mut want_read = readable;
         let finished = loop {
@@ -368,8 +376,8 @@ impl<A: App> Server<A> {
             }
             break false;
         };
-        let held = conn.client.buffered_bytes();
-        *buffered = *buffered - conn.buffered + held;
+        let held = u32::try_from(conn.client.buffered_bytes()).unwrap_or(u32::MAX);
+        *buffered = *buffered - conn.buffered as usize + held as usize;
         conn.buffered = held;
         if let Some(CloseInfo::Failed(crate::protocol::close_code::TRY_AGAIN_LATER, _)) = conn.client.close_info()
             && conn.app.is_open()
@@ -399,7 +407,7 @@ impl<A: App> Server<A> {
     /// been), it leaves every topic, and its socket is closed.
     fn remove(&mut self, index: usize, now: Instant) {
         let Some(mut conn) = self.connections.remove(index) else { return };
-        self.buffered -= conn.buffered;
+        self.buffered -= conn.buffered as usize;
         if conn.handshaking {
             self.admission.handshake_done();
         }
@@ -493,12 +501,14 @@ mod tests {
     #[test]
     fn a_connection_is_small() {
         // Idle memory per connection is mostly this slot (see BENCHMARKS.md):
-        // 320 bytes after the redesign, 328 with the message assembler's
-        // per-application limit.
+        // 320 bytes in a release build since the redesign. A debug build's is
+        // 16 more: mio keeps a selector id in every socket there, to check
+        // registrations (`cargo test` runs this in debug, the benchmarks run release).
         type Conn = <crate::app::Both<Echo, crate::chat::Chat> as App>::Conn;
         let slot = std::mem::size_of::<Option<connections::Connection<Conn>>>();
         let client = std::mem::size_of::<WebSocketClient>();
         eprintln!("Option<Connection>: {slot} bytes; WebSocketClient: {client} bytes");
-        assert!(slot <= 328, "{slot}");
+        let limit = if cfg!(debug_assertions) { 336 } else { 320 };
+        assert!(slot <= limit, "{slot}");
     }
 }
