@@ -37,6 +37,8 @@ OPTIONS:
                                  input; 0 = never [default: 120s]
     --drain-timeout DURATION     On SIGINT/SIGTERM, how long to wait for clients to
                                  finish closing [default: 5s]
+    --workers N                  Event loops (threads) sharing the port, one chat for
+                                 all; auto = one per core [default: 1]
     --max-connections N          Open connections at most; more get 503
                                  [default: the open-file limit less 64]
     --max-connections-per-ip N   Open connections from one address at most; more
@@ -81,13 +83,15 @@ ENDPOINTS:
 ";
 
 pub enum Command {
-    Run(Box<Config>),
+    /// Serve with this configuration on this many event loops.
+    Run(Box<Config>, usize),
     Help,
     Version,
 }
 
 pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
     let mut config = Config::default();
+    let mut workers = 1;
     let mut args = args.into_iter();
     while let Some(flag) = args.next() {
         let c = &mut config.server.connection;
@@ -122,6 +126,16 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, Str
             "--max-connections" => config.server.max_connections = parse_count(&value()?, &name)?,
             "--max-connections-per-ip" => config.server.max_connections_per_ip = parse_count(&value()?, &name)?,
             "--max-pending-handshakes" => config.server.max_pending_handshakes = parse_count(&value()?, &name)?,
+            "--workers" => {
+                let v = value()?;
+                workers = match v.as_str() {
+                    "auto" => rust_chat::server::available_workers(),
+                    _ => parse_count(&v, &name)?,
+                };
+                if workers == 0 {
+                    return Err("--workers: at least 1 (or auto)".into());
+                }
+            }
             "--history" => config.chat.history_len = parse_count(&value()?, &name)?,
             "--history-bytes" => config.chat.history_bytes = parse_size(&value()?, &name)?,
             "--max-text-bytes" => config.chat.max_text_bytes = parse_size(&value()?, &name)?,
@@ -133,7 +147,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, Str
         }
     }
     config.validate().map_err(|err| err.to_string())?;
-    Ok(Command::Run(Box::new(config)))
+    Ok(Command::Run(Box::new(config), workers))
 }
 
 fn parse_size(text: &str, flag: &str) -> Result<usize, String> {
@@ -172,9 +186,23 @@ mod tests {
 
     fn run(args: &[&str]) -> Result<Config, String> {
         match parse_args(args.iter().map(|s| s.to_string()))? {
-            Command::Run(config) => Ok(*config),
+            Command::Run(config, _) => Ok(*config),
             _ => Err("not a run".into()),
         }
+    }
+
+    #[test]
+    fn workers_are_a_count_or_auto() {
+        let workers = |args: &[&str]| match parse_args(args.iter().map(|s| s.to_string())) {
+            Ok(Command::Run(_, n)) => Ok(n),
+            Ok(_) => Err("not a run".to_string()),
+            Err(err) => Err(err),
+        };
+        assert_eq!(workers(&[]), Ok(1));
+        assert_eq!(workers(&["--workers", "4"]), Ok(4));
+        assert_eq!(workers(&["--workers=auto"]), Ok(rust_chat::server::available_workers()));
+        assert!(workers(&["--workers", "0"]).is_err());
+        assert!(workers(&["--workers", "many"]).is_err());
     }
 
     #[test]

@@ -124,3 +124,43 @@ pub type EchoAndChat = app::Both<echo::Echo, chat::Chat>;
 pub fn echo_and_chat(chat: chat::ChatConfig) -> EchoAndChat {
     app::Both(echo::Echo, chat::Chat::new(chat))
 }
+
+/// The binary's application as `workers` event loops serve it: one chat for
+/// all of them ([`chat::shared`]), the echo endpoint in each.
+pub type SharedEchoAndChat = app::Both<echo::Echo, chat::shared::SharedChat>;
+
+/// The binary's application on `workers` event loops sharing `config.server.bind`
+/// (see [`server::Workers`]), bound and ready: [`go`](server::Workers::go)
+/// or [`wait`](server::Workers::wait) lets them serve. The server's limits
+/// are the whole server's: each worker gets its share of the connection
+/// limits and of `max_buffered_bytes` (but never less than one message);
+/// the chat's limits hold over all workers as they are.
+pub fn echo_and_chat_workers(
+    config: Config,
+    workers: usize,
+    signals: bool,
+) -> Result<(server::Workers, std::sync::Arc<chat::shared::Shared>), server::StartError> {
+    let workers = workers.max(1);
+    let shared = chat::shared::Shared::new(config.chat, workers);
+    let mut each = config.server;
+    let share = |total: usize| total.div_ceil(workers).max(1);
+    each.max_connections = share(each.max_connections);
+    each.max_pending_handshakes = share(each.max_pending_handshakes);
+    if each.max_connections_per_ip > 0 {
+        each.max_connections_per_ip = share(each.max_connections_per_ip);
+    }
+    each.max_buffered_bytes = share(each.max_buffered_bytes).max(each.connection.max_message_size);
+    let apps = std::sync::Arc::clone(&shared);
+    let running =
+        server::Workers::bind(each, workers, signals, move |worker| app::Both(echo::Echo, apps.worker(worker)))?;
+    let wakers: Vec<chat::shared::Wake> = running
+        .handles()
+        .iter()
+        .map(|handle| {
+            let handle = handle.clone();
+            Box::new(move || handle.notify()) as chat::shared::Wake
+        })
+        .collect();
+    shared.set_wakers(wakers);
+    Ok((running, shared))
+}

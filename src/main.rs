@@ -4,8 +4,8 @@
 mod cli;
 
 use cli::Command;
-use rust_chat::server::{Exit, Server};
-use rust_chat::{Config, echo_and_chat};
+use rust_chat::server::{Exit, Server, WorkerError};
+use rust_chat::{Config, echo_and_chat, echo_and_chat_workers};
 use std::process::ExitCode;
 
 /// Logs go to standard error, at the level RUST_LOG asks for (info by default).
@@ -16,8 +16,8 @@ fn init_logging() {
 }
 
 fn main() -> ExitCode {
-    let config: Config = match cli::parse_args(std::env::args().skip(1)) {
-        Ok(Command::Run(config)) => *config,
+    let (config, workers): (Config, usize) = match cli::parse_args(std::env::args().skip(1)) {
+        Ok(Command::Run(config, workers)) => (*config, workers),
         Ok(Command::Help) => {
             print!("{}", cli::USAGE);
             return ExitCode::SUCCESS;
@@ -32,6 +32,9 @@ fn main() -> ExitCode {
         }
     };
     init_logging();
+    if workers > 1 {
+        return serve_workers(config, workers);
+    }
     let mut server = match Server::bind(config.server, echo_and_chat(config.chat)) {
         Ok(server) => server,
         Err(err) => {
@@ -50,6 +53,35 @@ fn main() -> ExitCode {
         Ok(_) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("rust-chat: event loop failed: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--workers N` with N > 1: N event loops on the port, one chat for all.
+fn serve_workers(config: Config, workers: usize) -> ExitCode {
+    let (running, _chat) = match echo_and_chat_workers(config, workers, true) {
+        Ok(started) => started,
+        Err(err) => {
+            eprintln!("rust-chat: cannot start: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = running.local_addr();
+    println!(
+        "rust-chat listening on ws://{addr}/ with {workers} workers (chat page at http://{addr}/, echo at ws://{addr}/echo)"
+    );
+    match running.wait() {
+        Ok(Exit::Forced) => ExitCode::FAILURE,
+        Ok(_) => ExitCode::SUCCESS,
+        Err(err @ WorkerError::Panicked(_)) => {
+            // The other workers are still running: ending the process ends them (no half-server).
+            tracing::error!("{err}: exiting");
+            eprintln!("rust-chat: {err}: exiting");
+            ExitCode::from(101)
+        }
+        Err(err) => {
+            eprintln!("rust-chat: {err}");
             ExitCode::FAILURE
         }
     }

@@ -603,20 +603,6 @@ fn a_member_that_keeps_up_survives_other_members_bursts() {
     assert_eq!(reader.until("message")["text"], "one more");
 }
 
-/// A log with its colour codes (if any) taken out.
-fn plain(log: &str) -> String {
-    let mut out = String::new();
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            chars.by_ref().find(|c| c.is_ascii_alphabetic());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 #[test]
 fn at_debug_the_log_follows_each_connection_by_an_id_with_its_origin_nick_and_room() {
     let server = Spawned::start_logging("debug", &[]);

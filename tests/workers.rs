@@ -94,3 +94,87 @@ fn sigterm_drains_every_worker_of_the_example() {
     }
     assert_eq!(server.wait_exit(PATIENCE), Some(0), "{}", server.log());
 }
+
+/// The worker each `accepted` line of a debug log names, by connection id.
+fn workers_by_conn(log: &str) -> std::collections::HashMap<String, String> {
+    plain(log)
+        .lines()
+        .filter(|l| l.contains(" accepted conn="))
+        .filter_map(|l| {
+            let worker = l.split("worker{n=").nth(1)?.split('}').next()?.to_string();
+            let conn = l.split("conn=").nth(1)?.split_whitespace().next()?.to_string();
+            Some((conn, worker))
+        })
+        .collect()
+}
+
+#[test]
+fn one_chat_over_four_workers_keeps_every_promise_of_one() {
+    let mut server = Spawned::start_logging("debug", &["--workers", "4"]);
+    let n = 64;
+    let mut members: Vec<ChatClient> =
+        (0..n).map(|i| ChatClient::join(server.addr, &format!("room=big&nick=m{i}")).0).collect();
+    // Every worker holds some of them.
+    let by_conn = workers_by_conn(&server.log());
+    let workers: std::collections::HashSet<&String> = by_conn.values().collect();
+    assert_eq!(workers.len(), 4, "connections per worker: {by_conn:?}");
+    // /who, asked on any worker, lists all 64 (wherever they are).
+    members[n - 1].say("/who");
+    let who = members[n - 1].until("who");
+    assert_eq!(who["members"].as_array().unwrap().len(), n, "{who}");
+    // Everyone says one thing at once; everyone hears all 64, in one order, seq 1..=64.
+    for (i, member) in members.iter_mut().enumerate() {
+        member.say(&format!("from {i}"));
+    }
+    let mut orders = Vec::new();
+    for member in members.iter_mut() {
+        let heard: Vec<(u64, String)> = (0..n)
+            .map(|_| {
+                let event = member.until("message");
+                (event["seq"].as_u64().unwrap(), event["text"].as_str().unwrap().to_string())
+            })
+            .collect();
+        let seqs: Vec<u64> = heard.iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(seqs, (1..=n as u64).collect::<Vec<_>>(), "contiguous seq");
+        orders.push(heard);
+    }
+    assert!(orders.windows(2).all(|pair| pair[0] == pair[1]), "every member saw the same order");
+    // Nicknames are unique over all workers: eight newcomers want one nick, one gets it.
+    let claimants: Vec<(ChatClient, serde_json::Value)> =
+        (0..8).map(|_| ChatClient::join(server.addr, "room=side&nick=wanted")).collect();
+    let got: Vec<&str> = claimants.iter().map(|(_, welcome)| welcome["nick"].as_str().unwrap()).collect();
+    assert_eq!(got.iter().filter(|nick| **nick == "wanted").count(), 1, "{got:?}");
+    // A member leaving on one worker is a `leave` for the others, wherever they are.
+    let leaver = members.remove(0);
+    drop(leaver);
+    for member in members.iter_mut() {
+        assert_eq!(member.until("leave")["nick"], "m0");
+    }
+    // /rooms counts over all workers.
+    members[0].say("/rooms");
+    let rooms = members[0].until("rooms");
+    assert_eq!(
+        rooms["rooms"],
+        serde_json::json!([{"name": "big", "members": 63}, {"name": "lobby", "members": 0}, {"name": "side", "members": 8}])
+    );
+    // SIGTERM: every worker closes its members with 1001, and the process exits 0.
+    server.signal("TERM");
+    for member in members.iter_mut() {
+        let close = loop {
+            let frame = member.raw.read_frame();
+            if frame.close_code().is_some() {
+                break frame;
+            }
+        };
+        assert_eq!(close.close_code(), Some(1001));
+        member.raw.send_close(1001, "");
+    }
+    for (mut claimant, _) in claimants {
+        let _ = claimant.raw.read_close();
+        claimant.raw.send_close(1001, "");
+    }
+    assert_eq!(server.wait_exit(PATIENCE), Some(0), "{}", server.log());
+    let log = plain(&server.log());
+    assert!(log.contains("workers=4"), "the start-up line says how many: {log}");
+    assert!(log.contains("worker{n=3}"), "lines carry their worker: {log}");
+}

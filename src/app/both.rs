@@ -1,6 +1,7 @@
 //! Two applications on one server: [`Both`].
 
-use super::{App, Closed, Context, Message, Request, Route};
+use super::{App, Closed, Context, Hub, Message, Request, Route};
+use std::time::Instant;
 
 /// Serves the routes of two applications: a request goes to the first, and
 /// to the second only when the first has nothing at its path. The binary
@@ -60,5 +61,10 @@ impl<A: App, B: App> App for Both<A, B> {
             Either::First(conn) => self.0.on_close(conn, closed, ctx),
             Either::Second(conn) => self.1.on_close(conn, closed, ctx),
         }
+    }
+
+    fn on_notify(&mut self, hub: &mut Hub, now: Instant) {
+        self.0.on_notify(hub, now);
+        self.1.on_notify(hub, now);
     }
 }

@@ -101,6 +101,12 @@ pub trait App {
     /// when [`Server::run`](crate::Server::run) returns. The server
     /// unsubscribes it from every topic after this.
     fn on_close(&mut self, _conn: Self::Conn, _closed: &Closed, _ctx: &mut Context<'_>) {}
+
+    /// Someone called [`ServerHandle::notify`](crate::server::ServerHandle::notify)
+    /// for this server (another worker, another thread): the application
+    /// picks up what was left for it and [applies](Hub::apply) it, from
+    /// the loop's thread. Calls are coalesced: one may stand for many notifies.
+    fn on_notify(&mut self, _hub: &mut Hub, _now: Instant) {}
 }
 
 /// An application's answer to a request.
@@ -187,6 +193,93 @@ impl Hub {
     }
 }
 
+/// What a call asked for, written down instead of done: by a
+/// [recording](Context::recording) context, for an application whose state
+/// is shared by several workers and whose effects must reach each worker in
+/// one order. [`Hub::apply`] (or [`Context::apply`]) does it later.
+#[derive(Debug, Clone)]
+pub enum Effect {
+    /// A message to one connection.
+    Send {
+        /// Its connection.
+        to: ConnId,
+        /// Text or binary.
+        opcode: OpCode,
+        /// The message.
+        bytes: std::sync::Arc<[u8]>,
+    },
+    /// A message to every subscriber of a topic.
+    Publish {
+        /// The topic.
+        topic: std::sync::Arc<str>,
+        /// Text or binary.
+        opcode: OpCode,
+        /// The message.
+        bytes: std::sync::Arc<[u8]>,
+    },
+    /// A connection subscribes to a topic.
+    Subscribe {
+        /// Its connection.
+        id: ConnId,
+        /// The topic.
+        topic: std::sync::Arc<str>,
+    },
+    /// A connection unsubscribes from a topic.
+    Unsubscribe {
+        /// Its connection.
+        id: ConnId,
+        /// The topic.
+        topic: std::sync::Arc<str>,
+    },
+    /// A connection is to be closed with this code and reason.
+    Close {
+        /// Its connection.
+        id: ConnId,
+        /// The close code (already checked to be one that may be sent).
+        code: u16,
+        /// The reason.
+        reason: String,
+    },
+    /// A connection's input is to pause until then ([`Context::pause_reading_until`]).
+    Pause {
+        /// Its connection.
+        id: ConnId,
+        /// Until when.
+        until: Instant,
+    },
+}
+
+impl Effect {
+    /// The connection this effect is about, if it is about one (not a publish).
+    pub fn connection(&self) -> Option<ConnId> {
+        match self {
+            Effect::Send { to: id, .. }
+            | Effect::Subscribe { id, .. }
+            | Effect::Unsubscribe { id, .. }
+            | Effect::Close { id, .. }
+            | Effect::Pause { id, .. } => Some(*id),
+            Effect::Publish { .. } => None,
+        }
+    }
+}
+
+impl Hub {
+    /// Does what `effect` says on this server: sends and closes go behind
+    /// whatever the connection has waiting (through the outbox), publishes to
+    /// this server's subscribers. A pause can only be asked for in a call
+    /// about its own connection: here it does nothing.
+    pub fn apply(&mut self, effect: Effect) {
+        match effect {
+            Effect::Send { to, opcode, bytes } => self.topics.send_to(to, opcode, &bytes),
+            Effect::Publish { topic, opcode, bytes } => self.topics.publish(&topic, opcode, &bytes),
+            Effect::Subscribe { id, topic } => self.topics.subscribe(id, &topic),
+            Effect::Unsubscribe { id, topic } => self.topics.unsubscribe(id, &topic),
+            Effect::Close { id, code, reason } => self.closes.push((id, code, reason)),
+            Effect::Pause { .. } => {}
+        }
+    }
+}
+
 /// What an application can do from a call: about this connection (send,
 /// close) and about topics (publish, subscribe, unsubscribe).
 pub struct Context<'a> {
@@ -194,7 +287,15 @@ pub struct Context<'a> {
     now: Instant,
     /// This connection's queue; `None` in a detached context (and so in `on_close`).
     reply: Option<Reply<'a>>,
-    hub: &'a mut Hub,
+    out: Out<'a>,
+}
+
+/// Where a context's effects go.
+enum Out<'a> {
+    /// Done at once, on this server's topics and outbox.
+    Hub(&'a mut Hub),
+    /// Written down (see [`Context::recording`]).
+    Record { effects: &'a mut Vec<Effect>, clock: fn() -> u64 },
 }
 
 impl<'a> Context<'a> {
@@ -202,7 +303,14 @@ impl<'a> Context<'a> {
     /// connection goes through the outbox like a publish. For tests, tools
     /// and [`App::on_close`].
     pub fn detached(id: ConnId, now: Instant, hub: &'a mut Hub) -> Context<'a> {
-        Context { id, now, reply: None, hub }
+        Context { id, now, reply: None, out: Out::Hub(hub) }
+    }
+
+    /// A context that does nothing but write down, in order, what the call
+    /// asks for, into `effects` (to be [applied](Hub::apply) later, perhaps
+    /// on other servers). `clock` is the wall clock it reports.
+    pub fn recording(id: ConnId, now: Instant, clock: fn() -> u64, effects: &'a mut Vec<Effect>) -> Context<'a> {
+        Context { id, now, reply: None, out: Out::Record { effects, clock } }
     }
 
     /// The connection this call is about.
@@ -217,7 +325,33 @@ impl<'a> Context<'a> {
 
     /// The wall-clock time, in milliseconds since the Unix epoch.
     pub fn unix_time_ms(&self) -> u64 {
-        (self.hub.clock)()
+        (self.clock())()
+    }
+
+    /// The wall clock this context reports (for a [recording](Context::recording) one made from it).
+    pub fn clock(&self) -> fn() -> u64 {
+        match &self.out {
+            Out::Hub(hub) => hub.clock,
+            Out::Record { clock, .. } => *clock,
+        }
+    }
+
+    /// Does what `effect` says (see [`Hub::apply`]); an effect on this
+    /// connection goes through this call's own means (its queue, its close,
+    /// its pause). In a recording context, writes it down.
+    pub fn apply(&mut self, effect: Effect) {
+        if effect.connection() == Some(self.id) {
+            match effect {
+                Effect::Send { opcode, bytes, .. } => return self.send_frame(opcode, &bytes),
+                Effect::Close { code, reason, .. } => return self.close(code, &reason),
+                Effect::Pause { until, .. } => return self.pause_reading_until(until),
+                _ => {}
+            }
+        }
+        match &mut self.out {
+            Out::Hub(hub) => hub.apply(effect),
+            Out::Record { effects, .. } => effects.push(effect),
+        }
     }
 
     /// Sends a text message to this connection.
@@ -237,14 +371,17 @@ impl<'a> Context<'a> {
 
     #[inline(always)]
     fn send_frame(&mut self, opcode: OpCode, payload: &[u8]) {
-        match &mut self.reply {
+        match (&mut self.reply, &mut self.out) {
             // Straight onto the queue, unless something for this connection
             // waits in the outbox (a publish earlier in the turn): then behind
             // it, so that it receives everything in the order it was said.
-            Some(reply) if !self.hub.topics.has_waiting(self.id) => {
-                reply.send(opcode, payload, &mut self.hub.deflaters)
+            (Some(reply), Out::Hub(hub)) if !hub.topics.has_waiting(self.id) => {
+                reply.send(opcode, payload, &mut hub.deflaters)
             }
-            _ => self.hub.topics.send_to(self.id, opcode, payload),
+            (_, Out::Hub(hub)) => hub.topics.send_to(self.id, opcode, payload),
+            (_, Out::Record { effects, .. }) => {
+                effects.push(Effect::Send { to: self.id, opcode, bytes: payload.into() })
+            }
         }
     }
 
@@ -256,10 +393,14 @@ impl<'a> Context<'a> {
     /// and nothing more is read. In [`App::on_close`] there is nothing left to close.
     pub fn close(&mut self, code: u16, reason: &str) {
         let code = if is_valid_close_code(code) { code } else { close_code::INTERNAL_ERROR };
-        if self.hub.topics.has_waiting(self.id) {
-            self.hub.closes.push((self.id, code, reason.to_string()));
-        } else if let Some(reply) = &mut self.reply {
-            reply.close(code, reason);
+        match &mut self.out {
+            Out::Record { effects, .. } => effects.push(Effect::Close { id: self.id, code, reason: reason.into() }),
+            Out::Hub(hub) if hub.topics.has_waiting(self.id) => hub.closes.push((self.id, code, reason.to_string())),
+            Out::Hub(_) => {
+                if let Some(reply) = &mut self.reply {
+                    reply.close(code, reason);
+                }
+            }
         }
     }
 
@@ -270,7 +411,9 @@ impl<'a> Context<'a> {
     /// not run meanwhile. A later call may only lengthen the pause. Nothing
     /// in a detached context.
     pub fn pause_reading_until(&mut self, until: Instant) {
-        if let Some(reply) = &mut self.reply {
+        if let Out::Record { effects, .. } = &mut self.out {
+            effects.push(Effect::Pause { id: self.id, until });
+        } else if let Some(reply) = &mut self.reply {
             reply.pause_reading_until(until);
         }
     }
@@ -278,32 +421,50 @@ impl<'a> Context<'a> {
     /// Publishes a text message to every subscriber of `topic` (this
     /// connection too, if it subscribes).
     pub fn publish_text(&mut self, topic: &str, text: &str) {
-        self.hub.topics.publish(topic, OpCode::Text, text.as_bytes());
+        self.publish_frame(topic, OpCode::Text, text.as_bytes());
     }
 
     /// Publishes a binary message to every subscriber of `topic`.
     pub fn publish_binary(&mut self, topic: &str, bytes: &[u8]) {
-        self.hub.topics.publish(topic, OpCode::Binary, bytes);
+        self.publish_frame(topic, OpCode::Binary, bytes);
     }
 
     /// Publishes `message` (text or binary) to every subscriber of `topic`.
     pub fn publish(&mut self, topic: &str, message: Message<'_>) {
-        self.hub.topics.publish(topic, message.opcode(), message.as_bytes());
+        self.publish_frame(topic, message.opcode(), message.as_bytes());
+    }
+
+    fn publish_frame(&mut self, topic: &str, opcode: OpCode, payload: &[u8]) {
+        match &mut self.out {
+            Out::Hub(hub) => hub.topics.publish(topic, opcode, payload),
+            Out::Record { effects, .. } => {
+                effects.push(Effect::Publish { topic: topic.into(), opcode, bytes: payload.into() })
+            }
+        }
     }
 
     /// Subscribes this connection to `topic`.
     pub fn subscribe(&mut self, topic: &str) {
-        self.hub.topics.subscribe(self.id, topic);
+        match &mut self.out {
+            Out::Hub(hub) => hub.topics.subscribe(self.id, topic),
+            Out::Record { effects, .. } => effects.push(Effect::Subscribe { id: self.id, topic: topic.into() }),
+        }
     }
 
     /// Unsubscribes this connection from `topic`.
     pub fn unsubscribe(&mut self, topic: &str) {
-        self.hub.topics.unsubscribe(self.id, topic);
+        match &mut self.out {
+            Out::Hub(hub) => hub.topics.unsubscribe(self.id, topic),
+            Out::Record { effects, .. } => effects.push(Effect::Unsubscribe { id: self.id, topic: topic.into() }),
+        }
     }
 
-    /// The number of subscribers `topic` has.
+    /// The number of subscribers `topic` has on this server (0 in a recording context).
     pub fn subscriber_count(&self, topic: &str) -> usize {
-        self.hub.topics.subscribers(topic).len()
+        match &self.out {
+            Out::Hub(hub) => hub.topics.subscribers(topic).len(),
+            Out::Record { .. } => 0,
+        }
     }
 }
 
@@ -365,7 +526,8 @@ impl<A: App> Session<'_, A> {
     #[inline(always)]
     fn call(&mut self, reply: &mut Reply<'_>, f: impl FnOnce(&mut A, &mut A::Conn, &mut Context<'_>)) {
         if let Stage::Open(state) = &mut self.conn.0 {
-            let mut ctx = Context { id: self.id, now: self.now, reply: Some(reply.reborrow()), hub: self.hub };
+            let mut ctx =
+                Context { id: self.id, now: self.now, reply: Some(reply.reborrow()), out: Out::Hub(self.hub) };
             f(self.app, state, &mut ctx);
         }
     }

@@ -15,6 +15,7 @@ mod config;
 pub mod events;
 mod history;
 mod page;
+pub mod shared;
 
 pub use config::ChatConfig;
 

@@ -25,8 +25,13 @@ fn out_of_resources(err: &io::Error) -> bool {
 /// What accepting keeps between turns.
 #[derive(Default)]
 pub(super) struct Admission {
-    /// Numbers connections, so a reused slot is never mistaken for its last owner.
-    generation: u64,
+    /// Numbers connections, so a reused slot is never mistaken for its last
+    /// owner: the last number given (0 before the first).
+    pub(super) generation: u64,
+    /// What the numbers go up by less one: with several workers, worker `w`
+    /// of `n` numbers its connections `w + 1`, `w + 1 + n`, … so that no two
+    /// workers give the same (see [`Server::number_as_worker`](super::Server)).
+    pub(super) id_stride_less_one: u64,
     /// Handshakes in progress, oldest first (entries that finished are skipped).
     handshakes: VecDeque<ConnId>,
     handshake_count: usize,
@@ -188,7 +193,8 @@ impl<A: App> Server<A> {
         if self.poll.registry().register(&mut stream, Token(index), Interest::READABLE).is_err() {
             return;
         }
-        self.admission.generation += 1;
+        // Wrapping: a worker's numbers start below zero (see `number_as_worker`).
+        self.admission.generation = self.admission.generation.wrapping_add(1 + self.admission.id_stride_less_one);
         let id = ConnId { index, generation: self.admission.generation };
         let client = self.new_client(now);
         let inserted = self.connections.insert(Connection::new(id, stream, client));

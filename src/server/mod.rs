@@ -175,6 +175,14 @@ impl<A: App> Server<A> {
         })
     }
 
+    /// Numbers connections as worker `worker` of `workers` does, so that
+    /// [`ConnId`](crate::app::ConnId)s are unique across all of them and
+    /// `(generation - 1) % workers` names the worker of a connection.
+    pub(crate) fn number_as_worker(&mut self, worker: usize, workers: usize) {
+        self.admission.id_stride_less_one = workers as u64 - 1;
+        self.admission.generation = (worker as u64 + 1).wrapping_sub(workers as u64);
+    }
+
     /// The address the server listens on (useful after binding port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -230,6 +238,9 @@ impl<A: App> Server<A> {
             self.dispatch(&events, now);
             if self.shutdown.forced {
                 return Ok(Exit::Forced);
+            }
+            if self.shutdown.take_notified() {
+                self.app.on_notify(&mut self.hub, now);
             }
             for index in std::mem::take(&mut self.ready) {
                 if let Some(conn) = self.connections.get_mut(index) {

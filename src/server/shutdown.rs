@@ -17,6 +17,8 @@ use tracing::{info, warn};
 struct Control {
     stop: AtomicBool,
     shutdown: AtomicBool,
+    /// [`ServerHandle::notify`] was called since the loop last looked.
+    notified: AtomicBool,
     open: AtomicUsize,
 }
 
@@ -41,6 +43,15 @@ impl ServerHandle {
     pub fn shutdown(&self) {
         self.control.shutdown.store(true, Ordering::SeqCst);
         let _ = self.waker.wake();
+    }
+
+    /// Asks the loop to call its application's [`App::on_notify`] (soon, from
+    /// the loop's own thread). Notifies that come before the loop looks are
+    /// one call.
+    pub fn notify(&self) {
+        if !self.control.notified.swap(true, Ordering::AcqRel) {
+            let _ = self.waker.wake();
+        }
     }
 
     /// The number of open connections, as of the end of the loop's last turn.
@@ -86,6 +97,11 @@ impl Shutdown {
             drain: Drain::default(),
             forced: false,
         })
+    }
+
+    /// Whether [`ServerHandle::notify`] was called since the last look (and now it has been looked at).
+    pub fn take_notified(&self) -> bool {
+        self.control.notified.load(Ordering::Acquire) && self.control.notified.swap(false, Ordering::AcqRel)
     }
 
     pub fn stop_requested(&self) -> bool {

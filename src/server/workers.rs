@@ -9,9 +9,11 @@
 //! (Linux ≥ 3.9); BENCHMARKS.md measures how evenly.
 //!
 //! This suits applications whose connections need nothing from each other
-//! (the echo endpoint, `examples/uppercase.rs`). Topics and the chat's rooms
-//! are per worker: an application whose connections must meet needs them to
-//! span the workers, which is not built yet.
+//! (the echo endpoint, `examples/uppercase.rs`) as it is. Topics are per
+//! worker; an application whose connections must meet across workers (the
+//! chat: `chat::shared`) keeps its shared state behind a lock and hands each
+//! worker, in one order, what it must do there ([`crate::app::Effect`]),
+//! waking it with [`ServerHandle::notify`].
 
 use super::{Exit, Server, ServerConfig, ServerHandle, StartError};
 use crate::app::App;
@@ -50,11 +52,14 @@ impl std::fmt::Display for WorkerError {
 
 impl std::error::Error for WorkerError {}
 
-/// Running workers: [`start`](Workers::start) them, then [`wait`](Workers::wait).
+/// Workers: [`start`](Workers::start) them (or [`bind`](Workers::bind), then
+/// [`go`](Workers::go)), then [`wait`](Workers::wait).
 pub struct Workers {
     local_addr: SocketAddr,
     handles: Vec<ServerHandle>,
     threads: Vec<JoinHandle<()>>,
+    /// One per worker still waiting to begin: a message (or its end) starts it.
+    go: Vec<mpsc::Sender<()>>,
     /// Each worker's end: its number and how its loop returned (`None`: it panicked).
     ends: mpsc::Receiver<(usize, Option<std::io::Result<Exit>>)>,
 }
@@ -80,6 +85,22 @@ impl Workers {
         A: App,
         F: Fn(usize) -> A + Send + Sync + 'static,
     {
+        let mut workers = Workers::bind(config, n, signals, make_app)?;
+        workers.go();
+        Ok(workers)
+    }
+
+    /// As [`start`](Workers::start), but the workers wait to serve until
+    /// [`go`](Workers::go) (or [`wait`](Workers::wait)): time to hand their
+    /// [handles](Workers::handles) to whatever must reach them, before any
+    /// connection is accepted. Each worker numbers its connections apart from
+    /// the others': worker `w` of `n` gives `ConnId`s whose
+    /// `(generation - 1) % n` is `w`.
+    pub fn bind<A, F>(config: ServerConfig, n: usize, signals: bool, make_app: F) -> Result<Workers, StartError>
+    where
+        A: App,
+        F: Fn(usize) -> A + Send + Sync + 'static,
+    {
         config.validate().map_err(StartError::Config)?;
         if n == 0 {
             return Err(StartError::Config("workers must be at least 1".into()));
@@ -94,12 +115,16 @@ impl Workers {
         let (ready_tx, ready_rx) = mpsc::channel();
         let (end_tx, ends) = mpsc::channel();
         let mut threads = Vec::with_capacity(n);
+        let mut go = Vec::with_capacity(n);
         for (i, listener) in listeners.into_iter().enumerate() {
+            let (go_tx, go_rx) = mpsc::channel::<()>();
+            go.push(go_tx);
             let (config, make_app, ready, end) =
                 (config.clone(), Arc::clone(&make_app), ready_tx.clone(), end_tx.clone());
             let thread = std::thread::Builder::new().name(format!("worker-{i}")).spawn(move || {
                 let _span = info_span!("worker", n = i).entered();
                 let started = Server::on_listener(config, make_app(i), listener).and_then(|mut server| {
+                    server.number_as_worker(i, n);
                     if signals {
                         server.shutdown_on_signals()?;
                     }
@@ -116,6 +141,8 @@ impl Workers {
                     }
                 };
                 drop(ready);
+                // Wait for the word (or for `Workers` to go away: then a stop was asked, or it is time anyway).
+                let _ = go_rx.recv();
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.run()));
                 if result.is_err() {
                     error!("worker {i} panicked: the process should end");
@@ -130,6 +157,7 @@ impl Workers {
             match started {
                 Ok(handle) => handles[i] = Some(handle),
                 Err(err) => {
+                    // The others stop as soon as they are let go (when `go` drops).
                     handles.iter().flatten().for_each(ServerHandle::stop);
                     return Err(err);
                 }
@@ -140,7 +168,14 @@ impl Workers {
             return Err(StartError::Config("a worker died while starting".into()));
         }
         info!(addr = %local_addr, workers = n, "rust-chat workers listening (SO_REUSEPORT)");
-        Ok(Workers { local_addr, handles, threads, ends })
+        Ok(Workers { local_addr, handles, threads, go, ends })
+    }
+
+    /// Lets the workers serve (if they are still waiting).
+    pub fn go(&mut self) {
+        for go in self.go.drain(..) {
+            let _ = go.send(());
+        }
     }
 
     /// The address all the workers listen on.
@@ -158,7 +193,8 @@ impl Workers {
     /// drained: [`Exit::Drained`] with the connections left over all of them;
     /// any forced: [`Exit::Forced`]. A worker that fails or panics is
     /// reported at once, without waiting for the others.
-    pub fn wait(self) -> Result<Exit, WorkerError> {
+    pub fn wait(mut self) -> Result<Exit, WorkerError> {
+        self.go();
         let mut exit = Exit::Stopped;
         let mut left = 0;
         for _ in 0..self.threads.len() {

@@ -373,6 +373,20 @@ impl ChatClient {
     }
 }
 
+/// A log with its colour codes (if any) taken out.
+pub fn plain(log: &str) -> String {
+    let mut out = String::new();
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| c.is_ascii_alphabetic());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The `rust-chat` binary, started on a free port with `args`; killed on drop.
 /// Its log (standard error) goes to a file that [`Spawned::log`] reads.
 pub struct Spawned {
