@@ -5,6 +5,7 @@
 #
 #   scripts/autobahn.sh                     # every case, 1.* to 13.* (517)
 #   AUTOBAHN_UPDATE=1 scripts/autobahn.sh   # accept changed results into autobahn/expected.txt
+#   AUTOBAHN_WORKERS=4 scripts/autobahn.sh  # the same against --workers 4
 #
 # The server runs with --deflate-threshold 0, which compresses every message
 # on a connection that negotiated permessage-deflate. RFC 7692 lets a server
@@ -31,7 +32,8 @@ cargo build --release --quiet
 rm -rf "$OUT" && mkdir -p "$OUT"
 
 # Port 0: the kernel picks a free port; the server prints the URL it got.
-./target/release/rust-chat --bind 127.0.0.1:0 --deflate-threshold 0 >"$OUT/server.log" 2>&1 &
+./target/release/rust-chat --bind 127.0.0.1:0 --deflate-threshold 0 --workers "${AUTOBAHN_WORKERS:-1}" \
+  >"$OUT/server.log" 2>&1 &
 SERVER_PID=$!
 trap 'kill $SERVER_PID 2>/dev/null || true' EXIT
 for _ in $(seq 100); do

@@ -290,6 +290,13 @@ pub struct Context<'a> {
     out: Out<'a>,
 }
 
+/// Writes a send down (out of line: the hot path is the queue's).
+#[cold]
+#[inline(never)]
+fn record_send(effects: &mut Vec<Effect>, to: ConnId, opcode: OpCode, payload: &[u8]) {
+    effects.push(Effect::Send { to, opcode, bytes: payload.into() });
+}
+
 /// Where a context's effects go.
 enum Out<'a> {
     /// Done at once, on this server's topics and outbox.
@@ -355,16 +362,19 @@ impl<'a> Context<'a> {
     }
 
     /// Sends a text message to this connection.
+    #[inline]
     pub fn send_text(&mut self, text: &str) {
         self.send_frame(OpCode::Text, text.as_bytes());
     }
 
     /// Sends a binary message to this connection.
+    #[inline]
     pub fn send_binary(&mut self, bytes: &[u8]) {
         self.send_frame(OpCode::Binary, bytes);
     }
 
     /// Sends `message` (text or binary, as it is) to this connection.
+    #[inline]
     pub fn send(&mut self, message: Message<'_>) {
         self.send_frame(message.opcode(), message.as_bytes());
     }
@@ -379,9 +389,7 @@ impl<'a> Context<'a> {
                 reply.send(opcode, payload, &mut hub.deflaters)
             }
             (_, Out::Hub(hub)) => hub.topics.send_to(self.id, opcode, payload),
-            (_, Out::Record { effects, .. }) => {
-                effects.push(Effect::Send { to: self.id, opcode, bytes: payload.into() })
-            }
+            (_, Out::Record { effects, .. }) => record_send(effects, self.id, opcode, payload),
         }
     }
 

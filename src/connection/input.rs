@@ -83,7 +83,7 @@ impl WebSocketClient {
                 self.state = ClientState::HandshakeResponse { ends_at, paused_until: None };
                 let mut asks = Asks::default();
                 handler.on_open(&mut Reply::new(&mut self.outgoing, self.deflate.as_deref_mut(), config, &mut asks));
-                if let Some((code, reason)) = asks.close.take() {
+                if let Some((code, reason)) = asks.take_close() {
                     // Refused on opening: the Close goes out at once, and what
                     // the client sent after its request is not read.
                     self.refuse(code, &reason, now, config);
@@ -154,7 +154,7 @@ impl WebSocketClient {
             if self.is_closed() {
                 return buf.len();
             }
-            if self.paused_until().is_some() {
+            if self.is_stopped() {
                 break; // the rest waits in `leftover` until the pause ends
             }
             match self.step(&mut buf[pos..], now, config, handler) {

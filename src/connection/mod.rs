@@ -96,13 +96,29 @@ pub struct Reply<'a> {
     asks: &'a mut Asks,
 }
 
-/// What a handler asked of its connection during one call.
+/// What a handler asked of its connection during one call: usually nothing,
+/// so one null pointer to make and test on every message.
 #[derive(Debug, Default)]
-pub(crate) struct Asks {
+pub(crate) struct Asks(Option<Box<Asked>>);
+
+/// What a handler asked, when it asked anything.
+#[derive(Debug, Default)]
+struct Asked {
     /// Start the closing handshake with this code and reason.
     close: Option<(u16, String)>,
     /// Process no more input until then.
     pause_until: Option<Instant>,
+}
+
+impl Asks {
+    fn asked(&mut self) -> &mut Asked {
+        self.0.get_or_insert_with(Box::default)
+    }
+
+    /// Takes the close asked for, if any.
+    pub(crate) fn take_close(&mut self) -> Option<(u16, String)> {
+        self.0.as_mut().and_then(|asked| asked.close.take())
+    }
 }
 
 impl<'a> Reply<'a> {
@@ -133,7 +149,7 @@ impl<'a> Reply<'a> {
     /// Asks the connection to start its closing handshake with `code` and
     /// `reason` once the handler returns. Messages sent before it still go out.
     pub fn close(&mut self, code: u16, reason: &str) {
-        self.asks.close.get_or_insert_with(|| (code, reason.to_string()));
+        self.asks.asked().close.get_or_insert_with(|| (code, reason.to_string()));
     }
 
     /// Asks the connection to process no more of its input until `until`
@@ -142,7 +158,8 @@ impl<'a> Reply<'a> {
     /// down and nothing it sent is lost or reordered. Control frames wait
     /// too; the idle timeout does not run meanwhile.
     pub fn pause_reading_until(&mut self, until: Instant) {
-        self.asks.pause_until = Some(self.asks.pause_until.map_or(until, |asked| asked.max(until)));
+        let asked = self.asks.asked();
+        asked.pause_until = Some(asked.pause_until.map_or(until, |before| before.max(until)));
     }
 
     /// The same channel, borrowed for a shorter time (to hand on).
@@ -249,6 +266,9 @@ pub struct WebSocketClient {
     last_input: Instant,
     /// A keepalive Ping has gone out since the last input.
     ping_sent: bool,
+    /// The input may be paused (the state's `paused_until` decides): a byte
+    /// that the loop over frames can test cheaply.
+    stop: bool,
     close_info: Option<CloseInfo>,
 }
 
@@ -262,6 +282,7 @@ impl WebSocketClient {
             deflate: None,
             last_input: now,
             ping_sent: false,
+            stop: false,
             close_info: None,
         }
     }
@@ -312,7 +333,13 @@ impl WebSocketClient {
     /// handler has paused its input (flood control).
     #[inline]
     pub fn wants_read(&self, config: &ConnectionConfig) -> bool {
-        self.outgoing.len() <= config.max_outgoing_bytes && self.paused_until().is_none()
+        self.outgoing.len() <= config.max_outgoing_bytes && !self.is_stopped()
+    }
+
+    /// Whether input processing is paused now (cheap while it is not).
+    #[inline(always)]
+    fn is_stopped(&self) -> bool {
+        self.stop && self.paused_until().is_some()
     }
 
     /// Until when the handler paused this connection's input, if it did.
@@ -602,6 +629,7 @@ impl WebSocketClient {
 
     /// Sets or ends the pause of an open connection's input.
     fn set_pause(&mut self, until: Option<Instant>) {
+        self.stop = until.is_some();
         match &mut self.state {
             ClientState::HandshakeResponse { paused_until, .. } | ClientState::Connected { paused_until, .. } => {
                 *paused_until = until;
@@ -613,6 +641,13 @@ impl WebSocketClient {
     /// Acts on what a handler asked during a call: a pause, then a close.
     #[inline(always)]
     fn act_on(&mut self, asks: Asks, now: Instant, config: &ConnectionConfig) {
+        if let Some(asked) = asks.0 {
+            self.act_on_asked(*asked, now, config);
+        }
+    }
+
+    #[cold]
+    fn act_on_asked(&mut self, asks: Asked, now: Instant, config: &ConnectionConfig) {
         if let Some(until) = asks.pause_until
             && until > now
         {

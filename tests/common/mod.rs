@@ -22,11 +22,18 @@ pub const PONG: u8 = 0xA;
 /// How long any single wait in a test may take before it fails.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
-/// A server running on its own thread, bound to `127.0.0.1:0`, stopped on drop.
+/// A server running on its own thread, bound to `127.0.0.1:0`, stopped on
+/// drop. With `RUST_CHAT_TEST_WORKERS=N` (N > 1) it is N workers with one chat
+/// (what `--workers N` runs), so that the same tests check both.
 pub struct TestServer {
     pub addr: SocketAddr,
-    pub handle: ServerHandle,
+    handles: Vec<ServerHandle>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// The workers `RUST_CHAT_TEST_WORKERS` asks the test servers for (1 by default).
+pub fn test_workers() -> usize {
+    std::env::var("RUST_CHAT_TEST_WORKERS").ok().and_then(|n| n.parse().ok()).unwrap_or(1)
 }
 
 impl TestServer {
@@ -42,20 +49,34 @@ impl TestServer {
     pub fn at(addr: SocketAddr, config: Config) -> TestServer {
         let mut config = config;
         config.server.bind = addr;
+        let workers = test_workers();
+        if workers > 1 {
+            let (running, _chat) = rust_chat::echo_and_chat_workers(config, workers, false).expect("bind");
+            let (addr, handles) = (running.local_addr(), running.handles().to_vec());
+            let thread = std::thread::spawn(move || {
+                running.wait().expect("workers");
+            });
+            return TestServer { addr, handles, thread: Some(thread) };
+        }
         let mut server = Server::bind(config.server, echo_and_chat(config.chat)).expect("bind");
         let addr = server.local_addr();
-        let handle = server.handle();
+        let handles = vec![server.handle()];
         let thread = std::thread::spawn(move || {
             server.run().expect("event loop");
         });
-        TestServer { addr, handle, thread: Some(thread) }
+        TestServer { addr, handles, thread: Some(thread) }
+    }
+
+    /// Open connections over all its workers (each as of its last turn).
+    pub fn connections(&self) -> usize {
+        self.handles.iter().map(ServerHandle::connections).sum()
     }
 
     /// Waits until the server has exactly `n` open connections.
     pub fn wait_for_connections(&self, n: usize, within: Duration) -> bool {
         let start = Instant::now();
         while start.elapsed() < within {
-            if self.handle.connections() == n {
+            if self.connections() == n {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -66,7 +87,7 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        self.handle.stop();
+        self.handles.iter().for_each(ServerHandle::stop);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -402,12 +423,23 @@ impl Spawned {
 
     /// Starts it with `ulimit -n files` when `files` is given.
     pub fn start_limited(files: Option<u32>, args: &[&str]) -> Spawned {
-        Spawned::program(env!("CARGO_BIN_EXE_rust-chat"), files, args, "info")
+        Spawned::binary(files, args, "info")
     }
 
     /// Starts it with `RUST_LOG=level`.
     pub fn start_logging(level: &str, args: &[&str]) -> Spawned {
-        Spawned::program(env!("CARGO_BIN_EXE_rust-chat"), None, args, level)
+        Spawned::binary(None, args, level)
+    }
+
+    /// The rust-chat binary, with `--workers N` when `RUST_CHAT_TEST_WORKERS`
+    /// asks for it (and the arguments do not say already).
+    fn binary(files: Option<u32>, args: &[&str], log_level: &str) -> Spawned {
+        let workers = test_workers().to_string();
+        let mut all: Vec<&str> = args.to_vec();
+        if test_workers() > 1 && !args.contains(&"--workers") {
+            all.extend(["--workers", &workers]);
+        }
+        Spawned::program(env!("CARGO_BIN_EXE_rust-chat"), files, &all, log_level)
     }
 
     /// Starts an example program (`examples/NAME.rs`), built first so that it is current.
