@@ -5,6 +5,7 @@
 #
 #   bench/callgrind.sh                          # this build: echo and broadcast
 #   bench/callgrind.sh /tmp/old/rust-chat       # another binary, the same way
+#   SERVER_ARGS="--workers 2" bench/callgrind.sh # with more server flags
 #
 # The server runs under valgrind while the load generator runs against it;
 # SIGTERM ends the server, and callgrind reports the total. That is done
@@ -25,7 +26,7 @@ run_once() { # scenario seconds loadgen-args... -> "instructions count"
   local scenario=$1 seconds=$2; shift 2
   local log="$OUT/$scenario.log"
   valgrind --tool=callgrind --callgrind-out-file="$OUT/$scenario.out" "$BINARY" --bind 127.0.0.1:0 \
-    --rate-limit 0 --max-room-members 100000 >"$OUT/$scenario.stdout" 2>"$log" &
+    --rate-limit 0 --max-room-members 100000 ${SERVER_ARGS:-} >"$OUT/$scenario.stdout" 2>"$log" &
   local pid=$!
   for _ in $(seq 200); do grep -q 'listening on ws://' "$OUT/$scenario.stdout" && break; sleep 0.1; done
   local addr

@@ -67,4 +67,9 @@ impl<A: App, B: App> App for Both<A, B> {
         self.0.on_notify(hub, now);
         self.1.on_notify(hub, now);
     }
+
+    fn on_turn_end(&mut self) {
+        self.0.on_turn_end();
+        self.1.on_turn_end();
+    }
 }

@@ -107,6 +107,12 @@ pub trait App {
     /// picks up what was left for it and [applies](Hub::apply) it, from
     /// the loop's thread. Calls are coalesced: one may stand for many notifies.
     fn on_notify(&mut self, _hub: &mut Hub, _now: Instant) {}
+
+    /// The loop's turn is ending: everything read in it has been handled,
+    /// and what it queued is about to be written. A time to do once what
+    /// the turn's calls would each have done (the shared chat wakes the
+    /// other workers here, once a turn rather than once a message).
+    fn on_turn_end(&mut self) {}
 }
 
 /// An application's answer to a request.

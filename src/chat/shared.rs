@@ -11,7 +11,7 @@
 //! messages in the same order, and a newcomer's subscription and `welcome`
 //! land exactly between the messages its history holds and the ones it
 //! receives live. The calling worker then applies its own inbox at once;
-//! the others are woken (once per batch, through
+//! the others are woken (once per turn of the calling worker's loop, through
 //! [`ServerHandle::notify`](crate::server::ServerHandle::notify)) and apply
 //! theirs in [`App::on_notify`]. Each worker frames a published message once
 //! for all its members, as a single server does.
@@ -65,7 +65,7 @@ impl Shared {
 
     /// The application value for worker `worker`.
     pub fn worker(self: &Arc<Shared>, worker: usize) -> SharedChat {
-        SharedChat { worker, shared: Arc::clone(self) }
+        SharedChat { worker, shared: Arc::clone(self), to_wake: vec![false; self.workers] }
     }
 
     /// The number of members of the chat, over all workers.
@@ -89,6 +89,8 @@ impl Shared {
 pub struct SharedChat {
     worker: usize,
     shared: Arc<Shared>,
+    /// Workers given something this turn: woken once, at its end.
+    to_wake: Vec<bool>,
 }
 
 impl SharedChat {
@@ -98,7 +100,7 @@ impl SharedChat {
     fn call(&mut self, ctx: &mut Context<'_>, f: impl FnOnce(&mut Chat, &mut Context<'_>)) {
         let shared = &*self.shared;
         let mut effects = Vec::new();
-        let mut wake = Vec::new();
+        let wake = &mut self.to_wake;
         let mine = {
             let mut state = shared.lock();
             let mut record = Context::recording(ctx.id(), ctx.now(), ctx.clock(), &mut effects);
@@ -107,18 +109,14 @@ impl SharedChat {
                 match effect.connection() {
                     None => {
                         for (worker, inbox) in state.inboxes.iter_mut().enumerate() {
-                            if worker != self.worker && inbox.is_empty() {
-                                wake.push(worker);
-                            }
+                            wake[worker] |= worker != self.worker;
                             inbox.push(effect.clone());
                         }
                     }
                     Some(id) => {
                         let worker = shared.worker_of(id);
                         if let Some(inbox) = state.inboxes.get_mut(worker) {
-                            if worker != self.worker && inbox.is_empty() {
-                                wake.push(worker);
-                            }
+                            wake[worker] |= worker != self.worker;
                             inbox.push(effect);
                         }
                     }
@@ -126,13 +124,6 @@ impl SharedChat {
             }
             std::mem::take(&mut state.inboxes[self.worker])
         };
-        if let Some(wakers) = shared.wakers.get() {
-            for worker in wake {
-                if let Some(wake) = wakers.get(worker) {
-                    wake();
-                }
-            }
-        }
         for effect in mine {
             ctx.apply(effect);
         }
@@ -164,6 +155,20 @@ impl App for SharedChat {
 
     fn on_close(&mut self, conn: ChatConn, closed: &Closed, ctx: &mut Context<'_>) {
         self.call(ctx, |chat, record| chat.on_close(conn, closed, record));
+    }
+
+    /// Wakes the workers this turn's calls gave something (once each: a
+    /// burst of messages is one wake and one turn for each of them, so they
+    /// write their members' queues once for the lot, as a single loop does).
+    fn on_turn_end(&mut self) {
+        let Some(wakers) = self.shared.wakers.get() else { return };
+        for (worker, wake) in self.to_wake.iter_mut().enumerate() {
+            if std::mem::take(wake)
+                && let Some(wake) = wakers.get(worker)
+            {
+                wake();
+            }
+        }
     }
 
     /// Another worker left something in this one's inbox: do it, in order.

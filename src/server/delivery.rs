@@ -37,11 +37,18 @@ pub(super) struct Delivery {
     /// The events buffer for a look for input in the middle of a write phase.
     look_events: Events,
     slow_warning: super::Throttle,
+    /// A look for input happened (so the application may have been called) since this was last cleared.
+    pub(super) looked: bool,
 }
 
 impl Default for Delivery {
     fn default() -> Delivery {
-        Delivery { dirty: VecDeque::new(), look_events: Events::with_capacity(256), slow_warning: Default::default() }
+        Delivery {
+            dirty: VecDeque::new(),
+            look_events: Events::with_capacity(256),
+            slow_warning: Default::default(),
+            looked: false,
+        }
     }
 }
 
@@ -245,6 +252,7 @@ impl<A: App> Server<A> {
     /// turn began (without waiting), so that it joins the deliveries still
     /// to be written instead of waiting for a turn of its own.
     fn look_for_input(&mut self) {
+        self.delivery.looked = true;
         let mut events = std::mem::replace(&mut self.delivery.look_events, Events::with_capacity(0));
         // An error (interrupted, or one the next full turn will report) just ends the look.
         if self.poll.poll(&mut events, Some(Duration::ZERO)).is_ok() {

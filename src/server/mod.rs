@@ -255,7 +255,12 @@ impl<A: App> Server<A> {
                 self.begin_shutdown(now);
             }
             self.expire(now);
+            self.app.on_turn_end();
             self.deliver(now);
+            if std::mem::take(&mut self.delivery.looked) {
+                // Delivery read (and so called the application) again: end that part of the turn too.
+                self.app.on_turn_end();
+            }
             if self.shutdown.forced {
                 return Ok(Exit::Forced);
             }
