@@ -35,8 +35,9 @@ pub(super) struct FrameReader {
 #[derive(Debug, Clone, Copy)]
 struct PayloadInProgress {
     key: [u8; 4],
-    /// Payload bytes already consumed (the position in the mask).
-    offset: usize,
+    /// Where the next byte falls in the mask (payload bytes consumed, mod 4:
+    /// one byte rather than eight, in every connection).
+    offset: u8,
     remaining: u64,
     /// Read and drop: the connection is closing.
     discard: bool,
@@ -226,8 +227,8 @@ impl WebSocketClient {
     ) -> Result<usize, ProtocolError> {
         let n = usize::try_from(frame.remaining).unwrap_or(usize::MAX).min(buf.len());
         let piece = &mut buf[..n];
-        apply_mask(piece, frame.key, frame.offset);
-        frame.offset += n;
+        apply_mask(piece, frame.key, usize::from(frame.offset));
+        frame.offset = ((usize::from(frame.offset) + n) % 4) as u8;
         frame.remaining -= n as u64;
         let done = frame.remaining == 0;
         self.reader.frame = (!done).then_some(frame);
