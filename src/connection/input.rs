@@ -25,10 +25,59 @@ pub(super) const MAX_UNIT: usize = MAX_HEADER_LEN + MAX_CONTROL_PAYLOAD;
 pub(super) struct FrameReader {
     /// An incomplete frame header or control frame left over from the last read.
     pub(super) leftover: Vec<u8>,
+    /// A frame or message that spans reads or frames. Most connections never
+    /// send one (a whole message in one read takes the fast path), so this
+    /// state is boxed the first time one does: a pointer in every slot
+    /// instead of 64 bytes. It is kept from then on, for the next such message.
+    reassembly: Option<Box<Reassembly>>,
+}
+
+/// What a frame or message in progress needs.
+#[derive(Debug, Default)]
+struct Reassembly {
     /// The data frame whose payload is arriving.
     frame: Option<PayloadInProgress>,
     /// The message being reassembled.
-    pub(super) message: MessageAssembler,
+    message: MessageAssembler,
+}
+
+impl FrameReader {
+    /// The data frame whose payload is arriving, if any.
+    #[inline]
+    fn frame(&self) -> Option<PayloadInProgress> {
+        self.reassembly.as_ref().and_then(|r| r.frame)
+    }
+
+    fn set_frame(&mut self, frame: Option<PayloadInProgress>) {
+        match (&mut self.reassembly, frame) {
+            (Some(r), frame) => r.frame = frame,
+            (None, None) => {}
+            (None, frame) => self.reassembly = Some(Box::new(Reassembly { frame, ..Reassembly::default() })),
+        }
+    }
+
+    /// Whether a fragmented or streamed message is being reassembled.
+    #[inline]
+    fn message_in_progress(&self) -> bool {
+        self.reassembly.as_ref().is_some_and(|r| r.message.in_progress())
+    }
+
+    /// The reassembly of the message in progress (allocated the first time).
+    fn message(&mut self) -> &mut MessageAssembler {
+        &mut self.reassembly.get_or_insert_with(Box::default).message
+    }
+
+    /// Bytes held by the reassembly buffer.
+    #[cfg(test)]
+    pub(super) fn reassembled(&self) -> usize {
+        self.reassembly.as_ref().map_or(0, |r| r.message.buffered())
+    }
+
+    /// What the reassembly buffer has reserved, in bytes.
+    #[inline]
+    pub(super) fn reserved(&self) -> usize {
+        self.leftover.capacity() + self.reassembly.as_ref().map_or(0, |r| r.message.capacity())
+    }
 }
 
 /// The payload of the data frame now arriving.
@@ -179,7 +228,7 @@ impl WebSocketClient {
         config: &ConnectionConfig,
         handler: &mut H,
     ) -> Result<Option<usize>, ProtocolError> {
-        if let Some(frame) = self.reader.frame {
+        if let Some(frame) = self.reader.frame() {
             return self.step_payload(frame, buf, now, config, handler).map(Some);
         }
         let mut rules = DecodeRules::server(config.max_frame_size as u64);
@@ -209,7 +258,7 @@ impl WebSocketClient {
             // We are closing: the peer's messages are read past, not delivered.
             if header.payload_len > 0 {
                 let remaining = header.payload_len;
-                self.reader.frame = Some(PayloadInProgress { key, offset: 0, remaining, discard: true });
+                self.reader.set_frame(Some(PayloadInProgress { key, offset: 0, remaining, discard: true }));
             }
             return Ok(Some(header_len));
         }
@@ -231,7 +280,7 @@ impl WebSocketClient {
         frame.offset = ((usize::from(frame.offset) + n) % 4) as u8;
         frame.remaining -= n as u64;
         let done = frame.remaining == 0;
-        self.reader.frame = (!done).then_some(frame);
+        self.reader.set_frame((!done).then_some(frame));
         if !frame.discard {
             self.feed_payload(piece, config)?;
             if done {
@@ -252,7 +301,7 @@ impl WebSocketClient {
         handler: &mut H,
     ) -> Result<Option<usize>, ProtocolError> {
         let key = header.mask.unwrap_or_default();
-        let in_progress = self.reader.message.in_progress();
+        let in_progress = self.reader.message_in_progress();
         let end = usize::try_from(header.payload_len).ok().and_then(|len| len.checked_add(header_len));
         // Fast path: a whole single-frame, uncompressed message is in the
         // buffer, within the limits. Unmask it in place and hand it over
@@ -281,20 +330,20 @@ impl WebSocketClient {
         }
         // The receiver's own limit is asked for at a message's first frame only.
         let limit = if in_progress { u64::MAX } else { handler.message_limit() as u64 };
-        self.reader.message.begin_frame(header, config.max_message_size as u64, limit)?;
+        self.reader.message().begin_frame(header, config.max_message_size as u64, limit)?;
         // Otherwise stream the payload into the reassembly buffer as it arrives.
         if header.payload_len == 0 {
             self.end_data_frame(now, config, handler)?;
         } else {
             let remaining = header.payload_len;
-            self.reader.frame = Some(PayloadInProgress { key, offset: 0, remaining, discard: false });
+            self.reader.set_frame(Some(PayloadInProgress { key, offset: 0, remaining, discard: false }));
         }
         Ok(Some(header_len))
     }
 
     /// Adds a piece of (unmasked) payload to the message, through the inflater if it is compressed.
     fn feed_payload(&mut self, piece: &[u8], config: &ConnectionConfig) -> Result<(), ProtocolError> {
-        let message = &mut self.reader.message;
+        let message = self.reader.message();
         if !message.is_compressed() {
             return message.feed(piece);
         }
@@ -309,7 +358,7 @@ impl WebSocketClient {
         config: &ConnectionConfig,
         handler: &mut H,
     ) -> Result<(), ProtocolError> {
-        let message = &mut self.reader.message;
+        let message = self.reader.message();
         if message.is_compressed()
             && message.is_final_frame()
             && let Some(state) = self.deflate.as_deref_mut()

@@ -364,7 +364,7 @@ impl WebSocketClient {
     /// driver bounds the sum over all connections.)
     #[inline]
     pub fn buffered_bytes(&self) -> usize {
-        self.reader.leftover.capacity() + self.reader.message.capacity()
+        self.reader.reserved()
     }
 
     /// Processes input that waited while the connection was paused, now

@@ -430,7 +430,7 @@ fn a_message_over_the_receivers_limit_is_read_past_unkept_and_the_connection_sta
     let big = masked(OpCode::Text, true, &[b'x'; 1 << 20]);
     for piece in big.chunks(1000) {
         client.handle_input(&mut piece.to_vec(), now, &config, &mut handler);
-        assert_eq!(client.reader.message.buffered(), 0);
+        assert_eq!(client.reader.reassembled(), 0);
         assert!(client.reader.leftover.len() <= MAX_UNIT);
     }
     assert_eq!(handler.too_long, 1);
@@ -479,7 +479,7 @@ fn a_compressed_message_is_held_to_the_receivers_limit_by_what_it_inflates_to() 
     frame[0] |= crate::protocol::frame::RSV1;
     client.handle_input(&mut frame, now, &config, &mut handler);
     assert_eq!(handler.too_long, 1);
-    assert_eq!(client.reader.message.buffered(), 0);
+    assert_eq!(client.reader.reassembled(), 0);
     assert_eq!(client.state(), &ClientState::Connected { over_cap_since: None, paused_until: None });
     assert_eq!(take_output(&mut client).1, vec![WebSocketFrame::new(OpCode::Text, "too long")]);
     // The inflater's context is intact: the next compressed message still comes through.
