@@ -54,7 +54,8 @@
 //! | [`protocol`] | sans-IO RFC 6455/7692: frames, masking, the handshake, messages, compression, `ProtocolError` |
 //! | [`connection`] | `WebSocketClient` and `ClientState`: one connection's state machine and outgoing queue; bytes and `now` in, bytes out |
 //! | [`app`] | the application interface: [`App`], its context, topics |
-//! | [`server`] | the only code that touches sockets and the clock: the mio loop, accept and limits, timers, delivery, shutdown |
+//! | [`server`] | the only code that touches sockets and the clock: the mio loop, accept and limits, timers, delivery, shutdown, workers |
+//! | [`broker`] | topics across event loops in one order: the [`Broker`](broker::Broker) trait and the in-process [`LocalBroker`](broker::LocalBroker) |
 //! | [`echo`], [`chat`] | two applications: `/echo`, and the chat's rooms, nicknames, history and page |
 //! | [`config`] | the binary's settings, each layer's part with its defaults and why |
 //!
@@ -102,6 +103,7 @@
 #![deny(missing_docs)]
 
 pub mod app;
+pub mod broker;
 pub mod chat;
 pub mod config;
 pub mod connection;
@@ -141,7 +143,8 @@ pub fn echo_and_chat_workers(
     signals: bool,
 ) -> Result<(server::Workers, std::sync::Arc<chat::shared::Shared>), server::StartError> {
     let workers = workers.max(1);
-    let shared = chat::shared::Shared::new(config.chat, workers);
+    let broker = std::sync::Arc::new(broker::LocalBroker::new(workers, 0));
+    let shared = chat::shared::Shared::with_broker(config.chat, workers, broker.clone());
     let mut each = config.server;
     let share = |total: usize| total.div_ceil(workers).max(1);
     each.max_connections = share(each.max_connections);
@@ -153,14 +156,14 @@ pub fn echo_and_chat_workers(
     let apps = std::sync::Arc::clone(&shared);
     let running =
         server::Workers::bind(each, workers, signals, move |worker| app::Both(echo::Echo, apps.worker(worker)))?;
-    let wakers: Vec<chat::shared::Wake> = running
+    let wakers: Vec<broker::Wake> = running
         .handles()
         .iter()
         .map(|handle| {
             let handle = handle.clone();
-            Box::new(move || handle.notify()) as chat::shared::Wake
+            Box::new(move || handle.notify()) as broker::Wake
         })
         .collect();
-    shared.set_wakers(wakers);
+    broker.set_wakers(wakers);
     Ok((running, shared))
 }

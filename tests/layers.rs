@@ -62,6 +62,21 @@ const RULES: &[(&str, &[&str])] = &[
             "SystemTime",
         ],
     ),
+    // A broker carries messages of any type between event loops: it knows no connection, app or socket.
+    (
+        "src/broker",
+        &[
+            "crate::app",
+            "crate::chat",
+            "crate::server",
+            "crate::connection",
+            "crate::echo",
+            "mio::",
+            "std::net",
+            "Instant::now",
+            "SystemTime",
+        ],
+    ),
     // The server knows applications only through the `App` trait.
     ("src/server", &["crate::chat", "crate::echo"]),
 ];

@@ -159,14 +159,7 @@ impl App for Chat {
 
     /// `/` and `/chat`; a plain `GET /` is the chat page.
     fn route(&mut self, request: &Request<'_, '_>) -> Route<ChatConn> {
-        match request.path() {
-            "/" if !request.is_upgrade() => Route::Respond(page::response()),
-            "/" | "/chat" => {
-                let query = request.target.split_once('?').map_or("", |(_, query)| query);
-                Route::Accept(ChatConn { query: query.into() })
-            }
-            _ => Route::NotFound,
-        }
+        route(request)
     }
 
     fn on_open(&mut self, conn: &mut ChatConn, ctx: &mut Context<'_>) {
@@ -517,6 +510,19 @@ impl Chat {
     fn nicks_in(&self, name: &str) -> Vec<&str> {
         let Some(room) = self.rooms.get(name) else { return Vec::new() };
         room.members.iter().filter_map(|id| self.members.get(id)).map(|m| m.nick.as_str()).collect()
+    }
+}
+
+/// The chat's routes: its page at `GET /`, members at `/` and `/chat` (the
+/// query is read when the connection opens). No state: the shared chat routes without its lock.
+pub(crate) fn route(request: &Request<'_, '_>) -> Route<ChatConn> {
+    match request.path() {
+        "/" if !request.is_upgrade() => Route::Respond(page::response()),
+        "/" | "/chat" => {
+            let query = request.target.split_once('?').map_or("", |(_, query)| query);
+            Route::Accept(ChatConn { query: query.into() })
+        }
+        _ => Route::NotFound,
     }
 }
 

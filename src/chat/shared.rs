@@ -1,18 +1,22 @@
 //! The chat across several workers (`--workers N`): one [`Chat`] for all of
-//! them, behind a lock, and for each worker an inbox of what it must do.
+//! them, behind a lock, and a [`Broker`] that carries what it does to each
+//! worker in one order.
 //!
 //! Every call on any worker takes the lock, runs the chat's own logic on a
 //! [recording](Context::recording) context, and, still holding the lock,
-//! hands out what the call did: a publish to a room goes into every
-//! worker's inbox, anything about one connection (a send, a subscription, a
-//! close) into the inbox of that connection's worker. Because all of this
-//! happens under one lock, every inbox receives its events in one global
-//! order, so every member of a room, on whichever worker, sees the same
-//! messages in the same order, and a newcomer's subscription and `welcome`
-//! land exactly between the messages its history holds and the ones it
-//! receives live. The calling worker then applies its own inbox at once;
-//! the others are woken (once per turn of the calling worker's loop, through
-//! [`ServerHandle::notify`](crate::server::ServerHandle::notify)) and apply
+//! hands what the call did to the broker: a publish to a room is a
+//! publication on the room's topic, which reaches every worker that has a
+//! member there (a worker is the broker's subscriber to a topic while any of
+//! its connections is); anything about one connection (a send, a
+//! subscription, a close) is [sent](Broker::send) to that connection's
+//! worker. The broker keeps one order for each worker across both, and all
+//! of it happens under the chat's lock, so every member of a room, on
+//! whichever worker, sees the same messages in the same order, and a
+//! newcomer's subscription and `welcome` land exactly between the messages
+//! its history holds and the ones it receives live. The calling worker then
+//! does its own deliveries at once; the others are woken (once per turn of
+//! the calling worker's loop, through
+//! [`ServerHandle::notify`](crate::server::ServerHandle::notify)) and do
 //! theirs in [`App::on_notify`]. Each worker frames a published message once
 //! for all its members, as a single server does.
 //!
@@ -20,57 +24,65 @@
 //! buckets — is one, so every promise it makes on one loop holds on many:
 //! unique nicks, `/who` and `/rooms` for the whole server, contiguous `seq`,
 //! limits server-wide. What runs in parallel is everything else: sockets,
-//! framing, masking, UTF-8, compression, fan-out, timers.
+//! framing, masking, UTF-8, compression, fan-out, timers. (The room's `seq`
+//! and history are still the chat's own, made under its lock; the broker's
+//! numbers and history are not used here yet.)
 
 use super::{Chat, ChatConfig, ChatConn};
 use crate::app::{App, Closed, ConnId, Context, Effect, Hub, Message, Request, Route};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use crate::broker::{Broker, Delivery, LocalBroker};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-/// Wakes one worker (the glue gives it each worker's `ServerHandle::notify`).
-pub type Wake = Box<dyn Fn() + Send + Sync>;
+/// What the workers exchange through the broker.
+pub type ChatBroker = dyn Broker<Message = Effect>;
 
-/// What all the workers share: the chat and their inboxes, and how to wake each.
+/// What all the workers share: the chat, and the broker between them.
 pub struct Shared {
     state: Mutex<State>,
-    wakers: OnceLock<Vec<Wake>>,
+    broker: Arc<ChatBroker>,
     workers: usize,
     max_message: usize,
 }
 
 struct State {
     chat: Chat,
-    /// What each worker has yet to do, oldest first.
-    inboxes: Vec<Vec<Effect>>,
+    /// For each worker, how many of its connections subscribe to each topic
+    /// (the worker is the broker's subscriber to those).
+    subscribed: Vec<HashMap<Arc<str>, u32>>,
 }
 
 impl Shared {
-    /// The chat with `config`, for `workers` workers.
+    /// The chat with `config`, for `workers` workers, over an in-process
+    /// broker (which no one wakes: see [`Shared::with_broker`]).
     pub fn new(config: ChatConfig, workers: usize) -> Arc<Shared> {
+        Shared::with_broker(config, workers, Arc::new(LocalBroker::new(workers.max(1), 0)))
+    }
+
+    /// The chat with `config`, for `workers` workers (numbered from 0, the
+    /// broker's subscribers), over `broker`.
+    pub fn with_broker(config: ChatConfig, workers: usize, broker: Arc<ChatBroker>) -> Arc<Shared> {
         let workers = workers.max(1);
         let max_message = config.max_text_bytes.saturating_add(super::MAX_PREFIX);
         let chat = Chat::new(config);
-        Arc::new(Shared {
-            state: Mutex::new(State { chat, inboxes: (0..workers).map(|_| Vec::new()).collect() }),
-            wakers: OnceLock::new(),
-            workers,
-            max_message,
-        })
-    }
-
-    /// How to wake each worker, in worker order; set once, before they serve.
-    pub fn set_wakers(&self, wakers: Vec<Wake>) {
-        let _ = self.wakers.set(wakers);
+        let subscribed = (0..workers).map(|_| HashMap::new()).collect();
+        Arc::new(Shared { state: Mutex::new(State { chat, subscribed }), broker, workers, max_message })
     }
 
     /// The application value for worker `worker`.
     pub fn worker(self: &Arc<Shared>, worker: usize) -> SharedChat {
-        SharedChat { worker, shared: Arc::clone(self), to_wake: vec![false; self.workers] }
+        SharedChat { worker, shared: Arc::clone(self), taken: Vec::new() }
     }
 
     /// The number of members of the chat, over all workers.
     pub fn member_count(&self) -> usize {
         self.lock().chat.member_count()
+    }
+
+    /// The number of (worker, topic) subscriptions held with the broker.
+    pub fn worker_subscriptions(&self) -> usize {
+        self.lock().subscribed.iter().map(HashMap::len).sum()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -79,53 +91,75 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The worker that serves `id` (see `Workers::bind`).
-    fn worker_of(&self, id: ConnId) -> usize {
-        (id.generation.wrapping_sub(1) % self.workers as u64) as usize
+    /// Hands one effect of a call to the broker (under the chat's lock).
+    fn route(&self, state: &mut State, effect: Effect) {
+        let Some(id) = effect.connection() else {
+            if let Effect::Publish { topic, .. } = &effect {
+                let topic = Arc::clone(topic);
+                self.broker.publish(&topic, effect);
+            }
+            return;
+        };
+        let worker = worker_of(id, self.workers);
+        let Some(subscribed) = state.subscribed.get_mut(worker) else { return };
+        match &effect {
+            Effect::Subscribe { topic, .. } => {
+                let count = subscribed.entry(Arc::clone(topic)).or_insert(0);
+                *count += 1;
+                if *count == 1 {
+                    self.broker.subscribe(worker, topic);
+                }
+                self.broker.send(worker, effect);
+            }
+            Effect::Unsubscribe { topic, .. } => {
+                let topic = Arc::clone(topic);
+                self.broker.send(worker, effect);
+                if let Some(count) = subscribed.get_mut(&topic) {
+                    *count -= 1;
+                    if *count == 0 {
+                        subscribed.remove(&topic);
+                        self.broker.unsubscribe(worker, &topic);
+                    }
+                }
+            }
+            _ => self.broker.send(worker, effect),
+        }
     }
+}
+
+/// The worker that serves `id` (see `Workers::bind`).
+fn worker_of(id: ConnId, workers: usize) -> usize {
+    (id.generation.wrapping_sub(1) % workers as u64) as usize
 }
 
 /// The chat as one worker serves it.
 pub struct SharedChat {
     worker: usize,
     shared: Arc<Shared>,
-    /// Workers given something this turn: woken once, at its end.
-    to_wake: Vec<bool>,
+    /// Deliveries taken from the broker, being applied (kept for its capacity).
+    taken: Vec<Delivery<Effect>>,
 }
 
 impl SharedChat {
-    /// Runs `f` on the chat under the lock, hands out what it did, then does
-    /// this worker's part at once (its inbox, which may hold other workers'
-    /// earlier publishes too, in their order) and wakes the others that got any.
+    /// Runs `f` on the chat under the lock and hands what it did to the
+    /// broker, then does this worker's deliveries at once (which may hold
+    /// other workers' earlier publications too, in their order).
     fn call(&mut self, ctx: &mut Context<'_>, f: impl FnOnce(&mut Chat, &mut Context<'_>)) {
         let shared = &*self.shared;
         let mut effects = Vec::new();
-        let wake = &mut self.to_wake;
-        let mine = {
+        {
             let mut state = shared.lock();
             let mut record = Context::recording(ctx.id(), ctx.now(), ctx.clock(), &mut effects);
             f(&mut state.chat, &mut record);
             for effect in effects {
-                match effect.connection() {
-                    None => {
-                        for (worker, inbox) in state.inboxes.iter_mut().enumerate() {
-                            wake[worker] |= worker != self.worker;
-                            inbox.push(effect.clone());
-                        }
-                    }
-                    Some(id) => {
-                        let worker = shared.worker_of(id);
-                        if let Some(inbox) = state.inboxes.get_mut(worker) {
-                            wake[worker] |= worker != self.worker;
-                            inbox.push(effect);
-                        }
-                    }
-                }
+                shared.route(&mut state, effect);
             }
-            std::mem::take(&mut state.inboxes[self.worker])
-        };
-        for effect in mine {
-            ctx.apply(effect);
+            shared.broker.take(self.worker, &mut self.taken);
+        }
+        for delivery in self.taken.drain(..) {
+            match delivery {
+                Delivery::Published { message, .. } | Delivery::Direct(message) => ctx.apply(message),
+            }
         }
     }
 }
@@ -134,7 +168,7 @@ impl App for SharedChat {
     type Conn = ChatConn;
 
     fn route(&mut self, request: &Request<'_, '_>) -> Route<ChatConn> {
-        self.shared.lock().chat.route(request)
+        super::route(request)
     }
 
     fn on_open(&mut self, conn: &mut ChatConn, ctx: &mut Context<'_>) {
@@ -161,21 +195,16 @@ impl App for SharedChat {
     /// burst of messages is one wake and one turn for each of them, so they
     /// write their members' queues once for the lot, as a single loop does).
     fn on_turn_end(&mut self) {
-        let Some(wakers) = self.shared.wakers.get() else { return };
-        for (worker, wake) in self.to_wake.iter_mut().enumerate() {
-            if std::mem::take(wake)
-                && let Some(wake) = wakers.get(worker)
-            {
-                wake();
-            }
-        }
+        self.shared.broker.wake(self.worker);
     }
 
-    /// Another worker left something in this one's inbox: do it, in order.
+    /// Another worker left this one deliveries: do them, in order.
     fn on_notify(&mut self, hub: &mut Hub, _now: Instant) {
-        let mine = std::mem::take(&mut self.shared.lock().inboxes[self.worker]);
-        for effect in mine {
-            hub.apply(effect);
+        self.shared.broker.take(self.worker, &mut self.taken);
+        for delivery in self.taken.drain(..) {
+            match delivery {
+                Delivery::Published { message, .. } | Delivery::Direct(message) => hub.apply(message),
+            }
         }
     }
 }
@@ -191,7 +220,11 @@ mod tests {
     /// its inbox for `on_notify`.
     fn applied(shared: &Shared, worker: usize, in_calls: Vec<Effect>) -> Vec<Effect> {
         let mut all = in_calls;
-        all.append(&mut shared.lock().inboxes[worker]);
+        let mut left = Vec::new();
+        shared.broker.take(worker, &mut left);
+        all.extend(left.into_iter().map(|delivery| match delivery {
+            Delivery::Published { message, .. } | Delivery::Direct(message) => message,
+        }));
         all
     }
 
@@ -246,16 +279,22 @@ mod tests {
         let in_calls: Vec<Vec<Effect>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
         let orders: Vec<Vec<(u64, String)>> =
             in_calls.into_iter().enumerate().map(|(w, done)| messages(&applied(&shared, w, done))).collect();
-        let seqs: Vec<u64> = orders[0].iter().map(|(seq, _)| *seq).collect();
+        // A worker receives a room's publications from its first member's
+        // subscription on: the first to join saw them all.
+        let all = orders.iter().max_by_key(|order| order.len()).unwrap();
+        let seqs: Vec<u64> = all.iter().map(|(seq, _)| *seq).collect();
         assert_eq!(seqs, (1..=(n * each) as u64).collect::<Vec<_>>(), "contiguous, in order");
-        assert!(
-            orders.iter().all(|order| *order == orders[0]),
-            "every worker does the same publishes in the same order"
-        );
-        // Each sender's own messages keep their order.
-        for worker in 0..n {
+        for order in &orders {
+            assert_eq!(
+                order[..],
+                all[all.len() - order.len()..],
+                "every worker does the same publishes in the same order, from when it joined"
+            );
+        }
+        // Each sender's own messages keep their order, and reach its own worker.
+        for (worker, order) in orders.iter().enumerate() {
             let own: Vec<&String> =
-                orders[0].iter().map(|(_, t)| t).filter(|t| t.starts_with(&format!("{worker}:"))).collect();
+                order.iter().map(|(_, t)| t).filter(|t| t.starts_with(&format!("{worker}:"))).collect();
             let expected: Vec<String> = (0..each).map(|i| format!("{worker}:{i}")).collect();
             assert_eq!(own, expected.iter().collect::<Vec<_>>());
         }
@@ -339,5 +378,40 @@ mod tests {
         // The joins happened while messages flowed: not everyone saw the same history.
         let firsts: std::collections::HashSet<u64> = joined.iter().map(|(me, _)| received[me][0]).collect();
         eprintln!("first seq seen by the 50 newcomers: {} distinct values", firsts.len());
+    }
+
+    #[test]
+    fn a_worker_gets_a_rooms_traffic_only_while_it_has_members_there() {
+        let n = 2;
+        let shared = Shared::new(config(), n);
+        let (mut w0, mut w1) = (shared.worker(0), shared.worker(1));
+        let now = Instant::now();
+        let bye = Closed { code: 1001, reason: "", clean: true };
+        // a, on worker 0, alone in "quiet": worker 1 is given nothing.
+        let (a, mut in_calls_0) = (id(0, n, 0), Vec::new());
+        let mut conn_a = ChatConn { query: "room=quiet&nick=a".into() };
+        w0.on_open(&mut conn_a, &mut Context::recording(a, now, || 0, &mut in_calls_0));
+        w0.on_message(&mut conn_a, Message::Text("anyone?"), &mut Context::recording(a, now, || 0, &mut in_calls_0));
+        assert!(applied(&shared, 1, Vec::new()).is_empty(), "worker 1 has no one there: nothing for it");
+        assert_eq!(messages(&in_calls_0), vec![(1, "anyone?".to_string())]);
+        assert_eq!(shared.worker_subscriptions(), 1);
+        // b joins on worker 1: from then on worker 1 gets the room's messages.
+        let (b, mut in_calls_1) = (id(1, n, 0), Vec::new());
+        let mut conn_b = ChatConn { query: "room=quiet&nick=b".into() };
+        w1.on_open(&mut conn_b, &mut Context::recording(b, now, || 0, &mut in_calls_1));
+        w0.on_message(&mut conn_a, Message::Text("hi b"), &mut Context::recording(a, now, || 0, &mut in_calls_0));
+        let at_1 = applied(&shared, 1, in_calls_1);
+        assert!(
+            matches!(&at_1[..], [Effect::Subscribe { id, .. }, Effect::Send { to, .. }, Effect::Publish { .. }] if *id == b && *to == b),
+            "b's subscription and welcome, then a's message: {at_1:?}"
+        );
+        assert_eq!(messages(&at_1), vec![(2, "hi b".to_string())]);
+        assert_eq!(shared.worker_subscriptions(), 2);
+        // Both leave: no worker holds a subscription any more.
+        let mut rest = Vec::new();
+        w1.on_close(conn_b, &bye, &mut Context::recording(b, now, || 0, &mut rest));
+        w0.on_close(conn_a, &bye, &mut Context::recording(a, now, || 0, &mut rest));
+        assert_eq!(shared.worker_subscriptions(), 0);
+        assert_eq!(shared.member_count(), 0);
     }
 }
