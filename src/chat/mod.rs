@@ -179,7 +179,7 @@ impl App for Chat {
     /// The longest text, and room for the longest command prefix (`/me `):
     /// a longer message is never held, only read past.
     fn max_message_size(&self, _: &ChatConn) -> Option<usize> {
-        Some(self.config.max_text_bytes.saturating_add(MAX_PREFIX))
+        Some(max_message(&self.config))
     }
 
     /// An over-long message costs a message of the rate, is answered with
@@ -511,6 +511,12 @@ impl Chat {
         let Some(room) = self.rooms.get(name) else { return Vec::new() };
         room.members.iter().filter_map(|id| self.members.get(id)).map(|m| m.nick.as_str()).collect()
     }
+}
+
+/// The longest message the chat reads: the longest text and room for the
+/// longest command prefix (`/me `).
+pub(crate) fn max_message(config: &ChatConfig) -> usize {
+    config.max_text_bytes.saturating_add(MAX_PREFIX)
 }
 
 /// The chat's routes: its page at `GET /`, members at `/` and `/chat` (the

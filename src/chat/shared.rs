@@ -64,7 +64,7 @@ impl Shared {
     /// broker's subscribers), over `broker`.
     pub fn with_broker(config: ChatConfig, workers: usize, broker: Arc<ChatBroker>) -> Arc<Shared> {
         let workers = workers.max(1);
-        let max_message = config.max_text_bytes.saturating_add(super::MAX_PREFIX);
+        let max_message = super::max_message(&config);
         let chat = Chat::new(config);
         let subscribed = (0..workers).map(|_| HashMap::new()).collect();
         Arc::new(Shared { state: Mutex::new(State { chat, subscribed }), broker, workers, max_message })
