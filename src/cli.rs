@@ -47,6 +47,19 @@ OPTIONS:
     --max-pending-handshakes N   Connections still sending their request at most;
                                  the oldest is dropped for a new one [default: 1024]
 
+WHO MAY CONNECT:
+    --allowed-origin ORIGIN      Also accept WebSocket upgrades from pages of this
+                                 origin (scheme://host[:port], exact; repeatable).
+                                 Without it a page may connect only from the
+                                 server's own origin; clients that send no Origin
+                                 (not browsers) always may. '*' accepts every
+                                 origin (logged as a warning at start-up)
+    --allowed-host NAME          Also answer requests to this Host name
+                                 (repeatable). Bound to loopback the server answers
+                                 only localhost, 127.0.0.1 and [::1]: 403 for other
+                                 names (DNS rebinding); bound elsewhere, any name
+                                 unless this is given
+
 COMPRESSION (permessage-deflate, RFC 7692):
     --no-deflate                 Decline every client's offer to compress
     --deflate-threshold SIZE     Send shorter messages raw [default: 256]
@@ -122,6 +135,17 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, Str
             "--handshake-timeout" => c.handshake_timeout = parse_duration(&value()?, &name)?,
             "--ping-interval" => c.ping_interval = parse_duration(&value()?, &name)?,
             "--idle-timeout" => c.idle_timeout = parse_duration(&value()?, &name)?,
+            "--allowed-origin" => {
+                let origin = value()?;
+                c.origin.allow_origin(&origin).map_err(|why| format!("--allowed-origin: {why}"))?;
+            }
+            "--allowed-host" => {
+                let host = value()?;
+                if host.is_empty() || host.contains([':', '/', ' ']) && !host.starts_with('[') {
+                    return Err(format!("--allowed-host: '{host}' is not a host name (give it without a port)"));
+                }
+                config.server.allowed_hosts.push(host);
+            }
             "--drain-timeout" => config.server.drain_timeout = parse_duration(&value()?, &name)?,
             "--max-connections" => config.server.max_connections = parse_count(&value()?, &name)?,
             "--max-connections-per-ip" => config.server.max_connections_per_ip = parse_count(&value()?, &name)?,

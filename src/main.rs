@@ -32,6 +32,11 @@ fn main() -> ExitCode {
         }
     };
     init_logging();
+    if config.server.connection.origin.any_origin {
+        tracing::warn!(
+            "--allowed-origin '*': a page on any site can open a WebSocket to this server in its visitors' browsers"
+        );
+    }
     if workers > 1 {
         return serve_workers(config, workers);
     }

@@ -61,13 +61,22 @@ fn two_tabs_chat_and_the_blogs_snippet_joins_the_lobby() {
     let online = "return document.getElementById('status').className === 'online' && \
                   document.getElementById('nick').textContent.startsWith('guest-')";
 
+    // The page loads its script, its style and its socket under its Content
+    // Security Policy (anything it blocked would show: a page without style,
+    // offline, or a violation event from here on).
+    let watch_policy = "window.violations = []; document.addEventListener('securitypolicyviolation', \
+                        e => window.violations.push(e.violatedDirective + ' ' + e.blockedURI))";
+    let styled = "return getComputedStyle(document.body).display === 'flex'";
     let tab_a = browser.window();
     browser.goto(&origin);
     browser.wait_for("tab A online", online, PATIENCE);
+    browser.wait_for("tab A styled by /chat.css", styled, PATIENCE);
+    browser.eval(watch_policy, json!([]));
     let nick_a = text_of(&browser, "nick");
     let tab_b = browser.new_tab();
     browser.goto(&origin);
     browser.wait_for("tab B online", online, PATIENCE);
+    browser.eval(watch_policy, json!([]));
     let nick_b = text_of(&browser, "nick");
     assert_ne!(nick_a, nick_b);
     assert_eq!(text_of(&browser, "room"), "lobby");
@@ -135,6 +144,8 @@ fn two_tabs_chat_and_the_blogs_snippet_joins_the_lobby() {
         browser.switch_to(tab);
         let errors = browser.console_errors();
         assert!(errors.is_empty(), "console errors: {errors:?}");
+        let violations = browser.eval("return window.violations", json!([]));
+        assert_eq!(violations, json!([]), "the page's policy blocked something it does");
     }
 }
 

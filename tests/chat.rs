@@ -423,7 +423,7 @@ fn a_member_that_vanishes_leaves_its_room() {
 fn plain_http_to_the_chat_socket_path_is_426_and_unknown_paths_404() {
     let server = TestServer::start();
     let mut client = RawClient::connect(server.addr);
-    client.send_raw(b"GET /chat HTTP/1.1\r\nHost: x\r\n\r\n");
+    client.send_raw(b"GET /chat HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
     assert!(client.read_http_response().starts_with("HTTP/1.1 426 "));
     let mut client = RawClient::connect(server.addr);
     client.send_raw(&upgrade_request("/room/lobby"));
@@ -605,12 +605,12 @@ fn a_member_that_keeps_up_survives_other_members_bursts() {
 
 #[test]
 fn at_debug_the_log_follows_each_connection_by_an_id_with_its_origin_nick_and_room() {
-    let server = Spawned::start_logging("debug", &[]);
+    let server = Spawned::start_logging("debug", &["--allowed-origin", "http://app.example"]);
     let mut ids = Vec::new();
     for nick in ["zoe", "yan"] {
         let mut client = RawClient::connect(server.addr);
         let request = String::from_utf8(upgrade_request(&format!("/chat?nick={nick}&room=den"))).unwrap();
-        let request = request.replacen("\r\n\r\n", "\r\nOrigin: http://evil.example\r\n\r\n", 1);
+        let request = request.replacen("\r\n\r\n", "\r\nOrigin: http://app.example\r\n\r\n", 1);
         client.send_raw(request.as_bytes());
         assert!(client.read_http_head().starts_with("HTTP/1.1 101"));
         let _welcome = client.read_frame();
@@ -635,7 +635,7 @@ fn at_debug_the_log_follows_each_connection_by_an_id_with_its_origin_nick_and_ro
         let lines: Vec<&str> = log.lines().filter(|l| l.contains(&format!("conn={id} "))).collect();
         let all = lines.join("\n");
         for part in
-            ["accepted", "upgrade accepted", "origin=Some(\"http://evil.example\")", "chat: joined", "chat: left"]
+            ["accepted", "upgrade accepted", "origin=Some(\"http://app.example\")", "chat: joined", "chat: left"]
         {
             assert!(all.contains(part), "{part:?} missing for conn {id}:\n{all}");
         }

@@ -11,6 +11,7 @@ use rust_chat::chat::ChatConfig;
 use rust_chat::connection::{ConnectionConfig, DeflateConfig, TimerAction, WebSocketClient};
 use rust_chat::echo_and_chat;
 use rust_chat::protocol::frame::{DecodeRules, OpCode, decode};
+use rust_chat::protocol::origin::OriginPolicy;
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
@@ -54,6 +55,15 @@ fuzz_target!(|data: &[u8]| {
         close_timeout: Duration::from_secs(1),
         slow_consumer_grace: Duration::from_secs(1),
         deflate: DeflateConfig { enabled: true, threshold: 16, context_takeover: mode & 8 != 0 },
+        origin: {
+            // Half the time, the Host and Origin checks of a loopback bind with additions.
+            let mut origin = OriginPolicy::default();
+            if mode & 16 != 0 {
+                origin.restrict_hosts(["chat.internal"]);
+                let _ = origin.allow_origin("https://app.example");
+            }
+            origin
+        },
     };
     // The binary's own applications: `/echo` and the chat.
     let mut app = echo_and_chat(ChatConfig { max_text_bytes: 512, ..ChatConfig::default() });
@@ -67,7 +77,7 @@ fuzz_target!(|data: &[u8]| {
         let extension = if mode & 4 != 0 { "Sec-WebSocket-Extensions: permessage-deflate\r\n" } else { "" };
         input.extend_from_slice(
             format!(
-                "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{extension}\
+                "GET {path} HTTP/1.1\r\nHost: chat.internal\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{extension}\
                  Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
             )
             .as_bytes(),

@@ -519,11 +519,14 @@ pub(crate) fn max_message(config: &ChatConfig) -> usize {
     config.max_text_bytes.saturating_add(MAX_PREFIX)
 }
 
-/// The chat's routes: its page at `GET /`, members at `/` and `/chat` (the
+/// The chat's routes: its page at `GET /` (with `/chat.js` and `/chat.css`), members at `/` and `/chat` (the
 /// query is read when the connection opens). No state: the shared chat routes without its lock.
 pub(crate) fn route(request: &Request<'_, '_>) -> Route<ChatConn> {
     match request.path() {
         "/" if !request.is_upgrade() => Route::Respond(page::response()),
+        path @ ("/chat.js" | "/chat.css") if !request.is_upgrade() => {
+            page::asset(path).map_or(Route::NotFound, Route::Respond)
+        }
         "/" | "/chat" => {
             let query = request.target.split_once('?').map_or("", |(_, query)| query);
             Route::Accept(ChatConn { query: query.into() })

@@ -1,5 +1,6 @@
 //! The limits and timeouts of one connection, with their defaults and why.
 
+use crate::protocol::origin::OriginPolicy;
 use std::time::Duration;
 
 /// What one connection may do, and how long it may take. Part of
@@ -71,6 +72,13 @@ pub struct ConnectionConfig {
 
     /// permessage-deflate (RFC 7692).
     pub deflate: DeflateConfig,
+
+    /// Which `Origin` may open a WebSocket and which `Host` names are
+    /// answered. Default: an upgrade from a browser page of another origin
+    /// is refused with 403 (one without `Origin` is not from a page, and
+    /// passes); any `Host` is answered (the server restricts it when bound
+    /// to loopback: see [`ServerConfig::allowed_hosts`](crate::server::ServerConfig::allowed_hosts)).
+    pub origin: OriginPolicy,
 }
 
 /// permessage-deflate (RFC 7692) settings.
@@ -109,6 +117,7 @@ impl Default for ConnectionConfig {
             max_outgoing_bytes: 1 << 20,
             slow_consumer_grace: Duration::from_secs(5),
             deflate: DeflateConfig::default(),
+            origin: OriginPolicy::default(),
         }
     }
 }

@@ -427,11 +427,13 @@ fn answer_request<H: Handler>(
     if request.method != "GET" {
         return Err(HandshakeError::MethodNotAllowed);
     }
+    config.origin.check_host(request.header_values("Host"))?;
     match handler.route(&request) {
         Route::NotFound => Err(HandshakeError::NotFound),
         Route::Respond(response) => Ok(Some(Answer::Http(response))),
         Route::Upgrade => {
             let accept = request.validate_upgrade()?;
+            config.origin.check_origin(request.header_values("Origin"), request.header("Host"))?;
             let deflate = if config.deflate.enabled {
                 let offers = request.header_values("Sec-WebSocket-Extensions");
                 deflate::negotiate(offers, config.deflate.context_takeover).map_err(HandshakeError::BadRequest)?

@@ -36,6 +36,9 @@ pub enum HandshakeError {
     UnsupportedVersion,
     /// The request head is longer than the limit, or has too many header lines.
     HeadTooLarge,
+    /// The request's `Host` or `Origin` is not one this server answers
+    /// (see [`origin`](super::origin)).
+    Forbidden(&'static str),
 }
 
 impl HandshakeError {
@@ -47,6 +50,7 @@ impl HandshakeError {
             HandshakeError::NotFound => 404,
             HandshakeError::UpgradeRequired | HandshakeError::UnsupportedVersion => 426,
             HandshakeError::HeadTooLarge => 431,
+            HandshakeError::Forbidden(_) => 403,
         };
         (code, reason_phrase(code))
     }
@@ -81,6 +85,7 @@ impl fmt::Display for HandshakeError {
             HandshakeError::UpgradeRequired => f.write_str("this is a WebSocket endpoint: send an Upgrade request"),
             HandshakeError::UnsupportedVersion => f.write_str("unsupported WebSocket version: this server speaks 13"),
             HandshakeError::HeadTooLarge => f.write_str("request head too large"),
+            HandshakeError::Forbidden(why) => write!(f, "forbidden: {why}"),
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod frame;
 pub mod handshake;
 pub mod mask;
 pub mod message;
+pub mod origin;
 pub(crate) mod pool;
 
 pub use frame::{OpCode, WebSocketFrame};

@@ -56,6 +56,16 @@ pub struct ServerConfig {
     /// Default 5 s.
     pub drain_timeout: Duration,
 
+    /// Host names the server answers to besides the loopback ones
+    /// (`localhost`, `127.0.0.1`, `[::1]`), compared with each request's
+    /// `Host` without its port. Bound to a loopback address the server
+    /// answers only those names (403 for others, page and upgrade alike), so
+    /// that a page whose name an attacker points at 127.0.0.1 (DNS
+    /// rebinding) cannot reach it; bound elsewhere, any name is answered
+    /// unless this list is not empty. Default empty. Not used when
+    /// `connection.origin.allowed_hosts` is set already.
+    pub allowed_hosts: Vec<String>,
+
     /// What each connection may do.
     pub connection: ConnectionConfig,
 }
@@ -70,6 +80,7 @@ impl Default for ServerConfig {
             read_buffer_size: 256 << 10,
             max_buffered_bytes: 256 << 20,
             drain_timeout: Duration::from_secs(5),
+            allowed_hosts: Vec::new(),
             connection: ConnectionConfig::default(),
         }
     }

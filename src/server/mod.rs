@@ -149,9 +149,13 @@ impl<A: App> Server<A> {
     }
 
     /// A server on a listener bound already (one of several on a port: see [`Workers`]).
-    fn on_listener(config: ServerConfig, app: A, mut listener: TcpListener) -> Result<Server<A>, StartError> {
+    fn on_listener(mut config: ServerConfig, app: A, mut listener: TcpListener) -> Result<Server<A>, StartError> {
         let poll = Poll::new()?;
         let local_addr = listener.local_addr()?;
+        let origin = &mut config.connection.origin;
+        if origin.allowed_hosts.is_none() && (local_addr.ip().is_loopback() || !config.allowed_hosts.is_empty()) {
+            origin.restrict_hosts(config.allowed_hosts.iter().map(String::as_str));
+        }
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let shutdown = Shutdown::new(poll.registry(), WAKER)?;
         // A run of deliveries fits wherever one frame would.
