@@ -47,6 +47,14 @@ OPTIONS:
     --max-pending-handshakes N   Connections still sending their request at most;
                                  the oldest is dropped for a new one [default: 1024]
 
+TLS (https:// and wss://, on the same port):
+    --tls-cert FILE              Certificate chain, PEM, leaf first
+    --tls-key FILE               Its private key, PEM (PKCS#8, RSA or EC); both or
+                                 neither. SIGHUP reads both files again: new
+                                 connections get the new certificate, open ones
+                                 keep theirs, and files that do not load keep the
+                                 old ones (with an error line)
+
 WHO MAY CONNECT:
     --allowed-origin ORIGIN      Also accept WebSocket upgrades from pages of this
                                  origin (scheme://host[:port], exact; repeatable).
@@ -105,6 +113,7 @@ pub enum Command {
 pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
     let mut config = Config::default();
     let mut workers = 1;
+    let (mut tls_cert, mut tls_key) = (None, None);
     let mut args = args.into_iter();
     while let Some(flag) = args.next() {
         let c = &mut config.server.connection;
@@ -135,6 +144,8 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, Str
             "--handshake-timeout" => c.handshake_timeout = parse_duration(&value()?, &name)?,
             "--ping-interval" => c.ping_interval = parse_duration(&value()?, &name)?,
             "--idle-timeout" => c.idle_timeout = parse_duration(&value()?, &name)?,
+            "--tls-cert" => tls_cert = Some(std::path::PathBuf::from(value()?)),
+            "--tls-key" => tls_key = Some(std::path::PathBuf::from(value()?)),
             "--allowed-origin" => {
                 let origin = value()?;
                 c.origin.allow_origin(&origin).map_err(|why| format!("--allowed-origin: {why}"))?;
@@ -170,6 +181,17 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, Str
             other => return Err(format!("unknown option '{other}' (see --help)")),
         }
     }
+    config.server.tls = match (tls_cert, tls_key) {
+        (Some(cert), Some(key)) => {
+            let files = rust_chat::server::TlsFiles { cert, key };
+            // Read now, so that a missing or bad file is a start-up error that names it.
+            files.load()?;
+            Some(files)
+        }
+        (None, None) => None,
+        (Some(_), None) => return Err("--tls-cert needs --tls-key".into()),
+        (None, Some(_)) => return Err("--tls-key needs --tls-cert".into()),
+    };
     config.validate().map_err(|err| err.to_string())?;
     Ok(Command::Run(Box::new(config), workers))
 }

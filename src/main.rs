@@ -37,8 +37,9 @@ fn main() -> ExitCode {
             "--allowed-origin '*': a page on any site can open a WebSocket to this server in its visitors' browsers"
         );
     }
+    let (ws, http) = if config.server.tls.is_some() { ("wss", "https") } else { ("ws", "http") };
     if workers > 1 {
-        return serve_workers(config, workers);
+        return serve_workers(config, workers, (ws, http));
     }
     let mut server = match Server::bind(config.server, echo_and_chat(config.chat)) {
         Ok(server) => server,
@@ -52,7 +53,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let addr = server.local_addr();
-    println!("rust-chat listening on ws://{addr}/ (chat page at http://{addr}/, echo at ws://{addr}/echo)");
+    println!("rust-chat listening on {ws}://{addr}/ (chat page at {http}://{addr}/, echo at {ws}://{addr}/echo)");
     match server.run() {
         Ok(Exit::Forced) => ExitCode::FAILURE,
         Ok(_) => ExitCode::SUCCESS,
@@ -64,7 +65,7 @@ fn main() -> ExitCode {
 }
 
 /// `--workers N` with N > 1: N event loops on the port, one chat for all.
-fn serve_workers(config: Config, workers: usize) -> ExitCode {
+fn serve_workers(config: Config, workers: usize, (ws, http): (&str, &str)) -> ExitCode {
     let (running, _chat) = match echo_and_chat_workers(config, workers, true) {
         Ok(started) => started,
         Err(err) => {
@@ -74,7 +75,7 @@ fn serve_workers(config: Config, workers: usize) -> ExitCode {
     };
     let addr = running.local_addr();
     println!(
-        "rust-chat listening on ws://{addr}/ with {workers} workers (chat page at http://{addr}/, echo at ws://{addr}/echo)"
+        "rust-chat listening on {ws}://{addr}/ with {workers} workers (chat page at {http}://{addr}/, echo at {ws}://{addr}/echo)"
     );
     match running.wait() {
         Ok(Exit::Forced) => ExitCode::FAILURE,

@@ -140,7 +140,8 @@
     if (room) query.set("room", room);
     if (nick) query.set("nick", nick);
     if (epoch) { query.set("since", seq); query.set("epoch", epoch); }
-    socket = new WebSocket("ws://" + location.host + "/chat" + (query.size ? "?" + query : ""));
+    const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+    socket = new WebSocket(scheme + location.host + "/chat" + (query.size ? "?" + query : ""));
     socket.onopen = () => {
       retry = 0;
       setStatus("online", "online");

@@ -149,6 +149,39 @@ fn two_tabs_chat_and_the_blogs_snippet_joins_the_lobby() {
     }
 }
 
+#[test]
+fn the_page_over_https_chats_over_wss() {
+    let Some(browser) = Browser::start("the_page_over_https_chats_over_wss") else { return };
+    let cert = common::tls::TestCert::new();
+    let server = TestServer::with_config(config(|c| c.server.tls = Some(cert.files())));
+    let page = format!("https://{}/?nick=tess&room=secure", server.addr);
+    browser.goto(&page);
+    browser.wait_for("online over wss", "return document.getElementById('status').className === 'online'", PATIENCE);
+    browser.wait_for("styled", "return getComputedStyle(document.body).display === 'flex'", PATIENCE);
+    assert_eq!(browser.eval("return location.protocol", json!([])), json!("https:"));
+    let (mut other, _) = {
+        // A member over TLS from outside the browser.
+        let mut client =
+            common::tls::TlsClient::connect(server.addr, common::tls::client_config(&[&cert.der])).unwrap();
+        assert!(client.upgrade("/chat?nick=ursula&room=secure").starts_with("HTTP/1.1 101 "));
+        let welcome = client.read_frame();
+        (client, welcome)
+    };
+    wait_for_line(&browser, "ursula joined secure");
+    type_line(&browser, "hello over wss");
+    let heard = loop {
+        let event: serde_json::Value = serde_json::from_slice(&other.read_frame().payload).unwrap();
+        if event["type"] == "message" {
+            break event;
+        }
+    };
+    assert_eq!((heard["nick"].as_str(), heard["text"].as_str()), (Some("tess"), Some("hello over wss")));
+    other.send_frame(TEXT, b"and back");
+    wait_for_line(&browser, "and back");
+    let errors = browser.console_errors();
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+}
+
 /// The texts of the messages the page shows, in order.
 fn shown_texts(browser: &Browser) -> Vec<String> {
     let texts = browser

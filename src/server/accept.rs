@@ -196,8 +196,19 @@ impl<A: App> Server<A> {
         // Wrapping: a worker's numbers start below zero (see `number_as_worker`).
         self.admission.generation = self.admission.generation.wrapping_add(1 + self.admission.id_stride_less_one);
         let id = ConnId { index, generation: self.admission.generation };
+        let tls = match &self.tls {
+            None => None,
+            Some(config) => match super::tls::Tls::new(config) {
+                Ok(tls) => Some(tls),
+                Err(err) => {
+                    warn!(error = %err, "tls: cannot start a session");
+                    let _ = self.poll.registry().deregister(&mut stream);
+                    return;
+                }
+            },
+        };
         let client = self.new_client(now);
-        let inserted = self.connections.insert(Connection::new(id, stream, client));
+        let inserted = self.connections.insert(Connection::new(id, stream, client, tls));
         debug_assert_eq!(inserted, index);
         if per_ip > 0 {
             self.admission.per_address.opened(index, peer.ip());

@@ -66,6 +66,11 @@ pub struct ServerConfig {
     /// `connection.origin.allowed_hosts` is set already.
     pub allowed_hosts: Vec<String>,
 
+    /// TLS: serve `https://` and `wss://` on the port with this certificate
+    /// and key. Default `None` (plain `http://` and `ws://`). SIGHUP reads
+    /// the files again (when the server handles signals).
+    pub tls: Option<super::TlsFiles>,
+
     /// What each connection may do.
     pub connection: ConnectionConfig,
 }
@@ -81,6 +86,7 @@ impl Default for ServerConfig {
             max_buffered_bytes: 256 << 20,
             drain_timeout: Duration::from_secs(5),
             allowed_hosts: Vec::new(),
+            tls: None,
             connection: ConnectionConfig::default(),
         }
     }

@@ -1,6 +1,7 @@
 //! The connection table: one [`Connection`] per accepted socket, in a slab
 //! indexed by mio token, and the socket reads and writes.
 
+use super::tls::Tls;
 use crate::app::{AppConn, ConnId};
 use crate::connection::{ConnectionConfig, Handler, WebSocketClient};
 use mio::Interest;
@@ -21,8 +22,10 @@ pub(super) fn interrupted(err: &io::Error) -> bool {
 /// One accepted TCP connection, the WebSocket state that goes with it, and
 /// the application's state for it.
 pub(super) struct Connection<C> {
-    /// Who this is to the application: the slot and a generation unique to this connection.
-    pub id: ConnId,
+    /// Who this is to the application, with the slot's index: a number
+    /// unique to this connection (the index is the slot's, not kept here:
+    /// 8 bytes in every slot).
+    pub generation: u64,
     /// (The peer's address is not kept: 32 bytes in every slot, for the logs
     /// only. [`Connection::peer`] asks the socket.)
     pub stream: TcpStream,
@@ -53,12 +56,14 @@ pub(super) struct Connection<C> {
     /// The poller reported a hang-up or error: read on to EOF or the error,
     /// rather than stopping at a short read.
     pub hangup: bool,
+    /// TLS, on a server with a certificate: what is read and written goes through it.
+    pub tls: Option<Box<Tls>>,
 }
 
 impl<C> Connection<C> {
-    pub fn new(id: ConnId, stream: TcpStream, client: WebSocketClient) -> Connection<C> {
+    pub fn new(id: ConnId, stream: TcpStream, client: WebSocketClient, tls: Option<Box<Tls>>) -> Connection<C> {
         Connection {
-            id,
+            generation: id.generation,
             stream,
             client,
             app: AppConn::default(),
@@ -72,11 +77,34 @@ impl<C> Connection<C> {
             dirty: false,
             handshaking: true,
             hangup: false,
+            tls,
         }
     }
 }
 
 impl<C> Connection<C> {
+    /// Ciphertext waits to be written (there is TLS, and it has some).
+    pub fn tls_wants_write(&self) -> bool {
+        self.tls.as_ref().is_some_and(|tls| tls.wants_write())
+    }
+
+    /// Writes the outgoing queue: to the socket, or through TLS.
+    pub fn write(&mut self) -> io::Result<()> {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return self.client.write_to(&mut Sock::of(&self.stream)).map(drop);
+        };
+        loop {
+            let moved = self.client.write_to(&mut tls.writer())?;
+            tls.flush(&self.stream)?;
+            // Stop when the socket is full, or nothing more could be handed
+            // to TLS (its buffer is full while it still handshakes, or the
+            // queue is empty).
+            if tls.wants_write() || moved == 0 || !self.client.wants_write() {
+                return Ok(());
+            }
+        }
+    }
+
     /// The peer's address, for a log line ("?" once the socket has lost it).
     pub fn peer(&self) -> String {
         self.stream.peer_addr().map_or_else(|_| "?".into(), |addr| addr.to_string())
@@ -126,7 +154,7 @@ impl<C> Slab<C> {
 
     /// The connection `id` names, if it is still open (not a later one in its slot).
     pub fn get_id(&mut self, id: ConnId) -> Option<&mut Connection<C>> {
-        self.get_mut(id.index).filter(|conn| conn.id == id)
+        self.get_mut(id.index).filter(|conn| conn.generation == id.generation)
     }
 
     pub fn remove(&mut self, index: usize) -> Option<Connection<C>> {
@@ -197,6 +225,56 @@ pub(super) fn read_into<H: Handler>(
             }
             Err(err) if would_block(&err) => return Ok(stopped(client)),
             Err(err) if interrupted(&err) => continue,
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// [`read_into`] for a TLS connection: the plaintext rustls has already
+/// decrypted first, then more ciphertext from the socket, until the socket
+/// is drained, the client stops wanting input, or the budget runs out.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn read_tls_into<H: Handler>(
+    tls: &mut Tls,
+    stream: &TcpStream,
+    client: &mut WebSocketClient,
+    read_buf: &mut [u8],
+    config: &ConnectionConfig,
+    handler: &mut H,
+    now: Instant,
+    budget: &mut usize,
+    allowance: usize,
+) -> io::Result<ReadOutcome> {
+    let stopped = |client: &WebSocketClient| ReadOutcome { eof: false, paused: !client.wants_read(config) };
+    let eof = |client: &mut WebSocketClient| {
+        client.handle_eof(now, config);
+        ReadOutcome { eof: true, paused: false }
+    };
+    loop {
+        loop {
+            if !client.wants_read(config) {
+                return Ok(stopped(client));
+            }
+            match tls.plaintext(read_buf)? {
+                None => break,
+                Some(0) => return Ok(eof(client)),
+                Some(n) => {
+                    let Some(input) = read_buf.get_mut(..n) else { return Ok(stopped(client)) };
+                    client.handle_input(input, now, config, handler);
+                    if client.buffered_bytes() > allowance {
+                        client.fail_server_busy(now, config);
+                    }
+                }
+            }
+        }
+        if *budget == 0 {
+            return Ok(stopped(client));
+        }
+        *budget -= 1;
+        match tls.read_from(stream) {
+            Ok(0) => return Ok(eof(client)),
+            Ok(_) => {}
+            Err(err) if would_block(&err) => return Ok(stopped(client)),
             Err(err) => return Err(err),
         }
     }

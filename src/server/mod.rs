@@ -31,17 +31,19 @@ mod connections;
 mod delivery;
 mod shutdown;
 mod timers;
+mod tls;
 mod workers;
 
 pub use config::{ServerConfig, open_file_limit};
 pub use shutdown::{Exit, ServerHandle};
+pub use tls::{TLS_BUFFER_LIMIT, TlsFiles};
 pub use workers::{WorkerError, Workers, available_workers};
 
 use crate::app::topics::RUN_LIMIT;
-use crate::app::{App, Hub, Session};
+use crate::app::{App, ConnId, Hub, Session};
 use crate::connection::{CloseInfo, TimerAction, WebSocketClient};
 use accept::Admission;
-use connections::{Slab, Sock, interrupted, read_into};
+use connections::{Slab, interrupted, read_into, read_tls_into};
 use delivery::Delivery;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Registry, Token};
@@ -58,6 +60,8 @@ const LISTENER: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
 /// The token of the pipe that SIGINT and SIGTERM write to.
 const SIGNALS: Token = Token(usize::MAX - 2);
+/// The token of the pipe that SIGHUP writes to (reload the TLS certificate).
+const RELOAD: Token = Token(usize::MAX - 3);
 
 /// Reads one connection may do per turn of the loop (16 × 64 KiB = 1 MiB by
 /// default). A client that sends faster than we can process would otherwise
@@ -112,6 +116,8 @@ pub struct Server<A: App> {
     /// `buffered`), bounded by [`ServerConfig::max_buffered_bytes`].
     buffered: usize,
     busy_warning: Throttle,
+    /// The TLS settings new connections get, when serving TLS (replaced on SIGHUP).
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 /// Why the server could not start.
@@ -152,6 +158,10 @@ impl<A: App> Server<A> {
     fn on_listener(mut config: ServerConfig, app: A, mut listener: TcpListener) -> Result<Server<A>, StartError> {
         let poll = Poll::new()?;
         let local_addr = listener.local_addr()?;
+        let tls = match &config.tls {
+            Some(files) => Some(files.load().map_err(StartError::Config)?),
+            None => None,
+        };
         let origin = &mut config.connection.origin;
         if origin.allowed_hosts.is_none() && (local_addr.ip().is_loopback() || !config.allowed_hosts.is_empty()) {
             origin.restrict_hosts(config.allowed_hosts.iter().map(String::as_str));
@@ -176,6 +186,7 @@ impl<A: App> Server<A> {
             config,
             connections: Slab::default(),
             timers: Timers::default(),
+            tls,
         })
     }
 
@@ -210,7 +221,14 @@ impl<A: App> Server<A> {
         for index in self.connections.indices() {
             let Some(conn) = self.connections.get_mut(index) else { continue };
             let info = conn.client.close_info();
-            Session { app: &mut self.app, conn: &mut conn.app, hub: &mut self.hub, id: conn.id, now }.close(info);
+            Session {
+                app: &mut self.app,
+                conn: &mut conn.app,
+                hub: &mut self.hub,
+                id: ConnId { index, generation: conn.generation },
+                now,
+            }
+            .close(info);
         }
         exit
     }
@@ -284,6 +302,7 @@ impl<A: App> Server<A> {
                 LISTENER => self.accept(now),
                 WAKER => {}
                 SIGNALS => self.handle_signals(now),
+                RELOAD => self.reload_tls(),
                 Token(index) => {
                     // Errors and hang-ups show up as a read that fails or returns 0.
                     let hangup = event.is_read_closed() || event.is_error();
@@ -347,43 +366,80 @@ impl<A: App> Server<A> {
         let mut want_read = readable;
         let finished = loop {
             if want_read && !conn.peer_eof {
-                let mut session = Session { app: &mut *app, conn: &mut conn.app, hub: &mut *hub, id: conn.id, now };
+                let mut session = Session {
+                    app: &mut *app,
+                    conn: &mut conn.app,
+                    hub: &mut *hub,
+                    id: ConnId { index, generation: conn.generation },
+                    now,
+                };
                 if conn.read_paused {
                     // Input read before a pause comes first, before anything new.
                     conn.client.resume(now, config, &mut session);
                 }
-                match read_into(
-                    &conn.stream,
-                    &mut conn.client,
-                    conn.hangup,
-                    read_buf,
-                    config,
-                    &mut session,
-                    now,
-                    &mut budget,
-                    allowance,
-                ) {
+                let read = match conn.tls.as_deref_mut() {
+                    None => read_into(
+                        &conn.stream,
+                        &mut conn.client,
+                        conn.hangup,
+                        read_buf,
+                        config,
+                        &mut session,
+                        now,
+                        &mut budget,
+                        allowance,
+                    ),
+                    Some(tls) => read_tls_into(
+                        tls,
+                        &conn.stream,
+                        &mut conn.client,
+                        read_buf,
+                        config,
+                        &mut session,
+                        now,
+                        &mut budget,
+                        allowance,
+                    ),
+                };
+                match read {
                     Ok(read) => {
                         conn.peer_eof |= read.eof;
                         conn.read_paused = read.paused;
                     }
-                    Err(_) => break true, // reset by peer, or another hard error
+                    Err(err) => {
+                        // Reset by peer, another hard error, or (TLS) a bad handshake or record.
+                        if err.kind() == std::io::ErrorKind::InvalidData {
+                            debug!(conn = conn.generation, error = %err, "tls: closing the connection");
+                        }
+                        break true;
+                    }
                 }
             }
-            if conn.client.write_to(&mut Sock::of(&conn.stream)).is_err() {
+            if conn.write().is_err() {
                 break true;
             }
-            if conn.client.is_done_writing() {
+            if conn.client.is_done_writing() && !conn.tls_wants_write() {
                 if conn.peer_eof {
                     break true;
                 }
                 if !conn.write_shut {
-                    // Our Close (or HTTP response) is out: send FIN, and keep
-                    // reading until the peer's FIN so our last bytes are not
-                    // lost to a reset caused by unread input.
-                    conn.write_shut = true;
-                    if conn.stream.shutdown(std::net::Shutdown::Write).is_err() {
-                        break true;
+                    // Our Close (or HTTP response) is out: send FIN (after
+                    // TLS's close_notify), and keep reading until the peer's
+                    // FIN so our last bytes are not lost to a reset caused by
+                    // unread input.
+                    let mut shut_now = true;
+                    if let Some(tls) = conn.tls.as_deref_mut() {
+                        tls.notify_close();
+                        if tls.flush(&conn.stream).is_err() {
+                            break true;
+                        }
+                        shut_now = !tls.wants_write();
+                    }
+                    if shut_now {
+                        conn.write_shut = true;
+                        if conn.stream.shutdown(std::net::Shutdown::Write).is_err() {
+                            break true;
+                        }
                     }
                 }
             }
@@ -404,12 +460,18 @@ impl<A: App> Server<A> {
             && let Some(skipped) = self.busy_warning.ready(now)
         {
             let (total, max) = (*buffered, max_buffered);
-            warn!(conn = conn.id.generation, total, max, skipped, "input in progress at its bound: closing with 1013");
+            warn!(conn = conn.generation, total, max, skipped, "input in progress at its bound: closing with 1013");
         }
         // The application hears of the end as soon as it is known.
         if conn.app.is_open() && conn.client.close_info().is_some() {
-            Session { app: &mut *app, conn: &mut conn.app, hub: &mut *hub, id: conn.id, now }
-                .close(conn.client.close_info());
+            Session {
+                app: &mut *app,
+                conn: &mut conn.app,
+                hub: &mut *hub,
+                id: ConnId { index, generation: conn.generation },
+                now,
+            }
+            .close(conn.client.close_info());
         }
         if finished {
             self.remove(index, now);
@@ -434,11 +496,18 @@ impl<A: App> Server<A> {
         self.admission.closed(index);
         let info = conn.client.close_info();
         // Tells the application (if it has not been told) and leaves every topic.
-        Session { app: &mut self.app, conn: &mut conn.app, hub: &mut self.hub, id: conn.id, now }.close(info);
+        Session {
+            app: &mut self.app,
+            conn: &mut conn.app,
+            hub: &mut self.hub,
+            id: ConnId { index, generation: conn.generation },
+            now,
+        }
+        .close(info);
         let clean = matches!(info, Some(CloseInfo::Handshake(_)));
         match info {
-            Some(info) => debug!(conn = conn.id.generation, peer = %conn.peer(), clean, close = %info, "closed"),
-            None => debug!(conn = conn.id.generation, peer = %conn.peer(), clean, "closed (reset or error)"),
+            Some(info) => debug!(conn = conn.generation, peer = %conn.peer(), clean, close = %info, "closed"),
+            None => debug!(conn = conn.generation, peer = %conn.peer(), clean, "closed (reset or error)"),
         }
         deregister(self.poll.registry(), &mut conn.stream);
     }
@@ -471,7 +540,8 @@ fn settle<C>(
         conn.in_ready = true;
         ready.push(index);
     }
-    let wanted = if conn.client.wants_write() { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+    let writing = conn.client.wants_write() || conn.tls_wants_write();
+    let wanted = if writing { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
     if wanted != conn.interest {
         if registry.reregister(&mut conn.stream, Token(index), wanted).is_err() {
             return false;
@@ -523,7 +593,8 @@ mod tests {
         // Idle memory per connection is mostly this slot (see BENCHMARKS.md):
         // 320 bytes in a release build since the redesign, 312 with the mask
         // position kept mod 4 in a byte, 256 with the reassembly state boxed
-        // until a message spans reads or frames. A debug build's is
+        // until a message spans reads or frames (and still 256 with a TLS
+        // pointer, the slot's index no longer kept in it). A debug build's is
         // 16 more: mio keeps a selector id in every socket there, to check
         // registrations (`cargo test` runs this in debug, the benchmarks run release).
         type Conn = <crate::app::Both<Echo, crate::chat::Chat> as App>::Conn;

@@ -1,7 +1,7 @@
 //! Stopping: the handle other threads use, SIGINT/SIGTERM, and the graceful
 //! drain (1001 to everyone, then wait for them up to the drain timeout).
 
-use super::{SIGNALS, Server};
+use super::{RELOAD, SIGNALS, Server};
 use crate::app::App;
 use crate::protocol::close_code;
 use mio::net::UnixStream;
@@ -10,7 +10,7 @@ use std::io::{self, Read};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// What a [`ServerHandle`] asks of the loop.
 #[derive(Default)]
@@ -80,6 +80,8 @@ pub(super) struct Shutdown {
     waker: Arc<Waker>,
     control: Arc<Control>,
     signals: Option<UnixStream>,
+    /// The SIGHUP pipe, when serving TLS.
+    reload: Option<UnixStream>,
     signals_seen: usize,
     drain: Drain,
     /// A second signal arrived: [`Server::run`] returns at once.
@@ -93,6 +95,7 @@ impl Shutdown {
             waker,
             control: Arc::new(Control::default()),
             signals: None,
+            reload: None,
             signals_seen: 0,
             drain: Drain::default(),
             forced: false,
@@ -172,7 +175,40 @@ impl<A: App> Server<A> {
         let mut read = UnixStream::from_std(read);
         self.poll.registry().register(&mut read, SIGNALS, Interest::READABLE)?;
         self.shutdown.signals = Some(read);
+        if self.config.tls.is_some() {
+            // SIGHUP: read the certificate and key again.
+            let (read, write) = std::os::unix::net::UnixStream::pair()?;
+            read.set_nonblocking(true)?;
+            signal_hook::low_level::pipe::register(signal_hook::consts::SIGHUP, write)?;
+            let mut read = UnixStream::from_std(read);
+            self.poll.registry().register(&mut read, RELOAD, Interest::READABLE)?;
+            self.shutdown.reload = Some(read);
+        }
         Ok(())
+    }
+
+    /// SIGHUP: reads the certificate and key files again. New connections
+    /// get them; open ones keep theirs. Files that do not load leave the
+    /// old ones in place, with an error line.
+    pub(super) fn reload_tls(&mut self) {
+        let mut buf = [0u8; 16];
+        let mut seen = false;
+        if let Some(pipe) = self.shutdown.reload.as_mut() {
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen = true;
+            }
+        }
+        let Some(files) = self.config.tls.as_ref().filter(|_| seen) else { return };
+        match files.load() {
+            Ok(config) => {
+                self.tls = Some(config);
+                info!(cert = %files.cert.display(), "tls: certificate and key reloaded");
+            }
+            Err(err) => error!(error = %err, "tls: reload failed, keeping the certificate in use"),
+        }
     }
 
     /// Reads the signal pipe: the first signal starts a graceful shutdown,

@@ -3,6 +3,7 @@
 //! so the tests check the server against the RFC and not against itself.
 #![allow(dead_code)]
 
+pub mod tls;
 pub mod webdriver;
 
 use rust_chat::{Config, Server, ServerHandle, echo_and_chat};
@@ -470,8 +471,7 @@ impl Spawned {
             .unwrap_or_else(|err| panic!("start {binary}: {err}"));
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr =
-            line.split("ws://").nth(1).and_then(|rest| rest.split('/').next()).expect("the URL").parse().unwrap();
+        let addr = line.split("://").nth(1).and_then(|rest| rest.split('/').next()).expect("the URL").parse().unwrap();
         Spawned { child, addr, log }
     }
 

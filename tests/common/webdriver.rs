@@ -96,6 +96,8 @@ impl Browser {
             Browser { driver: child, addr, session: String::new(), profile, console_log: Some(console_log) };
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "firefox",
+            // The TLS tests' certificates are self-signed, made in the test.
+            "acceptInsecureCerts": true,
             "moz:firefoxOptions": {
                 "binary": firefox,
                 "args": ["-headless", "-profile", browser.profile],
@@ -149,6 +151,8 @@ impl Browser {
         ];
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
+            // The TLS tests' certificates are self-signed, made in the test.
+            "acceptInsecureCerts": true,
             "goog:chromeOptions": {"binary": chromium, "args": args},
             "goog:loggingPrefs": {"browser": "ALL"},
         }}});

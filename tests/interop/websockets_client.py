@@ -2,18 +2,26 @@
 with permessage-deflate on, and both sides must agree it was negotiated.
 
 Usage: python websockets_client.py ws://127.0.0.1:PORT
+       python websockets_client.py wss://127.0.0.1:PORT CA.pem   (over TLS, trusting CA.pem)
 """
 
 import asyncio
 import json
 import os
+import ssl
 import sys
 
 from websockets.asyncio.client import connect
 
 
-async def main(base: str) -> None:
-    async with connect(base + "/echo", compression="deflate", max_size=2**24 + 2**16) as ws:
+async def main(base: str, ca: str | None) -> None:
+    tls = None
+    if ca is not None:
+        # Verifies the chain and the name, as a browser would.
+        tls = ssl.create_default_context(cafile=ca)
+    async with connect(base + "/echo", compression="deflate", max_size=2**24 + 2**16, ssl=tls) as ws:
+        if tls is not None:
+            assert ws.transport.get_extra_info("ssl_object").selected_alpn_protocol() in (None, "http/1.1")
         header = ws.response.headers.get("Sec-WebSocket-Extensions", "")
         assert header.startswith("permessage-deflate"), f"server did not accept: {header!r}"
         names = [extension.name for extension in ws.protocol.extensions]
@@ -32,7 +40,7 @@ async def main(base: str) -> None:
         await ws.send(["part one, " * 50, "part two, " * 50, "the end"])
         assert await ws.recv() == "part one, " * 50 + "part two, " * 50 + "the end"
 
-    async with connect(base + "/chat?nick=python&room=interop", compression="deflate") as ws:
+    async with connect(base + "/chat?nick=python&room=interop", compression="deflate", ssl=tls) as ws:
         welcome = json.loads(await ws.recv())
         assert (welcome["type"], welcome["nick"], welcome["room"]) == ("welcome", "python", "interop"), welcome
         text = "hello from python " * 40
@@ -40,8 +48,8 @@ async def main(base: str) -> None:
         event = json.loads(await ws.recv())
         assert (event["type"], event["text"], event["seq"]) == ("message", text, 1), event
 
-    print(f"interop ok: {header}")
+    print(f"interop ok: {header}" + (f" over {ws.transport.get_extra_info('ssl_object').version()}" if tls else ""))
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1]))
+    asyncio.run(main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None))
