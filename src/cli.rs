@@ -1,97 +1,31 @@
-//! The binary's command line: flags onto a [`Config`], with `--help`.
+//! The binary's command line (clap): flags, their environment variables
+//! and an optional TOML file, onto a [`Config`].
+//!
+//! Where a setting comes from, first found wins: the command line, then the
+//! file given with `--config`, then the environment variable
+//! (`RUST_CHAT_` and the flag's name, e.g. `RUST_CHAT_MAX_CONNECTIONS`),
+//! then the default. The file has the flags' names as keys, without `--`
+//! (`max-connections = 5000`, `bind = "0.0.0.0:10000"`, `no-deflate = true`,
+//! `allowed-origin = ["https://a.example"]`).
 
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 use rust_chat::Config;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-pub const USAGE: &str = "\
-rust-chat: a WebSocket echo and chat server
-
-USAGE:
-    rust-chat [OPTIONS]
-
-OPTIONS:
-    --bind ADDR                  Address to listen on [default: 127.0.0.1:10000]
-                                 (loopback only; use 0.0.0.0:10000 to serve other
-                                 machines, port 0 for any free port)
-    --max-message-size SIZE      Largest message, over all its fragments; larger
-                                 ones are closed with 1009 [default: 16MiB]
-    --max-frame-size SIZE        Largest payload one frame may declare [default: 16MiB]
-    --max-handshake-bytes SIZE   Largest HTTP request head; larger gets 431 [default: 8KiB]
-    --max-buffered-bytes SIZE    What all connections together may hold of messages
-                                 still arriving; past it the connection whose input
-                                 would pass it is closed with 1013 [default: 256MiB]
-    --max-outgoing-bytes SIZE    Stop reading from a connection while this much of
-                                 its output waits to be sent [default: 1MiB]
-    --slow-consumer-grace DURATION
-                                 How long room deliveries may keep a connection's
-                                 queue over that before it is closed (1008); it is
-                                 closed at once at 4 times the size; 0 = at the size
-                                 itself [default: 5s]
-    --close-timeout DURATION     How long a closing connection may take before it is
-                                 dropped [default: 5s]
-    --handshake-timeout DURATION How long a new connection may take to send its
-                                 upgrade request; then 408 [default: 10s]
-    --ping-interval DURATION     Ping a connection after this long without input;
-                                 0 = never [default: 60s]
-    --idle-timeout DURATION      Close (1001) a connection after this long without
-                                 input; 0 = never [default: 120s]
-    --drain-timeout DURATION     On SIGINT/SIGTERM, how long to wait for clients to
-                                 finish closing [default: 5s]
-    --workers N                  Event loops (threads) sharing the port, one chat for
-                                 all; auto = one per core [default: 1]
-    --max-connections N          Open connections at most; more get 503
-                                 [default: the open-file limit less 64]
-    --max-connections-per-ip N   Open connections from one address at most; more
-                                 get 503; 0 = no limit (behind a proxy, keep 0)
-                                 [default: 0]
-    --max-pending-handshakes N   Connections still sending their request at most;
-                                 the oldest is dropped for a new one [default: 1024]
-
-TLS (https:// and wss://, on the same port):
-    --tls-cert FILE              Certificate chain, PEM, leaf first
-    --tls-key FILE               Its private key, PEM (PKCS#8, RSA or EC); both or
-                                 neither. SIGHUP reads both files again: new
-                                 connections get the new certificate, open ones
-                                 keep theirs, and files that do not load keep the
-                                 old ones (with an error line)
-
-WHO MAY CONNECT:
-    --allowed-origin ORIGIN      Also accept WebSocket upgrades from pages of this
-                                 origin (scheme://host[:port], exact; repeatable).
-                                 Without it a page may connect only from the
-                                 server's own origin; clients that send no Origin
-                                 (not browsers) always may. '*' accepts every
-                                 origin (logged as a warning at start-up)
-    --allowed-host NAME          Also answer requests to this Host name
-                                 (repeatable). Bound to loopback the server answers
-                                 only localhost, 127.0.0.1 and [::1]: 403 for other
-                                 names (DNS rebinding); bound elsewhere, any name
-                                 unless this is given
-
-COMPRESSION (permessage-deflate, RFC 7692):
-    --no-deflate                 Decline every client's offer to compress
-    --deflate-threshold SIZE     Send shorter messages raw [default: 256]
-    --deflate-context-takeover   Keep a compressor per connection (better ratios,
-                                 about 256 KiB each) instead of shared ones
-
-CHAT OPTIONS:
-    --history N                  Messages each room keeps for newcomers [default: 100]
-    --history-bytes SIZE         What the history of all rooms may hold; the oldest
-                                 messages go first [default: 64MiB]
-    --max-text-bytes SIZE        Longest chat message [default: 4KiB]
-    --max-rooms N                Rooms that may exist at once [default: 1000]
-    --max-room-members N         Members one room may have [default: 1000]
-    --rate-limit N               Messages per second per connection; 0 = no limit [default: 10]
-    --rate-burst N               Messages allowed in a burst [default: 20]
-    -h, --help                   Print this help
-    -V, --version                Print the version
-
+const AFTER_HELP: &str = "\
 SIZE is a number of bytes, optionally with a suffix: 512, 64KiB, 16MiB (K, M, G also work).
 DURATION is a number with a unit: 500ms, 5s, 2m (a bare number is seconds).
+Every flag can also be set by an environment variable (RUST_CHAT_ and its name:
+RUST_CHAT_BIND, RUST_CHAT_MAX_CONNECTIONS, ...) or in the --config file (the
+flag's name without --: `max-connections = 5000`); the command line wins over
+the file, and the file over the environment.
 
 SIGNALS:
     SIGINT, SIGTERM   stop accepting, close every connection with 1001, wait up to
                       the drain timeout, exit 0; a second signal exits at once (1)
+    SIGHUP            with TLS: read the certificate and key files again
 
 LOGS:
     To standard error. RUST_LOG sets the level [default: info]; RUST_LOG=debug
@@ -101,102 +35,317 @@ ENDPOINTS:
     http://ADDR/                      the chat page
     ws://ADDR/ and ws://ADDR/chat     the chat (?room=NAME&nick=NAME to pick both)
     ws://ADDR/echo                    echo every message back
+    (https:// and wss:// with --tls-cert and --tls-key)
 ";
+
+/// rust-chat: a WebSocket echo and chat server
+#[derive(Parser, Debug)]
+#[command(name = "rust-chat", version, after_help = AFTER_HELP, args_override_self = true, max_term_width = 100)]
+struct Options {
+    /// A TOML file with settings (the flags' names as keys, without --)
+    #[arg(long, value_name = "FILE", env = "RUST_CHAT_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// Address to listen on (loopback only; 0.0.0.0:10000 serves other machines, port 0 any free port) [default: 127.0.0.1:10000]
+    #[arg(long, value_name = "ADDR", env = "RUST_CHAT_BIND", value_parser = addr)]
+    bind: Option<SocketAddr>,
+
+    /// Largest message, over all its fragments; larger ones are closed with 1009 [default: 16MiB]
+    #[arg(long, value_name = "SIZE", env = "RUST_CHAT_MAX_MESSAGE_SIZE", value_parser = size)]
+    max_message_size: Option<usize>,
+
+    /// Largest payload one frame may declare [default: 16MiB]
+    #[arg(long, value_name = "SIZE", env = "RUST_CHAT_MAX_FRAME_SIZE", value_parser = size)]
+    max_frame_size: Option<usize>,
+
+    /// Largest HTTP request head; larger gets 431 [default: 8KiB]
+    #[arg(long, value_name = "SIZE", env = "RUST_CHAT_MAX_HANDSHAKE_BYTES", value_parser = size)]
+    max_handshake_bytes: Option<usize>,
+
+    /// What all connections together may hold of messages still arriving; past it the connection whose input would pass it is closed with 1013 [default: 256MiB]
+    #[arg(long, value_name = "SIZE", env = "RUST_CHAT_MAX_BUFFERED_BYTES", value_parser = size)]
+    max_buffered_bytes: Option<usize>,
+
+    /// Stop reading from a connection while this much of its output waits to be sent [default: 1MiB]
+    #[arg(long, value_name = "SIZE", env = "RUST_CHAT_MAX_OUTGOING_BYTES", value_parser = size)]
+    max_outgoing_bytes: Option<usize>,
+
+    /// How long room deliveries may keep a connection's queue over that before it is closed (1008); it is closed at once at 4 times the size; 0 = at the size itself [default: 5s]
+    #[arg(long, value_name = "DURATION", env = "RUST_CHAT_SLOW_CONSUMER_GRACE", value_parser = duration)]
+    slow_consumer_grace: Option<Duration>,
+
+    /// How long a closing connection may take before it is dropped [default: 5s]
+    #[arg(long, value_name = "DURATION", env = "RUST_CHAT_CLOSE_TIMEOUT", value_parser = duration)]
+    close_timeout: Option<Duration>,
+
+    /// How long a new connection may take to send its upgrade request (and, with TLS, its handshake); then 408 [default: 10s]
+    #[arg(long, value_name = "DURATION", env = "RUST_CHAT_HANDSHAKE_TIMEOUT", value_parser = duration)]
+    handshake_timeout: Option<Duration>,
+
+    /// Ping a connection after this long without input; 0 = never [default: 60s]
+    #[arg(long, value_name = "DURATION", env = "RUST_CHAT_PING_INTERVAL", value_parser = duration)]
+    ping_interval: Option<Duration>,
+
+    /// Close (1001) a connection after this long without input; 0 = never [default: 120s]
+    #[arg(long, value_name = "DURATION", env = "RUST_CHAT_IDLE_TIMEOUT", value_parser = duration)]
+    idle_timeout: Option<Duration>,
+
+    /// On SIGINT/SIGTERM, how long to wait for clients to finish closing [default: 5s]
+    #[arg(long, value_name = "DURATION", env = "RUST_CHAT_DRAIN_TIMEOUT", value_parser = duration)]
+    drain_timeout: Option<Duration>,
+
+    /// Event loops (threads) sharing the port, one chat for all; auto = one per core [default: 1]
+    #[arg(long, value_name = "N", env = "RUST_CHAT_WORKERS", value_parser = workers)]
+    workers: Option<usize>,
+
+    /// Open connections at most; more get 503 [default: the open-file limit less 64]
+    #[arg(long, value_name = "N", env = "RUST_CHAT_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+
+    /// Open connections from one address at most; more get 503; 0 = no limit (behind a proxy, keep 0) [default: 0]
+    #[arg(long, value_name = "N", env = "RUST_CHAT_MAX_CONNECTIONS_PER_IP")]
+    max_connections_per_ip: Option<usize>,
+
+    /// Connections still sending their request at most; the oldest is dropped for a new one [default: 1024]
+    #[arg(long, value_name = "N", env = "RUST_CHAT_MAX_PENDING_HANDSHAKES")]
+    max_pending_handshakes: Option<usize>,
+
+    /// The certificate chain, PEM, leaf first (https:// and wss:// on the port; needs --tls-key)
+    #[arg(long, value_name = "FILE", env = "RUST_CHAT_TLS_CERT", help_heading = "TLS")]
+    tls_cert: Option<PathBuf>,
+
+    /// Its private key, PEM (PKCS#8, RSA or EC). SIGHUP reads both files again: new connections get the new certificate, open ones keep theirs, files that do not load keep the old ones
+    #[arg(long, value_name = "FILE", env = "RUST_CHAT_TLS_KEY", help_heading = "TLS")]
+    tls_key: Option<PathBuf>,
+
+    /// Also accept WebSocket upgrades from pages of this origin (scheme://host[:port], exact; repeatable). Without it a page may connect only from the server's own origin; clients that send no Origin (not browsers) always may. '*' accepts every origin (logged as a warning)
+    #[arg(long, value_name = "ORIGIN", env = "RUST_CHAT_ALLOWED_ORIGIN", value_delimiter = ',', action = ArgAction::Append, help_heading = "Who may connect")]
+    allowed_origin: Vec<String>,
+
+    /// Also answer requests to this Host name (repeatable). Bound to loopback the server answers only localhost, 127.0.0.1 and [::1]: 403 for other names (DNS rebinding); bound elsewhere, any name unless this is given
+    #[arg(long, value_name = "NAME", env = "RUST_CHAT_ALLOWED_HOST", value_delimiter = ',', action = ArgAction::Append, value_parser = host, help_heading = "Who may connect")]
+    allowed_host: Vec<String>,
+
+    /// Decline every client's offer to compress
+    #[arg(long, env = "RUST_CHAT_NO_DEFLATE", help_heading = "Compression (permessage-deflate, RFC 7692)")]
+    no_deflate: bool,
+
+    /// Send shorter messages raw [default: 256]
+    #[arg(long, value_name = "SIZE", env = "RUST_CHAT_DEFLATE_THRESHOLD", value_parser = size, help_heading = "Compression (permessage-deflate, RFC 7692)")]
+    deflate_threshold: Option<usize>,
+
+    /// Keep a compressor per connection (better ratios, about 256 KiB each) instead of shared ones
+    #[arg(
+        long,
+        env = "RUST_CHAT_DEFLATE_CONTEXT_TAKEOVER",
+        help_heading = "Compression (permessage-deflate, RFC 7692)"
+    )]
+    deflate_context_takeover: bool,
+
+    /// Messages each room keeps for newcomers [default: 100]
+    #[arg(long, value_name = "N", env = "RUST_CHAT_HISTORY", help_heading = "Chat")]
+    history: Option<usize>,
+
+    /// What the history of all rooms may hold; the oldest messages go first [default: 64MiB]
+    #[arg(long, value_name = "SIZE", env = "RUST_CHAT_HISTORY_BYTES", value_parser = size, help_heading = "Chat")]
+    history_bytes: Option<usize>,
+
+    /// Longest chat message [default: 4KiB]
+    #[arg(long, value_name = "SIZE", env = "RUST_CHAT_MAX_TEXT_BYTES", value_parser = size, help_heading = "Chat")]
+    max_text_bytes: Option<usize>,
+
+    /// Rooms that may exist at once [default: 1000]
+    #[arg(long, value_name = "N", env = "RUST_CHAT_MAX_ROOMS", help_heading = "Chat")]
+    max_rooms: Option<usize>,
+
+    /// Members one room may have [default: 1000]
+    #[arg(long, value_name = "N", env = "RUST_CHAT_MAX_ROOM_MEMBERS", help_heading = "Chat")]
+    max_room_members: Option<usize>,
+
+    /// Messages per second per connection; over it the connection is read more slowly, nothing is dropped; 0 = no limit [default: 10]
+    #[arg(long, value_name = "N", env = "RUST_CHAT_RATE_LIMIT", help_heading = "Chat")]
+    rate_limit: Option<u32>,
+
+    /// Messages allowed in a burst [default: 20]
+    #[arg(long, value_name = "N", env = "RUST_CHAT_RATE_BURST", help_heading = "Chat")]
+    rate_burst: Option<u32>,
+}
 
 pub enum Command {
     /// Serve with this configuration on this many event loops.
     Run(Box<Config>, usize),
-    Help,
-    Version,
+    /// Print this (`--help`, `--version`) and exit 0.
+    Print(String),
 }
 
+/// The command line (without the program's name) as a [`Command`], or a
+/// one-line error that names the flag (or file) at fault.
 pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
-    let mut config = Config::default();
-    let mut workers = 1;
-    let (mut tls_cert, mut tls_key) = (None, None);
-    let mut args = args.into_iter();
-    while let Some(flag) = args.next() {
-        let c = &mut config.server.connection;
-        // Accept both `--flag value` and `--flag=value`.
-        let (name, inline) = match flag.split_once('=') {
-            Some((name, value)) if name.starts_with("--") => (name.to_string(), Some(value.to_string())),
-            _ => (flag.clone(), None),
-        };
-        let mut value = || inline.clone().or_else(|| args.next()).ok_or(format!("{name} needs a value"));
-        match name.as_str() {
-            "-h" | "--help" => return Ok(Command::Help),
-            "--no-deflate" => c.deflate.enabled = false,
-            "--deflate-context-takeover" => c.deflate.context_takeover = true,
-            "--deflate-threshold" => c.deflate.threshold = parse_size(&value()?, &name)?,
-            "-V" | "--version" => return Ok(Command::Version),
-            "--bind" => {
-                let v = value()?;
-                config.server.bind =
-                    v.parse().map_err(|_| format!("--bind: '{v}' is not an address like 127.0.0.1:10000"))?;
-            }
-            "--max-message-size" => c.max_message_size = parse_size(&value()?, &name)?,
-            "--max-frame-size" => c.max_frame_size = parse_size(&value()?, &name)?,
-            "--max-handshake-bytes" => c.max_handshake_bytes = parse_size(&value()?, &name)?,
-            "--max-buffered-bytes" => config.server.max_buffered_bytes = parse_size(&value()?, &name)?,
-            "--max-outgoing-bytes" => c.max_outgoing_bytes = parse_size(&value()?, &name)?,
-            "--slow-consumer-grace" => c.slow_consumer_grace = parse_duration(&value()?, &name)?,
-            "--close-timeout" => c.close_timeout = parse_duration(&value()?, &name)?,
-            "--handshake-timeout" => c.handshake_timeout = parse_duration(&value()?, &name)?,
-            "--ping-interval" => c.ping_interval = parse_duration(&value()?, &name)?,
-            "--idle-timeout" => c.idle_timeout = parse_duration(&value()?, &name)?,
-            "--tls-cert" => tls_cert = Some(std::path::PathBuf::from(value()?)),
-            "--tls-key" => tls_key = Some(std::path::PathBuf::from(value()?)),
-            "--allowed-origin" => {
-                let origin = value()?;
-                c.origin.allow_origin(&origin).map_err(|why| format!("--allowed-origin: {why}"))?;
-            }
-            "--allowed-host" => {
-                let host = value()?;
-                if host.is_empty() || host.contains([':', '/', ' ']) && !host.starts_with('[') {
-                    return Err(format!("--allowed-host: '{host}' is not a host name (give it without a port)"));
-                }
-                config.server.allowed_hosts.push(host);
-            }
-            "--drain-timeout" => config.server.drain_timeout = parse_duration(&value()?, &name)?,
-            "--max-connections" => config.server.max_connections = parse_count(&value()?, &name)?,
-            "--max-connections-per-ip" => config.server.max_connections_per_ip = parse_count(&value()?, &name)?,
-            "--max-pending-handshakes" => config.server.max_pending_handshakes = parse_count(&value()?, &name)?,
-            "--workers" => {
-                let v = value()?;
-                workers = match v.as_str() {
-                    "auto" => rust_chat::server::available_workers(),
-                    _ => parse_count(&v, &name)?,
-                };
-                if workers == 0 {
-                    return Err("--workers: at least 1 (or auto)".into());
-                }
-            }
-            "--history" => config.chat.history_len = parse_count(&value()?, &name)?,
-            "--history-bytes" => config.chat.history_bytes = parse_size(&value()?, &name)?,
-            "--max-text-bytes" => config.chat.max_text_bytes = parse_size(&value()?, &name)?,
-            "--max-rooms" => config.chat.max_rooms = parse_count(&value()?, &name)?,
-            "--max-room-members" => config.chat.max_room_members = parse_count(&value()?, &name)?,
-            "--rate-limit" => config.chat.rate_limit_per_sec = parse_count(&value()?, &name)?,
-            "--rate-burst" => config.chat.rate_limit_burst = parse_count(&value()?, &name)?,
-            other => return Err(format!("unknown option '{other}' (see --help)")),
-        }
-    }
-    config.server.tls = match (tls_cert, tls_key) {
-        (Some(cert), Some(key)) => {
-            let files = rust_chat::server::TlsFiles { cert, key };
-            // Read now, so that a missing or bad file is a start-up error that names it.
-            files.load()?;
-            Some(files)
-        }
-        (None, None) => None,
-        (Some(_), None) => return Err("--tls-cert needs --tls-key".into()),
-        (None, Some(_)) => return Err("--tls-key needs --tls-cert".into()),
+    let args: Vec<String> = args.into_iter().collect();
+    let first = match parse(&args) {
+        Ok(options) => options,
+        Err(err) => return clap_outcome(err),
     };
-    config.validate().map_err(|err| err.to_string())?;
+    // A config file: its settings go before the command line's, so the command line wins.
+    let options = match &first.config {
+        None => first,
+        Some(path) => {
+            let mut all = file_args(path)?;
+            all.extend(args);
+            match parse(&all) {
+                Ok(options) => options,
+                Err(err) => return clap_outcome(err).map_err(|err| format!("{err} (with {})", path.display())),
+            }
+        }
+    };
+    let workers = options.workers.unwrap_or(1);
+    let config = options.into_config()?;
     Ok(Command::Run(Box::new(config), workers))
 }
 
-fn parse_size(text: &str, flag: &str) -> Result<usize, String> {
+fn parse(args: &[String]) -> Result<Options, clap::Error> {
+    let matches = Options::command()
+        .try_get_matches_from(std::iter::once("rust-chat".to_string()).chain(args.iter().cloned()))?;
+    Options::from_arg_matches(&matches)
+}
+
+/// `--help` and `--version` are printed; any other clap error is one line.
+fn clap_outcome(err: clap::Error) -> Result<Command, String> {
+    use clap::error::ErrorKind;
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Ok(Command::Print(err.render().to_string())),
+        _ => {
+            let text = err.render().to_string();
+            let line = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+            Err(format!("{line} (see --help)"))
+        }
+    }
+}
+
+/// The settings of a TOML file as command-line arguments (`key = value` → `--key=value`).
+fn file_args(path: &std::path::Path) -> Result<Vec<String>, String> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).map_err(|err| format!("--config {shown}: {err}"))?;
+    let table: toml::Table =
+        text.parse().map_err(|err: toml::de::Error| format!("--config {shown}: {}", err.message()))?;
+    let known: Vec<String> =
+        Options::command().get_arguments().filter_map(|a| a.get_long().map(str::to_string)).collect();
+    let mut args = Vec::new();
+    for (key, value) in table {
+        if key == "config" || !known.contains(&key) {
+            return Err(format!("--config {shown}: unknown setting '{key}'"));
+        }
+        let values = match value {
+            toml::Value::Array(items) => items,
+            one => vec![one],
+        };
+        for value in values {
+            match value {
+                toml::Value::Boolean(true) => args.push(format!("--{key}")),
+                toml::Value::Boolean(false) => {}
+                toml::Value::String(text) => args.push(format!("--{key}={text}")),
+                toml::Value::Integer(n) => args.push(format!("--{key}={n}")),
+                other => return Err(format!("--config {shown}: '{key}' cannot be {}", other.type_str())),
+            }
+        }
+    }
+    Ok(args)
+}
+
+impl Options {
+    fn into_config(self) -> Result<Config, String> {
+        let mut config = Config::default();
+        let server = &mut config.server;
+        let c = &mut server.connection;
+        let set = |target: &mut usize, value: Option<usize>| {
+            if let Some(value) = value {
+                *target = value;
+            }
+        };
+        if let Some(bind) = self.bind {
+            server.bind = bind;
+        }
+        set(&mut c.max_message_size, self.max_message_size);
+        set(&mut c.max_frame_size, self.max_frame_size);
+        set(&mut c.max_handshake_bytes, self.max_handshake_bytes);
+        set(&mut c.max_outgoing_bytes, self.max_outgoing_bytes);
+        set(&mut c.deflate.threshold, self.deflate_threshold);
+        let timeouts = [
+            (&mut c.slow_consumer_grace, self.slow_consumer_grace),
+            (&mut c.close_timeout, self.close_timeout),
+            (&mut c.handshake_timeout, self.handshake_timeout),
+            (&mut c.ping_interval, self.ping_interval),
+            (&mut c.idle_timeout, self.idle_timeout),
+        ];
+        for (target, value) in timeouts {
+            if let Some(value) = value {
+                *target = value;
+            }
+        }
+        c.deflate.enabled &= !self.no_deflate;
+        c.deflate.context_takeover |= self.deflate_context_takeover;
+        for origin in &self.allowed_origin {
+            c.origin.allow_origin(origin).map_err(|why| format!("--allowed-origin: {why}"))?;
+        }
+        set(&mut server.max_buffered_bytes, self.max_buffered_bytes);
+        set(&mut server.max_connections, self.max_connections);
+        set(&mut server.max_connections_per_ip, self.max_connections_per_ip);
+        set(&mut server.max_pending_handshakes, self.max_pending_handshakes);
+        if let Some(drain) = self.drain_timeout {
+            server.drain_timeout = drain;
+        }
+        server.allowed_hosts = self.allowed_host;
+        server.tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => {
+                let files = rust_chat::server::TlsFiles { cert, key };
+                // Read now, so that a missing or bad file is a start-up error that names it.
+                files.load()?;
+                Some(files)
+            }
+            (None, None) => None,
+            (Some(_), None) => return Err("--tls-cert needs --tls-key".into()),
+            (None, Some(_)) => return Err("--tls-key needs --tls-cert".into()),
+        };
+        let chat = &mut config.chat;
+        set(&mut chat.history_len, self.history);
+        set(&mut chat.history_bytes, self.history_bytes);
+        set(&mut chat.max_text_bytes, self.max_text_bytes);
+        set(&mut chat.max_rooms, self.max_rooms);
+        set(&mut chat.max_room_members, self.max_room_members);
+        if let Some(rate) = self.rate_limit {
+            chat.rate_limit_per_sec = rate;
+        }
+        if let Some(burst) = self.rate_burst {
+            chat.rate_limit_burst = burst;
+        }
+        config.validate().map_err(|err| err.to_string())?;
+        Ok(config)
+    }
+}
+
+fn addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|_| format!("'{text}' is not an address like 127.0.0.1:10000"))
+}
+
+fn workers(text: &str) -> Result<usize, String> {
+    let n = match text {
+        "auto" => rust_chat::server::available_workers(),
+        _ => text.parse().map_err(|_| format!("'{text}' is not a number of workers (or auto)"))?,
+    };
+    if n == 0 {
+        return Err("at least 1 (or auto)".into());
+    }
+    Ok(n)
+}
+
+fn host(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.contains([':', '/', ' ']) && !text.starts_with('[') {
+        return Err(format!("'{text}' is not a host name (give it without a port)"));
+    }
+    Ok(text.to_string())
+}
+
+fn size(text: &str) -> Result<usize, String> {
     let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
     let unit = &text[digits.len()..];
     let multiplier: usize = match unit.to_ascii_lowercase().as_str() {
@@ -204,26 +353,22 @@ fn parse_size(text: &str, flag: &str) -> Result<usize, String> {
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(format!("{flag}: unknown unit in '{text}'")),
+        _ => return Err(format!("unknown unit in '{text}' (a size like 512, 64KiB, 16MiB)")),
     };
-    let number: usize = digits.parse().map_err(|_| format!("{flag}: '{text}' is not a size like 16MiB"))?;
-    number.checked_mul(multiplier).ok_or(format!("{flag}: '{text}' is too large"))
+    let number: usize = digits.parse().map_err(|_| format!("'{text}' is not a size like 16MiB"))?;
+    number.checked_mul(multiplier).ok_or(format!("'{text}' is too large"))
 }
 
-fn parse_count<T: std::str::FromStr>(text: &str, flag: &str) -> Result<T, String> {
-    text.parse().map_err(|_| format!("{flag}: '{text}' is not a whole number"))
-}
-
-fn parse_duration(text: &str, flag: &str) -> Result<Duration, String> {
+fn duration(text: &str) -> Result<Duration, String> {
     let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let number: f64 = digits.parse().map_err(|_| format!("{flag}: '{text}' is not a duration like 5s"))?;
+    let number: f64 = digits.parse().map_err(|_| format!("'{text}' is not a duration like 5s"))?;
     let seconds = match &text[digits.len()..] {
         "ms" => number / 1000.0,
         "" | "s" => number,
         "m" => number * 60.0,
-        _ => return Err(format!("{flag}: unknown unit in '{text}' (use ms, s or m)")),
+        _ => return Err(format!("unknown unit in '{text}' (use ms, s or m)")),
     };
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{flag}: '{text}' is out of range"))
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("'{text}' is out of range"))
 }
 
 #[cfg(test)]
@@ -233,7 +378,7 @@ mod tests {
     fn run(args: &[&str]) -> Result<Config, String> {
         match parse_args(args.iter().map(|s| s.to_string()))? {
             Command::Run(config, _) => Ok(*config),
-            _ => Err("not a run".into()),
+            Command::Print(_) => Err("not a run".into()),
         }
     }
 
@@ -248,6 +393,7 @@ mod tests {
         assert_eq!(workers(&["--workers", "4"]), Ok(4));
         assert_eq!(workers(&["--workers=auto"]), Ok(rust_chat::server::available_workers()));
         assert!(workers(&["--workers", "0"]).is_err());
+        assert_eq!(workers(&["--workers", "2", "--workers", "3"]), Ok(3), "the last one given counts");
         assert!(workers(&["--workers", "many"]).is_err());
     }
 
@@ -331,14 +477,77 @@ mod tests {
     }
 
     #[test]
-    fn bad_flags_are_explained() {
-        assert!(run(&["--bind", "nowhere"]).unwrap_err().contains("--bind"));
-        assert!(run(&["--max-message-size", "12 parsecs"]).is_err());
-        assert!(run(&["--max-message-size", "0"]).is_err(), "validated");
-        assert!(run(&["--close-timeout", "5h"]).unwrap_err().contains("unit"));
-        assert!(run(&["--frobnicate"]).unwrap_err().contains("unknown option"));
-        assert!(run(&["--bind"]).unwrap_err().contains("needs a value"));
-        assert!(run(&["--max-rooms", "many"]).unwrap_err().contains("whole number"));
-        assert!(matches!(parse_args(["--help".to_string()]), Ok(Command::Help)));
+    fn bad_flags_are_explained_in_one_line_that_names_them() {
+        let error = |args: &[&str]| run(args).unwrap_err();
+        for (args, says) in [
+            (&["--bind", "nowhere"][..], "--bind"),
+            (&["--bind", "127.0.0.1:70000"], "--bind"),
+            (&["--max-message-size", "12XB"], "--max-message-size"),
+            (&["--max-message-size", "12 parsecs"], "--max-message-size"),
+            (&["--close-timeout", "5h"], "unit"),
+            (&["--frobnicate"], "--frobnicate"),
+            (&["--bind"], "--bind"),
+            (&["--max-rooms", "many"], "--max-rooms"),
+            (&["--workers", "0"], "--workers"),
+            (&["--allowed-host", "a:80"], "--allowed-host"),
+        ] {
+            let message = error(args);
+            assert!(message.contains(says), "{args:?}: {message}");
+            assert_eq!(message.lines().count(), 1, "{args:?}: {message}");
+        }
+        assert!(error(&["--max-message-size", "0"]).contains("max message size"), "validated");
+        assert!(
+            matches!(parse_args(["--help".to_string()]), Ok(Command::Print(help)) if help.contains("--max-connections"))
+        );
+        assert!(
+            matches!(parse_args(["--version".to_string()]), Ok(Command::Print(v)) if v.contains(env!("CARGO_PKG_VERSION")))
+        );
+    }
+
+    /// A config file with `text` in a fresh temporary directory.
+    fn config_file(name: &str, text: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("rust-chat-cli-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("rust-chat.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_config_file_sets_what_flags_set_and_flags_override_it() {
+        let path = config_file(
+            "good",
+            "bind = \"0.0.0.0:9000\"\nmax-connections = 5000\nmax-message-size = \"1MiB\"\nclose-timeout = \"250ms\"\n\
+             no-deflate = true\nallowed-origin = [\"https://a.example\", \"https://b.example\"]\nworkers = 2\nrate-limit = 3\n",
+        );
+        let path = path.to_str().unwrap();
+        let (config, workers) =
+            match parse_args(["--config", path, "--max-connections", "7"].map(String::from)).unwrap() {
+                Command::Run(config, workers) => (*config, workers),
+                Command::Print(_) => panic!("a run"),
+            };
+        assert_eq!(config.server.bind.to_string(), "0.0.0.0:9000");
+        assert_eq!(config.server.max_connections, 7, "the command line wins");
+        assert_eq!(config.server.connection.max_message_size, 1 << 20);
+        assert_eq!(config.server.connection.close_timeout, Duration::from_millis(250));
+        assert!(!config.server.connection.deflate.enabled);
+        assert_eq!((workers, config.chat.rate_limit_per_sec), (2, 3));
+        let mut allowed = rust_chat::protocol::origin::OriginPolicy::default();
+        allowed.allow_origin("https://a.example").unwrap();
+        allowed.allow_origin("https://b.example").unwrap();
+        assert_eq!(config.server.connection.origin, allowed);
+
+        for (name, text, says) in [
+            ("unknown", "max-conections = 5\n", "unknown setting 'max-conections'"),
+            ("bad-value", "max-message-size = \"12XB\"\n", "--max-message-size"),
+            ("not-toml", "bind = \n", "--config"),
+            ("float", "max-rooms = 1.5\n", "'max-rooms' cannot be float"),
+        ] {
+            let path = config_file(name, text);
+            let err = run(&["--config", path.to_str().unwrap()]).unwrap_err();
+            assert!(err.contains(says), "{name}: {err}");
+            assert_eq!(err.lines().count(), 1, "{name}: {err}");
+        }
+        assert!(run(&["--config", "/nonexistent/rust-chat.toml"]).unwrap_err().contains("/nonexistent/rust-chat.toml"));
     }
 }

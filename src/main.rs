@@ -18,12 +18,8 @@ fn init_logging() {
 fn main() -> ExitCode {
     let (config, workers): (Config, usize) = match cli::parse_args(std::env::args().skip(1)) {
         Ok(Command::Run(config, workers)) => (*config, workers),
-        Ok(Command::Help) => {
-            print!("{}", cli::USAGE);
-            return ExitCode::SUCCESS;
-        }
-        Ok(Command::Version) => {
-            println!("rust-chat {}", env!("CARGO_PKG_VERSION"));
+        Ok(Command::Print(text)) => {
+            print!("{text}");
             return ExitCode::SUCCESS;
         }
         Err(message) => {

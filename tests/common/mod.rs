@@ -449,7 +449,19 @@ impl Spawned {
         Spawned::program(binary.to_str().unwrap(), None, args, "info")
     }
 
+    /// Starts the binary with these environment variables (and no `--bind`
+    /// of its own: give the address in `env` or `args`).
+    pub fn start_env(env: &[(&str, &str)], args: &[&str]) -> Spawned {
+        Spawned::launch(env!("CARGO_BIN_EXE_rust-chat"), None, args, "info", env)
+    }
+
     fn program(binary: &str, files: Option<u32>, args: &[&str], log_level: &str) -> Spawned {
+        let mut all = vec!["--bind", "127.0.0.1:0"];
+        all.extend(args);
+        Spawned::launch(binary, files, &all, log_level, &[])
+    }
+
+    fn launch(binary: &str, files: Option<u32>, args: &[&str], log_level: &str, env: &[(&str, &str)]) -> Spawned {
         static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = std::env::temp_dir().join(format!("rust-chat-test-{}-{n}.log", std::process::id()));
@@ -462,8 +474,8 @@ impl Spawned {
             None => Command::new(binary),
         };
         let mut child = command
-            .args(["--bind", "127.0.0.1:0"])
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", log_level)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
