@@ -126,6 +126,25 @@ struct Options {
     #[arg(long, value_name = "NAME", env = "RUST_CHAT_ALLOWED_HOST", value_delimiter = ',', action = ArgAction::Append, value_parser = host, help_heading = "Who may connect")]
     allowed_host: Vec<String>,
 
+    /// The HS256 secret of signed identities: a client connecting with ?token=JWT (signed with it) gets the token's sub as its nickname, reserved while it is connected, and is closed (1008) when its exp passes; a bad or expired token gets 401. Prefer --jwt-secret-file or the environment: a flag is visible to other users of the machine
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "RUST_CHAT_JWT_SECRET",
+        hide_env_values = true,
+        conflicts_with = "jwt_secret_file",
+        help_heading = "Signed identities"
+    )]
+    jwt_secret: Option<String>,
+
+    /// Read the secret from this file (its whole content, without a final newline)
+    #[arg(long, value_name = "FILE", env = "RUST_CHAT_JWT_SECRET_FILE", help_heading = "Signed identities")]
+    jwt_secret_file: Option<PathBuf>,
+
+    /// Refuse clients without a valid token (401); needs a secret
+    #[arg(long, env = "RUST_CHAT_REQUIRE_TOKEN", help_heading = "Signed identities")]
+    require_token: bool,
+
     /// Decline every client's offer to compress
     #[arg(long, env = "RUST_CHAT_NO_DEFLATE", help_heading = "Compression (permessage-deflate, RFC 7692)")]
     no_deflate: bool,
@@ -305,6 +324,26 @@ impl Options {
             (None, None) => None,
             (Some(_), None) => return Err("--tls-cert needs --tls-key".into()),
             (None, Some(_)) => return Err("--tls-key needs --tls-cert".into()),
+        };
+        let secret = match (self.jwt_secret, &self.jwt_secret_file) {
+            (Some(secret), _) => Some(secret.into_bytes()),
+            (None, Some(path)) => {
+                let mut secret =
+                    std::fs::read(path).map_err(|err| format!("--jwt-secret-file {}: {err}", path.display()))?;
+                while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    secret.pop();
+                }
+                Some(secret)
+            }
+            (None, None) => None,
+        };
+        config.chat.tokens = match secret {
+            Some(secret) => Some(
+                rust_chat::chat::TokenConfig::new(secret, self.require_token)
+                    .map_err(|err| format!("--jwt-secret: {err}"))?,
+            ),
+            None if self.require_token => return Err("--require-token needs --jwt-secret or --jwt-secret-file".into()),
+            None => None,
         };
         let chat = &mut config.chat;
         set(&mut chat.history_len, self.history);

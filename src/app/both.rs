@@ -72,4 +72,20 @@ impl<A: App, B: App> App for Both<A, B> {
         self.0.on_turn_end();
         self.1.on_turn_end();
     }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        match (self.0.next_deadline(), self.1.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn on_deadline(&mut self, hub: &mut Hub, now: Instant) {
+        if self.0.next_deadline().is_some_and(|at| at <= now) {
+            self.0.on_deadline(hub, now);
+        }
+        if self.1.next_deadline().is_some_and(|at| at <= now) {
+            self.1.on_deadline(hub, now);
+        }
+    }
 }

@@ -113,6 +113,17 @@ pub trait App {
     /// the turn's calls would each have done (the shared chat wakes the
     /// other workers here, once a turn rather than once a message).
     fn on_turn_end(&mut self) {}
+
+    /// The soonest time the application wants [`App::on_deadline`] called
+    /// (the chat: when a token expires). `None`: no such time. Asked once
+    /// per turn of the loop, so it should be cheap.
+    fn next_deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    /// The time [`App::next_deadline`] gave has come (or passed): what the
+    /// application does with connections goes through `hub`.
+    fn on_deadline(&mut self, _hub: &mut Hub, _now: Instant) {}
 }
 
 /// An application's answer to a request.

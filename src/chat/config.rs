@@ -35,6 +35,10 @@ pub struct ChatConfig {
     /// How many messages a connection may send in a burst before the
     /// per-second rate applies. Default 20.
     pub rate_limit_burst: u32,
+
+    /// Signed identities (`?token=JWT`, HS256 with this secret; see
+    /// [`token`](super::token)). Default `None`: no tokens, nothing changes.
+    pub tokens: Option<super::TokenConfig>,
 }
 
 impl Default for ChatConfig {
@@ -47,6 +51,7 @@ impl Default for ChatConfig {
             max_room_members: 1000,
             rate_limit_per_sec: 10,
             rate_limit_burst: 20,
+            tokens: None,
         }
     }
 }

@@ -10,6 +10,10 @@ pub mod code {
     pub const INVALID_NICK: &str = "invalid_nick";
     /// Someone else has that nickname.
     pub const NICK_TAKEN: &str = "nick_taken";
+    /// A signed member took this member's nickname; it has a guest nick now.
+    pub const NICK_RESERVED: &str = "nick_reserved";
+    /// A signed member's nickname comes from its token: `/nick` cannot change it.
+    pub const NICK_SIGNED: &str = "nick_signed";
     /// The room name is not 1–32 letters, digits, `_` or `-`.
     pub const INVALID_ROOM: &str = "invalid_room";
     /// The connection is already in that room.

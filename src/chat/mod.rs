@@ -16,8 +16,10 @@ pub mod events;
 mod history;
 mod page;
 pub mod shared;
+pub mod token;
 
 pub use config::ChatConfig;
+pub use token::TokenConfig;
 
 use crate::app::{App, Closed, ConnId, Context, Message, Request, Route};
 use events::code;
@@ -113,6 +115,8 @@ struct Member {
     nick: String,
     room: String,
     bucket: TokenBucket,
+    /// Its nickname comes from a signed token (reserved while it is here).
+    signed: bool,
 }
 
 /// Whether `name` is a valid nickname or room name: 1–32 ASCII letters,
@@ -152,6 +156,10 @@ pub struct Chat {
     nicks: HashMap<String, ConnId>,
     next_guest: u64,
     history: History,
+    /// Checks `?token=` (with `--jwt-secret`).
+    verifier: Option<std::sync::Arc<token::Verifier>>,
+    /// When the tokens of signed members expire.
+    expiries: token::Expiries,
 }
 
 impl App for Chat {
@@ -159,7 +167,16 @@ impl App for Chat {
 
     /// `/` and `/chat`; a plain `GET /` is the chat page.
     fn route(&mut self, request: &Request<'_, '_>) -> Route<ChatConn> {
-        route(request)
+        route(request, self.verifier.as_deref())
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.expiries.next()
+    }
+
+    /// Closes (1008 "token expired") the members whose tokens have expired.
+    fn on_deadline(&mut self, hub: &mut crate::app::Hub, now: Instant) {
+        self.expiries.close_due(hub, now);
     }
 
     fn on_open(&mut self, conn: &mut ChatConn, ctx: &mut Context<'_>) {
@@ -203,7 +220,14 @@ impl Chat {
         let mut rooms = HashMap::new();
         rooms.insert(LOBBY.to_string(), Room::new());
         let history = History::new(config.history_len, config.history_bytes);
-        Chat { config, rooms, members: HashMap::new(), nicks: HashMap::new(), next_guest: 1, history }
+        let verifier = config.tokens.as_ref().map(|tokens| std::sync::Arc::new(tokens.verifier()));
+        let (members, nicks, expiries) = (HashMap::new(), HashMap::new(), token::Expiries::default());
+        Chat { config, rooms, members, nicks, next_guest: 1, history, verifier, expiries }
+    }
+
+    /// What checks tokens, if tokens are in use (shared by the workers' routing).
+    pub(crate) fn verifier(&self) -> Option<std::sync::Arc<token::Verifier>> {
+        self.verifier.clone()
     }
 
     /// The number of members in the chat.
@@ -231,10 +255,14 @@ impl Chat {
     fn connect(&mut self, query: &str, ctx: &mut Context<'_>) -> Result<(), Refusal> {
         let mut errors = Vec::new();
         let (mut want_room, mut want_nick, mut since, mut epoch) = (None, None, None, None);
+        let (mut signed, mut expires) = (None, None);
         for pair in query.split('&') {
             match pair.split_once('=') {
                 Some(("room", value)) => want_room = Some(value),
                 Some(("nick", value)) => want_nick = Some(value),
+                // What `route` found in a valid token (see `signed_query`).
+                Some((SIGNED_NICK, value)) => signed = Some(value),
+                Some((SIGNED_EXPIRES, value)) => expires = value.parse::<u64>().ok(),
                 // A number that does not parse asks for a resume that cannot succeed.
                 Some(("since", value)) => since = Some(value.parse::<u64>().unwrap_or(u64::MAX)),
                 Some(("epoch", value)) => epoch = Some(value),
@@ -254,19 +282,31 @@ impl Chat {
             return Err(Refusal("the lobby is full"));
         }
 
-        let nick = match want_nick.map(|wanted| self.check_nick(wanted, None)) {
-            Some(Ok(nick)) => nick,
-            Some(Err(error)) => {
-                errors.push(error);
-                self.guest_nick()
+        let id = ctx.id();
+        let nick = match signed {
+            Some(nick) => {
+                self.claim(nick, ctx)?;
+                if let Some(expires) = expires {
+                    // The token's end, on the loop's clock.
+                    let left = (expires.saturating_mul(1000)).saturating_sub((ctx.clock())());
+                    self.expiries.push(ctx.now() + Duration::from_millis(left), id);
+                }
+                nick.to_string()
             }
-            None => self.guest_nick(),
+            None => match want_nick.map(|wanted| self.check_nick(wanted, None)) {
+                Some(Ok(nick)) => nick,
+                Some(Err(error)) => {
+                    errors.push(error);
+                    self.guest_nick()
+                }
+                None => self.guest_nick(),
+            },
         };
 
-        let id = ctx.id();
-        tracing::debug!(conn = id.generation, nick = %nick, room = %room, "chat: joined");
+        tracing::debug!(conn = id.generation, nick = %nick, room = %room, signed = signed.is_some(), "chat: joined");
         self.nicks.insert(nick.to_ascii_lowercase(), id);
-        self.members.insert(id, Member { nick, room: room.clone(), bucket: TokenBucket::default() });
+        let member = Member { nick, room: room.clone(), bucket: TokenBucket::default(), signed: signed.is_some() };
+        self.members.insert(id, member);
         self.enter(&room, resume, ctx);
         for (code, message) in errors {
             ctx.send_text(&events::error(code, &message));
@@ -386,9 +426,38 @@ impl Chat {
         ctx.publish_text(&member.room, &event);
     }
 
+    /// A signed member takes its nickname: from an unsigned member who has
+    /// it (renamed to a guest, and told why); not from another signed one.
+    fn claim(&mut self, nick: &str, ctx: &mut Context<'_>) -> Result<(), Refusal> {
+        let Some(&holder) = self.nicks.get(&nick.to_ascii_lowercase()) else { return Ok(()) };
+        let Some(member) = self.members.get(&holder) else { return Ok(()) };
+        if member.signed {
+            return Err(Refusal("this nickname is connected already"));
+        }
+        let (old, room) = (member.nick.clone(), member.room.clone());
+        let guest = self.guest_nick();
+        tracing::debug!(conn = holder.generation, old = %old, nick = %guest, "chat: renamed for a signed member");
+        self.nicks.remove(&old.to_ascii_lowercase());
+        self.nicks.insert(guest.to_ascii_lowercase(), holder);
+        if let Some(member) = self.members.get_mut(&holder) {
+            member.nick = guest.clone();
+        }
+        ctx.publish_text(&room, &events::nick(&room, &old, &guest));
+        let message = format!("{old} has signed in: you are {guest} now");
+        ctx.apply(crate::app::Effect::Send {
+            to: holder,
+            opcode: crate::protocol::OpCode::Text,
+            bytes: events::error(code::NICK_RESERVED, &message).into_bytes().into(),
+        });
+        Ok(())
+    }
+
     fn change_nick(&mut self, wanted: &str, ctx: &mut Context<'_>) {
         let id = ctx.id();
         let Some(member) = self.members.get(&id) else { return };
+        if member.signed {
+            return ctx.send_text(&events::error(code::NICK_SIGNED, "your nickname comes from your token"));
+        }
         let old = member.nick.clone();
         if old == wanted {
             return;
@@ -521,7 +590,7 @@ pub(crate) fn max_message(config: &ChatConfig) -> usize {
 
 /// The chat's routes: its page at `GET /` (with `/chat.js` and `/chat.css`), members at `/` and `/chat` (the
 /// query is read when the connection opens). No state: the shared chat routes without its lock.
-pub(crate) fn route(request: &Request<'_, '_>) -> Route<ChatConn> {
+pub(crate) fn route(request: &Request<'_, '_>, verifier: Option<&token::Verifier>) -> Route<ChatConn> {
     match request.path() {
         "/" if !request.is_upgrade() => Route::Respond(page::response()),
         path @ ("/chat.js" | "/chat.css") if !request.is_upgrade() => {
@@ -529,10 +598,46 @@ pub(crate) fn route(request: &Request<'_, '_>) -> Route<ChatConn> {
         }
         "/" | "/chat" => {
             let query = request.target.split_once('?').map_or("", |(_, query)| query);
-            Route::Accept(ChatConn { query: query.into() })
+            let Some(verifier) = verifier else { return Route::Accept(ChatConn { query: query.into() }) };
+            let token = query.split('&').find_map(|pair| pair.strip_prefix("token="));
+            match token.map(|token| verifier.verify(token)) {
+                Some(Ok(identity)) => Route::Accept(ChatConn { query: signed_query(query, &identity).into() }),
+                Some(Err(why)) => Route::Respond(unauthorized(why)),
+                None if verifier.require => {
+                    Route::Respond(unauthorized("a token is required: connect with ?token=JWT"))
+                }
+                None => Route::Accept(ChatConn { query: query.into() }),
+            }
         }
         _ => Route::NotFound,
     }
+}
+
+/// The keys under which `route` passes a token's identity on to `connect`.
+/// They start with a NUL byte, which no request target can hold (the HTTP
+/// parser refuses control characters), so no client can forge them.
+const SIGNED_NICK: &str = "\0nick";
+const SIGNED_EXPIRES: &str = "\0exp";
+
+/// The query as the chat keeps it for a signed client: without the token
+/// (and without a `nick`, which the token decides), with the identity.
+fn signed_query(query: &str, identity: &token::Identity) -> String {
+    let mut kept: Vec<String> = query
+        .split('&')
+        .filter(|pair| !pair.starts_with("token=") && !pair.starts_with("nick=") && !pair.starts_with('\0'))
+        .map(str::to_string)
+        .collect();
+    kept.push(format!("{SIGNED_NICK}={}", identity.nick));
+    if let Some(expires) = identity.expires {
+        kept.push(format!("{SIGNED_EXPIRES}={expires}"));
+    }
+    kept.join("&")
+}
+
+fn unauthorized(why: &str) -> crate::app::HttpResponse {
+    let mut response = crate::app::HttpResponse::error(401, why);
+    response.headers.push("WWW-Authenticate: Bearer".into());
+    response
 }
 
 #[cfg(test)]

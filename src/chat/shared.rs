@@ -41,6 +41,8 @@ pub type ChatBroker = dyn Broker<Message = Effect>;
 /// What all the workers share: the chat, and the broker between them.
 pub struct Shared {
     state: Mutex<State>,
+    /// Checks `?token=` without the lock.
+    verifier: Option<Arc<super::token::Verifier>>,
     broker: Arc<ChatBroker>,
     workers: usize,
     max_message: usize,
@@ -66,13 +68,14 @@ impl Shared {
         let workers = workers.max(1);
         let max_message = super::max_message(&config);
         let chat = Chat::new(config);
+        let verifier = chat.verifier();
         let subscribed = (0..workers).map(|_| HashMap::new()).collect();
-        Arc::new(Shared { state: Mutex::new(State { chat, subscribed }), broker, workers, max_message })
+        Arc::new(Shared { state: Mutex::new(State { chat, subscribed }), verifier, broker, workers, max_message })
     }
 
     /// The application value for worker `worker`.
     pub fn worker(self: &Arc<Shared>, worker: usize) -> SharedChat {
-        SharedChat { worker, shared: Arc::clone(self), taken: Vec::new() }
+        SharedChat { worker, shared: Arc::clone(self), taken: Vec::new(), expiries: Default::default() }
     }
 
     /// The number of members of the chat, over all workers.
@@ -138,6 +141,9 @@ pub struct SharedChat {
     shared: Arc<Shared>,
     /// Deliveries taken from the broker, being applied (kept for its capacity).
     taken: Vec<Delivery<Effect>>,
+    /// When the tokens of this worker's signed members expire (a member
+    /// joins on its own worker, so its expiry is taken here from the call).
+    expiries: super::token::Expiries,
 }
 
 impl SharedChat {
@@ -151,6 +157,7 @@ impl SharedChat {
             let mut state = shared.lock();
             let mut record = Context::recording(ctx.id(), ctx.now(), ctx.clock(), &mut effects);
             f(&mut state.chat, &mut record);
+            self.expiries.take_from(&mut state.chat.expiries);
             for effect in effects {
                 shared.route(&mut state, effect);
             }
@@ -168,7 +175,7 @@ impl App for SharedChat {
     type Conn = ChatConn;
 
     fn route(&mut self, request: &Request<'_, '_>) -> Route<ChatConn> {
-        super::route(request)
+        super::route(request, self.shared.verifier.as_deref())
     }
 
     fn on_open(&mut self, conn: &mut ChatConn, ctx: &mut Context<'_>) {
@@ -196,6 +203,15 @@ impl App for SharedChat {
     /// write their members' queues once for the lot, as a single loop does).
     fn on_turn_end(&mut self) {
         self.shared.broker.wake(self.worker);
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.expiries.next()
+    }
+
+    /// Closes (1008 "token expired") this worker's members whose tokens have expired.
+    fn on_deadline(&mut self, hub: &mut Hub, now: Instant) {
+        self.expiries.close_due(hub, now);
     }
 
     /// Another worker left this one deliveries: do them, in order.

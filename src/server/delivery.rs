@@ -201,7 +201,8 @@ impl<A: App> Server<A> {
         let mut looks = MAX_LOOKS;
         let mut writes = 0usize;
         loop {
-            if !self.hub.topics.outbox().is_empty() {
+            // (A close can come alone too: from `App::on_deadline`, or another worker.)
+            if !self.hub.topics.outbox().is_empty() || !self.hub.closes.is_empty() {
                 self.queue_outbox(now);
                 self.start_closes(now);
                 continue;

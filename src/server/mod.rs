@@ -277,6 +277,9 @@ impl<A: App> Server<A> {
                 self.begin_shutdown(now);
             }
             self.expire(now);
+            if self.app.next_deadline().is_some_and(|at| at <= now) {
+                self.app.on_deadline(&mut self.hub, now);
+            }
             self.app.on_turn_end();
             self.deliver(now);
             if std::mem::take(&mut self.delivery.looked) {
@@ -325,10 +328,15 @@ impl<A: App> Server<A> {
         if self.shutdown.stop_requested() || self.shutdown.shutdown_requested() {
             return Some(Duration::ZERO);
         }
-        let soonest = [self.timers.next(), self.admission.paused_until(), self.shutdown.draining_until()]
-            .into_iter()
-            .flatten()
-            .min();
+        let soonest = [
+            self.timers.next(),
+            self.admission.paused_until(),
+            self.shutdown.draining_until(),
+            self.app.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         soonest.map(|at| at.saturating_duration_since(now))
     }
 
