@@ -132,21 +132,20 @@ struct Options {
         value_name = "SECRET",
         env = "RUST_CHAT_JWT_SECRET",
         hide_env_values = true,
-        conflicts_with = "jwt_secret_file",
         help_heading = "Signed identities"
     )]
     jwt_secret: Option<String>,
 
-    /// Read the secret from this file (its whole content, without a final newline)
+    /// Read the secret from this file (its whole content, without a final newline); used instead of --jwt-secret if both are given
     #[arg(long, value_name = "FILE", env = "RUST_CHAT_JWT_SECRET_FILE", help_heading = "Signed identities")]
     jwt_secret_file: Option<PathBuf>,
 
     /// Refuse clients without a valid token (401); needs a secret
-    #[arg(long, env = "RUST_CHAT_REQUIRE_TOKEN", help_heading = "Signed identities")]
+    #[arg(long, env = "RUST_CHAT_REQUIRE_TOKEN", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Signed identities")]
     require_token: bool,
 
     /// Decline every client's offer to compress
-    #[arg(long, env = "RUST_CHAT_NO_DEFLATE", help_heading = "Compression (permessage-deflate, RFC 7692)")]
+    #[arg(long, env = "RUST_CHAT_NO_DEFLATE", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Compression (permessage-deflate, RFC 7692)")]
     no_deflate: bool,
 
     /// Send shorter messages raw [default: 256]
@@ -157,6 +156,7 @@ struct Options {
     #[arg(
         long,
         env = "RUST_CHAT_DEFLATE_CONTEXT_TAKEOVER",
+        action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new(),
         help_heading = "Compression (permessage-deflate, RFC 7692)"
     )]
     deflate_context_takeover: bool,
@@ -260,8 +260,7 @@ fn file_args(path: &std::path::Path) -> Result<Vec<String>, String> {
         };
         for value in values {
             match value {
-                toml::Value::Boolean(true) => args.push(format!("--{key}")),
-                toml::Value::Boolean(false) => {}
+                toml::Value::Boolean(on) => args.push(format!("--{key}={on}")),
                 toml::Value::String(text) => args.push(format!("--{key}={text}")),
                 toml::Value::Integer(n) => args.push(format!("--{key}={n}")),
                 other => return Err(format!("--config {shown}: '{key}' cannot be {}", other.type_str())),
@@ -325,22 +324,22 @@ impl Options {
             (Some(_), None) => return Err("--tls-cert needs --tls-key".into()),
             (None, Some(_)) => return Err("--tls-key needs --tls-cert".into()),
         };
-        let secret = match (self.jwt_secret, &self.jwt_secret_file) {
-            (Some(secret), _) => Some(secret.into_bytes()),
-            (None, Some(path)) => {
-                let mut secret =
-                    std::fs::read(path).map_err(|err| format!("--jwt-secret-file {}: {err}", path.display()))?;
+        let secret = match (&self.jwt_secret_file, self.jwt_secret) {
+            (Some(path), _) => {
+                let shown = path.display();
+                let mut secret = std::fs::read(path).map_err(|err| format!("--jwt-secret-file {shown}: {err}"))?;
                 while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
                     secret.pop();
                 }
-                Some(secret)
+                Some((secret, format!("--jwt-secret-file {shown}")))
             }
+            (None, Some(secret)) => Some((secret.into_bytes(), "--jwt-secret".to_string())),
             (None, None) => None,
         };
         config.chat.tokens = match secret {
-            Some(secret) => Some(
+            Some((secret, from)) => Some(
                 rust_chat::chat::TokenConfig::new(secret, self.require_token)
-                    .map_err(|err| format!("--jwt-secret: {err}"))?,
+                    .map_err(|err| format!("{from}: {err}"))?,
             ),
             None if self.require_token => return Err("--require-token needs --jwt-secret or --jwt-secret-file".into()),
             None => None,
@@ -378,7 +377,8 @@ fn workers(text: &str) -> Result<usize, String> {
 }
 
 fn host(text: &str) -> Result<String, String> {
-    if text.is_empty() || text.contains([':', '/', ' ']) && !text.starts_with('[') {
+    let bracketed = text.starts_with('[') && text.ends_with(']');
+    if text.is_empty() || text.contains(['/', ' ', '@']) || (text.contains(':') && !bracketed) {
         return Err(format!("'{text}' is not a host name (give it without a port)"));
     }
     Ok(text.to_string())

@@ -66,6 +66,29 @@ fn a_config_file_configures_the_server_and_flags_override_it() {
 }
 
 #[test]
+fn a_switch_set_false_in_the_file_wins_over_the_environment() {
+    let dir = std::env::temp_dir().join(format!("rust-chat-cli-switch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("rust-chat.toml");
+    std::fs::write(&file, "no-deflate = false\n").unwrap();
+    let offers_deflate = |addr| {
+        let mut client = RawClient::connect(addr);
+        let request = String::from_utf8(upgrade_request("/echo")).unwrap();
+        client.send_raw(
+            request.replacen("\r\n\r\n", "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n", 1).as_bytes(),
+        );
+        client.read_http_head().contains("permessage-deflate")
+    };
+    let env = [("RUST_CHAT_BIND", "127.0.0.1:0"), ("RUST_CHAT_NO_DEFLATE", "true")];
+    let with_file = Spawned::start_env(&env, &["--config", file.to_str().unwrap()]);
+    assert!(offers_deflate(with_file.addr), "the file's false wins over the environment's true");
+    let with_flag = Spawned::start_env(&env, &["--no-deflate=false"]);
+    assert!(offers_deflate(with_flag.addr), "and so does the command line's");
+    let env_only = Spawned::start_env(&env, &[]);
+    assert!(!offers_deflate(env_only.addr));
+}
+
+#[test]
 fn bad_values_stop_the_start_with_one_line_and_exit_code_2() {
     for (args, says) in [
         (&["--max-message-size", "12XB"][..], "--max-message-size"),
@@ -73,6 +96,7 @@ fn bad_values_stop_the_start_with_one_line_and_exit_code_2() {
         (&["--tls-cert", "/nonexistent/cert.pem", "--tls-key", "/nonexistent/key.pem"], "/nonexistent/cert.pem"),
         (&["--frobnicate"], "--frobnicate"),
         (&["--config", "/nonexistent/rust-chat.toml"], "/nonexistent/rust-chat.toml"),
+        (&["--allowed-host", "[::1]:80"], "--allowed-host"),
     ] {
         let stderr = fails_with(args, &[]);
         assert!(stderr.contains(says), "{args:?}: {stderr}");

@@ -47,6 +47,17 @@ fn https_serves_the_page_and_wss_serves_echo_and_chat() {
     assert!(response.contains("Content-Security-Policy: "), "{response}");
     assert!(response.contains("<script src=\"/chat.js\">"));
 
+    // Its own pages are https ones: a plain-HTTP page of the same name is refused.
+    let with_origin = |origin: &str| {
+        let mut client = TlsClient::connect(server.addr, trust.clone()).unwrap();
+        let request = String::from_utf8(upgrade_request("/echo")).unwrap();
+        client.send(request.replacen("\r\n\r\n", &format!("\r\nOrigin: {origin}\r\n\r\n"), 1).as_bytes());
+        client.upgrade_answer()
+    };
+    // (The request says `Host: 127.0.0.1`, so the page's origin has no port either.)
+    assert!(with_origin("https://127.0.0.1").starts_with("HTTP/1.1 101"));
+    assert!(with_origin("http://127.0.0.1").starts_with("HTTP/1.1 403"));
+
     let mut echo = TlsClient::connect(server.addr, trust.clone()).unwrap();
     assert!(echo.upgrade("/echo").starts_with("HTTP/1.1 101 "));
     echo.send_frame(TEXT, b"hello over TLS");

@@ -181,7 +181,7 @@ fn the_binary_checks_its_token_flags() {
         (&["--require-token"][..], "--require-token needs"),
         (&["--jwt-secret", ""], "--jwt-secret"),
         (&["--jwt-secret-file", "/nonexistent/secret"], "/nonexistent/secret"),
-        (&["--jwt-secret", "a", "--jwt-secret-file", "/tmp/x"], "--jwt-secret"),
+        (&["--jwt-secret", "a", "--jwt-secret-file", "/nonexistent/x"], "--jwt-secret-file /nonexistent/x"),
     ] {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_rust-chat")).args(args).output().unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);

@@ -230,6 +230,11 @@ impl Chat {
         self.verifier.clone()
     }
 
+    /// Whether `id` is a member now.
+    pub(crate) fn is_member_id(&self, id: ConnId) -> bool {
+        self.members.contains_key(&id)
+    }
+
     /// The number of members in the chat.
     pub fn member_count(&self) -> usize {
         self.members.len()
@@ -317,6 +322,8 @@ impl Chat {
     /// A connection left (closed, failed, or was dropped): it leaves its room.
     fn disconnect(&mut self, ctx: &mut Context<'_>) {
         let Some(member) = self.members.remove(&ctx.id()) else { return };
+        let members = &self.members;
+        self.expiries.compact(members.len(), |id| members.contains_key(&id));
         tracing::debug!(conn = ctx.id().generation, nick = %member.nick, room = %member.room, "chat: left");
         self.nicks.remove(&member.nick.to_ascii_lowercase());
         self.exit(&member.room, &member.nick, ctx);

@@ -158,6 +158,8 @@ impl SharedChat {
             let mut record = Context::recording(ctx.id(), ctx.now(), ctx.clock(), &mut effects);
             f(&mut state.chat, &mut record);
             self.expiries.take_from(&mut state.chat.expiries);
+            let chat = &state.chat;
+            self.expiries.compact(chat.member_count(), |id| chat.is_member_id(id));
             for effect in effects {
                 shared.route(&mut state, effect);
             }

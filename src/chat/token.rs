@@ -42,6 +42,8 @@ impl TokenConfig {
         // `exp` is optional, and exact: no leeway beyond what the issuer chose.
         validation.required_spec_claims.clear();
         validation.leeway = 0;
+        // No audience is configured: a token that names one is not refused for it.
+        validation.validate_aud = false;
         Verifier { key: DecodingKey::from_secret(&self.secret).ok(), validation, require: self.require }
     }
 }
@@ -85,7 +87,10 @@ impl Verifier {
         if !super::is_valid_name(sub) {
             return Err("token sub is not a valid nickname (1-32 letters, digits, _ or -)");
         }
-        let expires = data.claims.get("exp").and_then(serde_json::Value::as_u64);
+        // Issuers that compute `exp` as `now() / 1000 + n` send a fraction: rounded, as the check above did.
+        let expires = data.claims.get("exp").and_then(|exp| {
+            exp.as_u64().or_else(|| exp.as_f64().filter(|f| f.is_finite() && *f >= 0.0).map(|f| f.round() as u64))
+        });
         Ok(Identity { nick: sub.to_string(), expires })
     }
 }
@@ -117,6 +122,21 @@ impl Expiries {
         due
     }
 
+    /// How many expiries are kept.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Drops the entries of connections that are gone (`alive` says which
+    /// are not), once they are most of the heap: members who leave before
+    /// their tokens expire do not pile up.
+    pub fn compact(&mut self, live: usize, alive: impl Fn(crate::app::ConnId) -> bool) {
+        if self.0.len() > 2 * live + 64 {
+            self.0.retain(|std::cmp::Reverse((_, id))| alive(*id));
+        }
+    }
+
     /// Moves everything in `other` here.
     pub fn take_from(&mut self, other: &mut Expiries) {
         self.0.append(&mut other.0);
@@ -128,5 +148,44 @@ impl Expiries {
             let reason = "token expired".to_string();
             hub.apply(crate::app::Effect::Close { id, code: crate::protocol::close_code::POLICY, reason });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::ConnId;
+    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+    fn sign(claims: serde_json::Value) -> String {
+        let key = jsonwebtoken::EncodingKey::from_secret(b"secret").unwrap();
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    }
+
+    fn now() -> f64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+    }
+
+    #[test]
+    fn a_fractional_exp_and_an_audience_are_accepted() {
+        let verifier = TokenConfig::new(b"secret".to_vec(), false).unwrap().verifier();
+        let exp = now() + 60.4;
+        let identity = verifier.verify(&sign(serde_json::json!({"sub": "bob", "exp": exp}))).unwrap();
+        assert_eq!(identity.expires, Some(exp.round() as u64), "a JavaScript exp (Date.now() / 1000 + 60)");
+        let with_aud = sign(serde_json::json!({"sub": "bob", "aud": "chat.example"}));
+        assert_eq!(verifier.verify(&with_aud).map(|i| i.nick), Ok("bob".to_string()));
+    }
+
+    #[test]
+    fn expiries_of_members_who_left_do_not_pile_up() {
+        let mut expiries = Expiries::default();
+        let t0 = Instant::now();
+        for generation in 1..=1000u64 {
+            expiries.push(t0 + Duration::from_secs(3600), ConnId { index: 0, generation });
+            // One member left at a time: only the newest is still here.
+            expiries.compact(1, |id| id.generation == generation);
+        }
+        assert!(expiries.len() <= 2 + 64 + 1, "{} kept", expiries.len());
+        assert_eq!(expiries.due(t0 + Duration::from_secs(7200)).last(), Some(&ConnId { index: 0, generation: 1000 }));
     }
 }

@@ -18,9 +18,11 @@
 //! "The server's own" compares host and port, with a missing port taken as
 //! the default of the origin's scheme (80 for `http`, 443 for `https`):
 //! `http://localhost` is the origin of a request to `Host: localhost:80`.
-//! The scheme itself is not compared with the server's, so that behind a
+//! On a plain server the scheme itself is not compared, so that behind a
 //! proxy that ends TLS (the page is `https://chat.example`, the request
-//! reaches rust-chat as plain HTTP) the page's own origin still passes.
+//! reaches rust-chat as plain HTTP) the page's own origin still passes. A
+//! server that serves TLS itself accepts only `https` pages as its own (a
+//! plain-HTTP page of the same name is one a network attacker can write).
 
 use super::handshake::HandshakeError;
 
@@ -35,6 +37,8 @@ pub struct OriginPolicy {
     /// When set, the only host names (lowercase, without the port) that
     /// requests may name in `Host`: loopback names and those added.
     pub allowed_hosts: Option<Vec<String>>,
+    /// The server serves TLS itself: its own pages are `https` ones.
+    pub serving_tls: bool,
 }
 
 /// The host names a loopback client uses.
@@ -104,6 +108,9 @@ impl OriginPolicy {
         }
         // Same origin: the origin's host and port are the ones the request was sent to.
         let (scheme, authority) = normal.split_once("://").ok_or(refused.clone())?;
+        if self.serving_tls && scheme != "https" {
+            return Err(refused);
+        }
         let (Some(default_port), Some((host_name, host_port))) = (default_port(scheme), host.and_then(split_host))
         else {
             return Err(refused);
@@ -188,6 +195,15 @@ mod tests {
         assert!(!origin(&policy, "ftp://127.0.0.1:10000", "127.0.0.1:10000"));
         // No Host to compare with: refused.
         assert!(policy.check_origin([&b"http://a"[..]].into_iter(), None).is_err());
+    }
+
+    #[test]
+    fn a_tls_server_takes_only_https_pages_as_its_own() {
+        let policy = OriginPolicy { serving_tls: true, ..OriginPolicy::default() };
+        assert!(origin(&policy, "https://chat.example", "chat.example"));
+        assert!(origin(&policy, "https://127.0.0.1:10000", "127.0.0.1:10000"));
+        assert!(!origin(&policy, "http://chat.example", "chat.example"), "a page a network attacker can write");
+        assert!(!origin(&policy, "http://127.0.0.1:10000", "127.0.0.1:10000"));
     }
 
     #[test]

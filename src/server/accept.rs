@@ -129,10 +129,13 @@ fn service_unavailable(why: &str) -> HttpResponse {
 /// Answers a connection over the limit with 503 and closes it, without ever
 /// registering it. Best effort: a fresh socket's send buffer is empty, so
 /// the short response goes out in one non-blocking write.
-fn refuse(stream: &mut TcpStream, scratch: &mut [u8], why: &str) {
+/// On a TLS port a plain 503 would be a protocol error: the connection is just closed.
+fn refuse(stream: &mut TcpStream, scratch: &mut [u8], why: &str, tls: bool) {
     // Read what the client already sent, so closing does not reset the connection.
     let _ = stream.read(scratch);
-    let _ = stream.write(&service_unavailable(why).encode());
+    if !tls {
+        let _ = stream.write(&service_unavailable(why).encode());
+    }
     let _ = stream.shutdown(Shutdown::Write);
 }
 
@@ -173,7 +176,8 @@ impl<A: App> Server<A> {
                 let max_connections = self.config.max_connections;
                 warn!(max_connections, skipped, "connection limit reached: answering 503");
             }
-            refuse(&mut stream, &mut self.read_buf, "the server is at its connection limit; try again shortly");
+            let why = "the server is at its connection limit; try again shortly";
+            refuse(&mut stream, &mut self.read_buf, why, self.tls.is_some());
             return;
         }
         let per_ip = self.config.max_connections_per_ip;
@@ -181,7 +185,8 @@ impl<A: App> Server<A> {
             if let Some(skipped) = self.admission.per_address.warning.ready(now) {
                 warn!(ip = %peer.ip(), max_connections_per_ip = per_ip, skipped, "per-address limit reached: answering 503");
             }
-            refuse(&mut stream, &mut self.read_buf, "too many connections from your address; try again shortly");
+            let why = "too many connections from your address; try again shortly";
+            refuse(&mut stream, &mut self.read_buf, why, self.tls.is_some());
             return;
         }
         if self.admission.handshake_count >= self.config.max_pending_handshakes {

@@ -163,8 +163,14 @@ impl<A: App> Server<A> {
             None => None,
         };
         let origin = &mut config.connection.origin;
+        origin.serving_tls = tls.is_some();
         if origin.allowed_hosts.is_none() && (local_addr.ip().is_loopback() || !config.allowed_hosts.is_empty()) {
-            origin.restrict_hosts(config.allowed_hosts.iter().map(String::as_str));
+            // The address it is bound to is a name it answers to (127.0.0.2, say).
+            let own = match local_addr.ip() {
+                std::net::IpAddr::V4(ip) => ip.to_string(),
+                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            };
+            origin.restrict_hosts(config.allowed_hosts.iter().map(String::as_str).chain([own.as_str()]));
         }
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let shutdown = Shutdown::new(poll.registry(), WAKER)?;

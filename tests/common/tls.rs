@@ -113,6 +113,11 @@ impl TlsClient {
     /// Upgrades to WebSocket at `path`; the response head.
     pub fn upgrade(&mut self, path: &str) -> String {
         self.send(&upgrade_request(path));
+        self.upgrade_answer()
+    }
+
+    /// The head of the answer to an upgrade request already sent.
+    pub fn upgrade_answer(&mut self) -> String {
         loop {
             if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head: Vec<u8> = self.buf.drain(..end + 4).collect();
