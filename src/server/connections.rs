@@ -215,10 +215,7 @@ pub(super) fn read_into<H: Handler>(
             }
             Ok(n) => {
                 let Some(input) = read_buf.get_mut(..n) else { return Ok(stopped(client)) };
-                client.handle_input(input, now, config, handler);
-                if client.buffered_bytes() > allowance {
-                    client.fail_server_busy(now, config);
-                }
+                feed(client, input, now, config, handler, allowance);
                 if n < read_buf.len() && !hangup {
                     return Ok(stopped(client));
                 }
@@ -227,6 +224,23 @@ pub(super) fn read_into<H: Handler>(
             Err(err) if interrupted(&err) => continue,
             Err(err) => return Err(err),
         }
+    }
+}
+
+/// Hands one read's bytes (from the socket, or decrypted) to the client; a
+/// client that comes to hold more than `allowance` of input in progress is failed with 1013.
+#[inline(always)]
+fn feed<H: Handler>(
+    client: &mut WebSocketClient,
+    input: &mut [u8],
+    now: Instant,
+    config: &ConnectionConfig,
+    handler: &mut H,
+    allowance: usize,
+) {
+    client.handle_input(input, now, config, handler);
+    if client.buffered_bytes() > allowance {
+        client.fail_server_busy(now, config);
     }
 }
 
@@ -260,10 +274,7 @@ pub(super) fn read_tls_into<H: Handler>(
                 Some(0) => return Ok(eof(client)),
                 Some(n) => {
                     let Some(input) = read_buf.get_mut(..n) else { return Ok(stopped(client)) };
-                    client.handle_input(input, now, config, handler);
-                    if client.buffered_bytes() > allowance {
-                        client.fail_server_busy(now, config);
-                    }
+                    feed(client, input, now, config, handler, allowance);
                 }
             }
         }
