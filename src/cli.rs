@@ -35,6 +35,8 @@ ENDPOINTS:
     http://ADDR/                      the chat page
     ws://ADDR/ and ws://ADDR/chat     the chat (?room=NAME&nick=NAME to pick both)
     ws://ADDR/echo                    echo every message back
+    http://ADDR/metrics               Prometheus metrics (on --metrics-bind instead, if given)
+    http://ADDR/healthz               200 while accepting, 503 once draining
     (https:// and wss:// with --tls-cert and --tls-key)
 ";
 
@@ -125,6 +127,10 @@ struct Options {
     /// Also answer requests to this Host name (repeatable). Bound to loopback the server answers only localhost, 127.0.0.1 and [::1]: 403 for other names (DNS rebinding); bound elsewhere, any name unless this is given
     #[arg(long, value_name = "NAME", env = "RUST_CHAT_ALLOWED_HOST", value_delimiter = ',', action = ArgAction::Append, value_parser = host, help_heading = "Who may connect")]
     allowed_host: Vec<String>,
+
+    /// Serve GET /metrics (Prometheus) and GET /healthz on this address, in plain HTTP, instead of on the main port (where they are by default). A private address keeps them from the public
+    #[arg(long, value_name = "ADDR", env = "RUST_CHAT_METRICS_BIND", value_parser = addr, help_heading = "Operations")]
+    metrics_bind: Option<SocketAddr>,
 
     /// The HS256 secret of signed identities: a client connecting with ?token=JWT (signed with it) gets the token's sub as its nickname, reserved while it is connected, and is closed (1008) when its exp passes; a bad or expired token gets 401. Prefer --jwt-secret-file or the environment: a flag is visible to other users of the machine
     #[arg(
@@ -313,6 +319,9 @@ impl Options {
             server.drain_timeout = drain;
         }
         server.allowed_hosts = self.allowed_host;
+        if let Some(addr) = self.metrics_bind {
+            server.metrics = rust_chat::server::MetricsEndpoint::Bind(addr);
+        }
         server.tls = match (self.tls_cert, self.tls_key) {
             (Some(cert), Some(key)) => {
                 let files = rust_chat::server::TlsFiles { cert, key };
@@ -529,6 +538,7 @@ mod tests {
             (&["--max-rooms", "many"], "--max-rooms"),
             (&["--workers", "0"], "--workers"),
             (&["--allowed-host", "a:80"], "--allowed-host"),
+            (&["--metrics-bind", "9100"], "--metrics-bind"),
         ] {
             let message = error(args);
             assert!(message.contains(says), "{args:?}: {message}");
@@ -557,7 +567,8 @@ mod tests {
         let path = config_file(
             "good",
             "bind = \"0.0.0.0:9000\"\nmax-connections = 5000\nmax-message-size = \"1MiB\"\nclose-timeout = \"250ms\"\n\
-             no-deflate = true\nallowed-origin = [\"https://a.example\", \"https://b.example\"]\nworkers = 2\nrate-limit = 3\n",
+             no-deflate = true\nallowed-origin = [\"https://a.example\", \"https://b.example\"]\nworkers = 2\nrate-limit = 3\n\
+             metrics-bind = \"127.0.0.1:9100\"\n",
         );
         let path = path.to_str().unwrap();
         let (config, workers) =
@@ -571,6 +582,7 @@ mod tests {
         assert_eq!(config.server.connection.close_timeout, Duration::from_millis(250));
         assert!(!config.server.connection.deflate.enabled);
         assert_eq!((workers, config.chat.rate_limit_per_sec), (2, 3));
+        assert_eq!(config.server.metrics, rust_chat::server::MetricsEndpoint::Bind("127.0.0.1:9100".parse().unwrap()));
         let mut allowed = rust_chat::protocol::origin::OriginPolicy::default();
         allowed.allow_origin("https://a.example").unwrap();
         allowed.allow_origin("https://b.example").unwrap();

@@ -10,12 +10,21 @@ use std::fmt;
 pub use crate::connection::{ConnectionConfig, DeflateConfig};
 
 /// The settings of the `rust-chat` binary. `Config::default()` is what `cargo run` uses.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// The address, connection limits, and what each connection may do.
     pub server: ServerConfig,
     /// Rooms, history, message length and rate limits.
     pub chat: ChatConfig,
+}
+
+impl Default for Config {
+    /// The server's and the chat's defaults, with `/metrics` and `/healthz`
+    /// on the main port (the library's own default leaves every path to the application).
+    fn default() -> Config {
+        let server = ServerConfig { metrics: crate::server::MetricsEndpoint::MainPort, ..ServerConfig::default() };
+        Config { server, chat: ChatConfig::default() }
+    }
 }
 
 /// A setting that cannot work, found by [`Config::validate`].

@@ -49,7 +49,10 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let addr = server.local_addr();
-    println!("rust-chat listening on {ws}://{addr}/ (chat page at {http}://{addr}/, echo at {ws}://{addr}/echo)");
+    println!(
+        "rust-chat listening on {ws}://{addr}/ (chat page at {http}://{addr}/, echo at {ws}://{addr}/echo){}",
+        metrics_line(server.metrics_addr())
+    );
     match server.run() {
         Ok(Exit::Forced) => ExitCode::FAILURE,
         Ok(_) => ExitCode::SUCCESS,
@@ -58,6 +61,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The metrics port's line, when there is one (printed with the first in
+/// one write: whoever reads only the first line may close the pipe after it).
+fn metrics_line(addr: Option<std::net::SocketAddr>) -> String {
+    addr.map_or_else(String::new, |addr| format!("\nmetrics at http://{addr}/metrics, health at http://{addr}/healthz"))
 }
 
 /// `--workers N` with N > 1: N event loops on the port, one chat for all.
@@ -71,7 +80,8 @@ fn serve_workers(config: Config, workers: usize, (ws, http): (&str, &str)) -> Ex
     };
     let addr = running.local_addr();
     println!(
-        "rust-chat listening on {ws}://{addr}/ with {workers} workers (chat page at {http}://{addr}/, echo at {ws}://{addr}/echo)"
+        "rust-chat listening on {ws}://{addr}/ with {workers} workers (chat page at {http}://{addr}/, echo at {ws}://{addr}/echo){}",
+        metrics_line(running.metrics_addr())
     );
     match running.wait() {
         Ok(Exit::Forced) => ExitCode::FAILURE,

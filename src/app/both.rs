@@ -88,4 +88,9 @@ impl<A: App, B: App> App for Both<A, B> {
             self.1.on_deadline(hub, now);
         }
     }
+
+    fn report(&self, report: &mut super::stats::Report) {
+        self.0.report(report);
+        self.1.report(report);
+    }
 }

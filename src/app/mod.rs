@@ -38,6 +38,7 @@
 //! ```
 
 mod both;
+pub mod stats;
 pub mod topics;
 
 pub use crate::connection::CloseInfo;
@@ -50,6 +51,7 @@ use crate::protocol::OpCode;
 use crate::protocol::close_code;
 use crate::protocol::deflate::SharedDeflaters;
 use crate::protocol::message::is_valid_close_code;
+use std::sync::Arc;
 use std::time::Instant;
 use topics::Topics;
 
@@ -124,6 +126,13 @@ pub trait App {
     /// The time [`App::next_deadline`] gave has come (or passed): what the
     /// application does with connections goes through `hub`.
     fn on_deadline(&mut self, _hub: &mut Hub, _now: Instant) {}
+
+    /// A metrics scrape (`GET /metrics`) is being answered: add the
+    /// application's own numbers to what the server counts (the chat: its
+    /// rooms, their sizes, the messages its rate limit held back). Called
+    /// from the loop of the worker that answers the scrape, so it should be
+    /// quick; names should start with the application's prefix.
+    fn report(&self, _report: &mut stats::Report) {}
 }
 
 /// An application's answer to a request.
@@ -201,12 +210,20 @@ pub struct Hub {
     /// Closes asked for while something for the connection still waited in
     /// the outbox: the driver starts them once that has been delivered.
     pub closes: Vec<(ConnId, u16, String)>,
+    /// What this loop counts for the metrics (its own; a scrape sums every worker's).
+    pub stats: Arc<stats::Stats>,
 }
 
 impl Hub {
     /// Topics whose runs of deliveries stay within `run_limit` bytes, and the wall clock `clock`.
     pub fn new(run_limit: usize, clock: fn() -> u64) -> Hub {
-        Hub { topics: Topics::new(run_limit), deflaters: SharedDeflaters::default(), clock, closes: Vec::new() }
+        Hub {
+            topics: Topics::new(run_limit),
+            deflaters: SharedDeflaters::default(),
+            clock,
+            closes: Vec::new(),
+            stats: Arc::default(),
+        }
     }
 }
 
@@ -403,7 +420,8 @@ impl<'a> Context<'a> {
             // waits in the outbox (a publish earlier in the turn): then behind
             // it, so that it receives everything in the order it was said.
             (Some(reply), Out::Hub(hub)) if !hub.topics.has_waiting(self.id) => {
-                reply.send(opcode, payload, &mut hub.deflaters)
+                reply.send(opcode, payload, &mut hub.deflaters);
+                hub.stats.messages_sent.add(1);
             }
             (_, Out::Hub(hub)) => hub.topics.send_to(self.id, opcode, payload),
             (_, Out::Record { effects, .. }) => record_send(effects, self.id, opcode, payload),
@@ -540,8 +558,13 @@ impl<A: App> Session<'_, A> {
     /// Tells the application the connection is closed (once, and only if it was opened).
     pub fn close(&mut self, info: Option<&CloseInfo>) {
         if let Stage::Open(state) = std::mem::replace(&mut self.conn.0, Stage::None) {
+            let closed = Closed::from_info(info);
+            self.hub.stats.closed(closed.code);
+            if closed.reason == connection::SLOW_CONSUMER {
+                self.hub.stats.slow_consumer_closes.add(1);
+            }
             let mut ctx = Context::detached(self.id, self.now, self.hub);
-            self.app.on_close(state, &Closed::from_info(info), &mut ctx);
+            self.app.on_close(state, &closed, &mut ctx);
         }
         self.hub.topics.unsubscribe_all(self.id);
     }
@@ -576,12 +599,14 @@ impl<A: App> connection::Handler for Session<'_, A> {
     fn on_open(&mut self, reply: &mut Reply<'_>) {
         if let Stage::Routed(state) = std::mem::replace(&mut self.conn.0, Stage::None) {
             self.conn.0 = Stage::Open(state);
+            self.hub.stats.opened.add(1);
         }
         self.call(reply, |app, state, ctx| app.on_open(state, ctx));
     }
 
     #[inline]
     fn on_message(&mut self, message: Message<'_>, reply: &mut Reply<'_>) {
+        self.hub.stats.messages_received.add(1);
         self.call(reply, |app, state, ctx| app.on_message(state, message, ctx));
     }
 
@@ -594,6 +619,7 @@ impl<A: App> connection::Handler for Session<'_, A> {
     }
 
     fn on_message_too_long(&mut self, reply: &mut Reply<'_>) {
+        self.hub.stats.messages_received.add(1);
         self.call(reply, |app, state, ctx| app.on_message_too_long(state, ctx));
     }
 }

@@ -145,6 +145,9 @@ struct Resume<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refusal(pub &'static str);
 
+/// The bounds of the room-size histogram of the metrics.
+const ROOM_SIZES: [f64; 10] = [0.0, 1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0];
+
 /// All chat state of one server.
 #[derive(Debug)]
 pub struct Chat {
@@ -160,6 +163,8 @@ pub struct Chat {
     verifier: Option<std::sync::Arc<token::Verifier>>,
     /// When the tokens of signed members expire.
     expiries: token::Expiries,
+    /// How many times a member used up its burst and its input was paused.
+    rate_limited: u64,
 }
 
 impl App for Chat {
@@ -177,6 +182,23 @@ impl App for Chat {
     /// Closes (1008 "token expired") the members whose tokens have expired.
     fn on_deadline(&mut self, hub: &mut crate::app::Hub, now: Instant) {
         self.expiries.close_due(hub, now);
+    }
+
+    /// Rooms, their sizes (a histogram: one label per room would grow
+    /// without bound) and the rate limit's pauses.
+    fn report(&self, report: &mut crate::app::stats::Report) {
+        report.gauge("rust_chat_rooms", "Rooms that exist now, the lobby included.", self.rooms.len() as i64);
+        report.histogram(
+            "rust_chat_room_members",
+            "Rooms by their number of members.",
+            &ROOM_SIZES,
+            self.rooms.values().map(|room| room.members.len() as f64),
+        );
+        report.counter(
+            "rust_chat_rate_limited",
+            "Times a member used up its burst and its input was paused.",
+            self.rate_limited,
+        );
     }
 
     fn on_open(&mut self, conn: &mut ChatConn, ctx: &mut Context<'_>) {
@@ -222,7 +244,7 @@ impl Chat {
         let history = History::new(config.history_len, config.history_bytes);
         let verifier = config.tokens.as_ref().map(|tokens| std::sync::Arc::new(tokens.verifier()));
         let (members, nicks, expiries) = (HashMap::new(), HashMap::new(), token::Expiries::default());
-        Chat { config, rooms, members, nicks, next_guest: 1, history, verifier, expiries }
+        Chat { config, rooms, members, nicks, next_guest: 1, history, verifier, expiries, rate_limited: 0 }
     }
 
     /// What checks tokens, if tokens are in use (shared by the workers' routing).
@@ -356,6 +378,7 @@ impl Chat {
         let Some(member) = self.members.get_mut(&ctx.id()) else { return };
         if let Some(until) = member.bucket.take(ctx.now(), config.rate_limit_per_sec, config.rate_limit_burst) {
             ctx.pause_reading_until(until);
+            self.rate_limited += 1;
         }
     }
 

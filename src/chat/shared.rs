@@ -180,6 +180,11 @@ impl App for SharedChat {
         super::route(request, self.shared.verifier.as_deref())
     }
 
+    /// The one chat's numbers, whichever worker answers the scrape.
+    fn report(&self, report: &mut crate::app::stats::Report) {
+        self.shared.lock().chat.report(report);
+    }
+
     fn on_open(&mut self, conn: &mut ChatConn, ctx: &mut Context<'_>) {
         self.call(ctx, |chat, record| chat.on_open(conn, record));
     }

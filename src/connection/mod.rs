@@ -86,6 +86,10 @@ pub enum Route {
     NotFound,
 }
 
+/// The reason a slow consumer's connection is closed with (1008), as the
+/// application's [`Closed`](crate::app::Closed) and the metrics see it.
+pub const SLOW_CONSUMER: &str = "slow consumer: too much unread data";
+
 /// Where a handler's messages to one connection go: its outgoing queue,
 /// compressed when the connection negotiated permessage-deflate.
 pub struct Reply<'a> {
@@ -490,7 +494,7 @@ impl WebSocketClient {
                 if now >= since + config.slow_consumer_grace =>
             {
                 if self.outgoing.len() > config.max_outgoing_bytes {
-                    self.close_slow_consumer("slow consumer: too much unread data", now, config);
+                    self.close_slow_consumer(SLOW_CONSUMER, now, config);
                 } else {
                     self.state = ClientState::Connected { over_cap_since: None, paused_until };
                 }

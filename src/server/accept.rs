@@ -115,6 +115,11 @@ impl Admission {
         self.per_address.closed(slot);
     }
 
+    /// The handshakes in progress.
+    pub fn handshakes_in_progress(&self) -> usize {
+        self.handshake_count
+    }
+
     /// A connection that was handshaking no longer is (done, or gone).
     pub fn handshake_done(&mut self) {
         self.handshake_count -= 1;
@@ -142,13 +147,23 @@ fn refuse(stream: &mut TcpStream, scratch: &mut [u8], why: &str, tls: bool) {
 impl<A: App> Server<A> {
     /// Accepts every pending connection, unless accepting is paused.
     pub(super) fn accept(&mut self, now: Instant) {
+        self.accept_from(false, now);
+    }
+
+    /// Accepts every pending connection on the metrics port.
+    pub(super) fn accept_metrics(&mut self, now: Instant) {
+        self.accept_from(true, now);
+    }
+
+    fn accept_from(&mut self, metrics_port: bool, now: Instant) {
         if self.admission.paused_until.is_some() {
             return;
         }
         loop {
-            let Some(listener) = self.listener.as_ref() else { return };
+            let listener = if metrics_port { &self.metrics_listener } else { &self.listener };
+            let Some(listener) = listener.as_ref() else { return };
             match listener.accept() {
-                Ok((stream, peer)) => self.admit(stream, peer, now),
+                Ok((stream, peer)) => self.admit(stream, peer, metrics_port, now),
                 Err(err) if would_block(&err) => return,
                 Err(err) if interrupted(&err) => continue,
                 // The peer gave up while queued: nothing to do.
@@ -170,14 +185,15 @@ impl<A: App> Server<A> {
     }
 
     /// Takes in one accepted connection, or turns it away with 503.
-    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
+    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, metrics_port: bool, now: Instant) {
         if self.connections.len() >= self.config.max_connections {
             if let Some(skipped) = self.admission.limit_warning.ready(now) {
                 let max_connections = self.config.max_connections;
                 warn!(max_connections, skipped, "connection limit reached: answering 503");
             }
             let why = "the server is at its connection limit; try again shortly";
-            refuse(&mut stream, &mut self.read_buf, why, self.tls.is_some());
+            refuse(&mut stream, &mut self.read_buf, why, self.tls.is_some() && !metrics_port);
+            self.hub.stats.refused(503);
             return;
         }
         let per_ip = self.config.max_connections_per_ip;
@@ -186,7 +202,8 @@ impl<A: App> Server<A> {
                 warn!(ip = %peer.ip(), max_connections_per_ip = per_ip, skipped, "per-address limit reached: answering 503");
             }
             let why = "too many connections from your address; try again shortly";
-            refuse(&mut stream, &mut self.read_buf, why, self.tls.is_some());
+            refuse(&mut stream, &mut self.read_buf, why, self.tls.is_some() && !metrics_port);
+            self.hub.stats.refused(503);
             return;
         }
         if self.admission.handshake_count >= self.config.max_pending_handshakes {
@@ -201,7 +218,8 @@ impl<A: App> Server<A> {
         // Wrapping: a worker's numbers start below zero (see `number_as_worker`).
         self.admission.generation = self.admission.generation.wrapping_add(1 + self.admission.id_stride_less_one);
         let id = ConnId { index, generation: self.admission.generation };
-        let tls = match &self.tls {
+        // The metrics port speaks plain HTTP, whatever the main port does.
+        let tls = match self.tls.as_ref().filter(|_| !metrics_port) {
             None => None,
             Some(config) => match super::tls::Tls::new(config) {
                 Ok(tls) => Some(tls),
@@ -213,7 +231,9 @@ impl<A: App> Server<A> {
             },
         };
         let client = self.new_client(now);
-        let inserted = self.connections.insert(Connection::new(id, stream, client, tls));
+        let mut conn = Connection::new(id, stream, client, tls);
+        conn.metrics_port = metrics_port;
+        let inserted = self.connections.insert(conn);
         debug_assert_eq!(inserted, index);
         if per_ip > 0 {
             self.admission.per_address.opened(index, peer.ip());

@@ -71,6 +71,12 @@ pub struct ServerConfig {
     /// the files again (when the server handles signals).
     pub tls: Option<super::TlsFiles>,
 
+    /// Where `GET /metrics` (Prometheus) and `GET /healthz` are answered:
+    /// nowhere (the default here, so that every path is the application's),
+    /// on the main port before the application's routes (the binary's
+    /// default), or on a port of their own, in plain HTTP.
+    pub metrics: super::MetricsEndpoint,
+
     /// What each connection may do.
     pub connection: ConnectionConfig,
 }
@@ -87,6 +93,7 @@ impl Default for ServerConfig {
             drain_timeout: Duration::from_secs(5),
             allowed_hosts: Vec::new(),
             tls: None,
+            metrics: super::MetricsEndpoint::Off,
             connection: ConnectionConfig::default(),
         }
     }

@@ -56,6 +56,8 @@ pub(super) struct Connection<C> {
     /// The poller reported a hang-up or error: read on to EOF or the error,
     /// rather than stopping at a short read.
     pub hangup: bool,
+    /// It came in on the metrics port ([`MetricsEndpoint::Bind`](super::MetricsEndpoint)).
+    pub metrics_port: bool,
     /// TLS, on a server with a certificate: what is read and written goes through it.
     pub tls: Option<Box<Tls>>,
 }
@@ -77,6 +79,7 @@ impl<C> Connection<C> {
             dirty: false,
             handshaking: true,
             hangup: false,
+            metrics_port: false,
             tls,
         }
     }
@@ -88,19 +91,22 @@ impl<C> Connection<C> {
         self.tls.as_ref().is_some_and(|tls| tls.wants_write())
     }
 
-    /// Writes the outgoing queue: to the socket, or through TLS.
-    pub fn write(&mut self) -> io::Result<()> {
+    /// Writes the outgoing queue: to the socket, or through TLS. Returns
+    /// how many bytes of the queue went (to the socket, or to TLS).
+    pub fn write(&mut self) -> io::Result<usize> {
         let Some(tls) = self.tls.as_deref_mut() else {
-            return self.client.write_to(&mut Sock::of(&self.stream)).map(drop);
+            return self.client.write_to(&mut Sock::of(&self.stream));
         };
+        let mut total = 0;
         loop {
             let moved = self.client.write_to(&mut tls.writer())?;
+            total += moved;
             tls.flush(&self.stream)?;
             // Stop when the socket is full, or nothing more could be handed
             // to TLS (its buffer is full while it still handshakes, or the
             // queue is empty).
             if tls.wants_write() || moved == 0 || !self.client.wants_write() {
-                return Ok(());
+                return Ok(total);
             }
         }
     }
@@ -176,6 +182,8 @@ pub(super) struct ReadOutcome {
     /// Reading stopped (or must stop now) because the outgoing queue is over
     /// its cap or the input is paused.
     pub paused: bool,
+    /// The bytes handed to the client (after TLS).
+    pub bytes: usize,
 }
 
 /// Reads until the socket is drained, feeding every byte to the client,
@@ -202,25 +210,28 @@ pub(super) fn read_into<H: Handler>(
 ) -> io::Result<ReadOutcome> {
     // Stopped for a full queue or a pause: resume when that ends, whatever
     // event reports it (no new READABLE edge comes for data already waiting).
-    let stopped = |client: &WebSocketClient| ReadOutcome { eof: false, paused: !client.wants_read(config) };
+    let mut bytes = 0;
+    let stopped =
+        |client: &WebSocketClient, bytes| ReadOutcome { eof: false, paused: !client.wants_read(config), bytes };
     loop {
         if !client.wants_read(config) || *budget == 0 {
-            return Ok(stopped(client));
+            return Ok(stopped(client, bytes));
         }
         *budget -= 1;
         match Sock::of(stream).read(read_buf) {
             Ok(0) => {
                 client.handle_eof(now, config);
-                return Ok(ReadOutcome { eof: true, paused: false });
+                return Ok(ReadOutcome { eof: true, paused: false, bytes });
             }
             Ok(n) => {
-                let Some(input) = read_buf.get_mut(..n) else { return Ok(stopped(client)) };
+                let Some(input) = read_buf.get_mut(..n) else { return Ok(stopped(client, bytes)) };
+                bytes += n;
                 feed(client, input, now, config, handler, allowance);
                 if n < read_buf.len() && !hangup {
-                    return Ok(stopped(client));
+                    return Ok(stopped(client, bytes));
                 }
             }
-            Err(err) if would_block(&err) => return Ok(stopped(client)),
+            Err(err) if would_block(&err) => return Ok(stopped(client, bytes)),
             Err(err) if interrupted(&err) => continue,
             Err(err) => return Err(err),
         }
@@ -259,33 +270,36 @@ pub(super) fn read_tls_into<H: Handler>(
     budget: &mut usize,
     allowance: usize,
 ) -> io::Result<ReadOutcome> {
-    let stopped = |client: &WebSocketClient| ReadOutcome { eof: false, paused: !client.wants_read(config) };
-    let eof = |client: &mut WebSocketClient| {
+    let mut bytes = 0;
+    let stopped =
+        |client: &WebSocketClient, bytes| ReadOutcome { eof: false, paused: !client.wants_read(config), bytes };
+    let eof = |client: &mut WebSocketClient, bytes| {
         client.handle_eof(now, config);
-        ReadOutcome { eof: true, paused: false }
+        ReadOutcome { eof: true, paused: false, bytes }
     };
     loop {
         loop {
             if !client.wants_read(config) {
-                return Ok(stopped(client));
+                return Ok(stopped(client, bytes));
             }
             match tls.plaintext(read_buf)? {
                 None => break,
-                Some(0) => return Ok(eof(client)),
+                Some(0) => return Ok(eof(client, bytes)),
                 Some(n) => {
-                    let Some(input) = read_buf.get_mut(..n) else { return Ok(stopped(client)) };
+                    let Some(input) = read_buf.get_mut(..n) else { return Ok(stopped(client, bytes)) };
+                    bytes += n;
                     feed(client, input, now, config, handler, allowance);
                 }
             }
         }
         if *budget == 0 {
-            return Ok(stopped(client));
+            return Ok(stopped(client, bytes));
         }
         *budget -= 1;
         match tls.read_from(stream) {
-            Ok(0) => return Ok(eof(client)),
+            Ok(0) => return Ok(eof(client, bytes)),
             Ok(_) => {}
-            Err(err) if would_block(&err) => return Ok(stopped(client)),
+            Err(err) if would_block(&err) => return Ok(stopped(client, bytes)),
             Err(err) => return Err(err),
         }
     }

@@ -78,7 +78,8 @@ impl Recipient<'_> {
 /// Puts every run of `outbox` on its recipients' queues; adds the
 /// recipients whose queue would pass its hard cap to `slow` (once each),
 /// and queues nothing more for them. (Those over the soft cap for longer
-/// than their grace are closed by their own timer.)
+/// than their grace are closed by their own timer.) Returns the number of
+/// messages queued (each recipient's copy counts).
 pub(crate) fn queue_runs(
     outbox: &Outbox,
     to: &mut impl Recipients,
@@ -86,7 +87,8 @@ pub(crate) fn queue_runs(
     config: &ConnectionConfig,
     now: Instant,
     slow: &mut Vec<ConnId>,
-) {
+) -> u64 {
+    let mut sent = 0;
     let threshold = config.deflate.threshold;
     let hard_cap = config.hard_outgoing_cap();
     for (frames, recipients) in outbox.runs() {
@@ -127,8 +129,10 @@ pub(crate) fn queue_runs(
             }
             client.note_backlog(queued, now, config);
             recipient.touched();
+            sent += frames.len() as u64;
         }
     }
+    sent
 }
 
 /// The frames of a run as one buffer (the frame itself when it is alone).
@@ -226,7 +230,8 @@ impl<A: App> Server<A> {
         let mut slow = Vec::new();
         let outbox = self.hub.topics.take_outbox();
         let mut table = Table { connections: &mut self.connections, dirty: &mut self.delivery.dirty };
-        queue_runs(&outbox, &mut table, &mut self.hub.deflaters, &self.config.connection, now, &mut slow);
+        let sent = queue_runs(&outbox, &mut table, &mut self.hub.deflaters, &self.config.connection, now, &mut slow);
+        self.hub.stats.messages_sent.add(sent);
         self.hub.topics.restore_outbox(outbox);
         for id in slow {
             let Some(conn) = self.connections.get_id(id) else { continue };
@@ -234,7 +239,7 @@ impl<A: App> Server<A> {
                 let queued = conn.client.queued();
                 warn!(conn = id.generation, peer = %conn.peer(), queued, skipped, "closing a slow consumer (1008)");
             }
-            conn.client.close_slow_consumer("slow consumer: too much unread data", now, &self.config.connection);
+            conn.client.close_slow_consumer(crate::connection::SLOW_CONSUMER, now, &self.config.connection);
             mark_dirty(&mut conn.dirty, id.index, &mut self.delivery.dirty);
         }
     }

@@ -19,6 +19,7 @@
 //! | `delivery.rs` | what was published: onto the subscribers' queues, slow consumers closed |
 //! | `shutdown.rs` | signals, the stop handle, the graceful drain |
 //! | `workers.rs` | several loops on one port (`SO_REUSEPORT`), one thread each |
+//! | `metrics.rs` | `GET /metrics` and `GET /healthz`, in front of the application's routes |
 //!
 //! mio's readiness is edge-triggered: an event says "something changed", not
 //! "there is data", so every read and accept loop runs until `WouldBlock`,
@@ -29,12 +30,14 @@ mod accept;
 pub mod config;
 mod connections;
 mod delivery;
+mod metrics;
 mod shutdown;
 mod timers;
 mod tls;
 mod workers;
 
 pub use config::{ServerConfig, open_file_limit};
+pub use metrics::MetricsEndpoint;
 pub use shutdown::{Exit, ServerHandle};
 pub use tls::{TLS_BUFFER_LIMIT, TlsFiles};
 pub use workers::{WorkerError, Workers, available_workers};
@@ -62,6 +65,8 @@ const WAKER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
 /// The token of the pipe that SIGHUP writes to (reload the TLS certificate).
 const RELOAD: Token = Token(usize::MAX - 3);
+/// The token of the metrics listener ([`MetricsEndpoint::Bind`]).
+const METRICS: Token = Token(usize::MAX - 4);
 
 /// Reads one connection may do per turn of the loop (16 × 64 KiB = 1 MiB by
 /// default). A client that sends faster than we can process would otherwise
@@ -98,6 +103,13 @@ pub struct Server<A: App> {
     poll: Poll,
     /// `None` once a shutdown has begun.
     listener: Option<TcpListener>,
+    /// The metrics port's listener (on the first worker), open until the server returns.
+    metrics_listener: Option<TcpListener>,
+    /// Every worker's counts (this one's is also the hub's), and which is this one.
+    all_stats: std::sync::Arc<[std::sync::Arc<crate::app::stats::Stats>]>,
+    worker: usize,
+    /// The other workers still serving, for the one that outlives them (see [`Server::outlive`]).
+    peers: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
     local_addr: SocketAddr,
     config: ServerConfig,
     connections: Slab<A::Conn>,
@@ -151,11 +163,21 @@ impl<A: App> Server<A> {
     pub fn bind(config: ServerConfig, app: A) -> Result<Server<A>, StartError> {
         config.validate().map_err(StartError::Config)?;
         let listener = TcpListener::bind(config.bind)?;
-        Server::on_listener(config, app, listener)
+        let metrics = match config.metrics {
+            MetricsEndpoint::Bind(addr) => Some(TcpListener::bind(addr)?),
+            _ => None,
+        };
+        Server::on_listener(config, app, listener, metrics)
     }
 
-    /// A server on a listener bound already (one of several on a port: see [`Workers`]).
-    fn on_listener(mut config: ServerConfig, app: A, mut listener: TcpListener) -> Result<Server<A>, StartError> {
+    /// A server on a listener bound already (one of several on a port: see
+    /// [`Workers`]), with the metrics port's listener if it has it.
+    fn on_listener(
+        mut config: ServerConfig,
+        app: A,
+        mut listener: TcpListener,
+        mut metrics_listener: Option<TcpListener>,
+    ) -> Result<Server<A>, StartError> {
         let poll = Poll::new()?;
         let local_addr = listener.local_addr()?;
         let tls = match &config.tls {
@@ -176,14 +198,23 @@ impl<A: App> Server<A> {
         let shutdown = Shutdown::new(poll.registry(), WAKER)?;
         // A run of deliveries fits wherever one frame would.
         let run_limit = RUN_LIMIT.min(config.connection.max_outgoing_bytes);
+        if let Some(metrics) = metrics_listener.as_mut() {
+            poll.registry().register(metrics, METRICS, Interest::READABLE)?;
+        }
+        let hub = Hub::new(run_limit, unix_millis);
+        let all_stats = std::sync::Arc::from([std::sync::Arc::clone(&hub.stats)]);
         Ok(Server {
             poll,
             listener: Some(listener),
+            metrics_listener,
+            all_stats,
+            worker: 0,
+            peers: None,
             local_addr,
             read_buf: vec![0; config.read_buffer_size],
             ready: Vec::new(),
             app,
-            hub: Hub::new(run_limit, unix_millis),
+            hub,
             delivery: Delivery::default(),
             admission: Admission::default(),
             shutdown,
@@ -202,6 +233,36 @@ impl<A: App> Server<A> {
     pub(crate) fn number_as_worker(&mut self, worker: usize, workers: usize) {
         self.admission.id_stride_less_one = workers as u64 - 1;
         self.admission.generation = (worker as u64 + 1).wrapping_sub(workers as u64);
+    }
+
+    /// Counts into `all[worker]`, and shows all of them at a scrape (one per worker).
+    pub(crate) fn share_stats(
+        &mut self,
+        all: std::sync::Arc<[std::sync::Arc<crate::app::stats::Stats>]>,
+        worker: usize,
+    ) {
+        if let Some(mine) = all.get(worker) {
+            self.hub.stats = std::sync::Arc::clone(mine);
+            self.worker = worker;
+            self.all_stats = all;
+        }
+    }
+
+    /// Makes a drained server wait for `running` (the other workers still
+    /// serving) to reach 0 before it returns: the first worker, which serves
+    /// the metrics port, so that `/healthz` says 503 for the whole drain.
+    pub(crate) fn outlive(&mut self, running: std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        self.peers = Some(running);
+    }
+
+    /// Other workers this one outlives are still serving.
+    fn peers_draining(&self) -> bool {
+        self.peers.as_ref().is_some_and(|running| running.load(std::sync::atomic::Ordering::Acquire) > 0)
+    }
+
+    /// The metrics port's address, when the server has one ([`MetricsEndpoint::Bind`]).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|listener| listener.local_addr().ok())
     }
 
     /// The address the server listens on (useful after binding port 0).
@@ -296,7 +357,11 @@ impl<A: App> Server<A> {
                 return Ok(Exit::Forced);
             }
             self.shutdown.publish_count(self.connections.len());
-            if let Some(left) = self.shutdown.drained(self.connections.len(), now) {
+            self.hub.stats.connections.set(self.connections.len() as u64);
+            self.hub.stats.handshaking.set(self.admission.handshakes_in_progress() as u64);
+            if let Some(left) = self.shutdown.drained(self.connections.len(), now)
+                && !(left == 0 && self.peers_draining())
+            {
                 info!(left, "shutdown complete");
                 return Ok(Exit::Drained { left });
             }
@@ -309,6 +374,7 @@ impl<A: App> Server<A> {
         for event in events.iter() {
             match event.token() {
                 LISTENER => self.accept(now),
+                METRICS => self.accept_metrics(now),
                 WAKER => {}
                 SIGNALS => self.handle_signals(now),
                 RELOAD => self.reload_tls(),
@@ -334,7 +400,11 @@ impl<A: App> Server<A> {
         if self.shutdown.stop_requested() || self.shutdown.shutdown_requested() {
             return Some(Duration::ZERO);
         }
+        // Drained, but serving the metrics port until the other workers are too: look again soon.
+        let peers = (self.shutdown.draining_until().is_some() && self.peers_draining())
+            .then(|| now + Duration::from_millis(20));
         let soonest = [
+            peers,
             self.timers.next(),
             self.admission.paused_until(),
             self.shutdown.draining_until(),
@@ -362,14 +432,18 @@ impl<A: App> Server<A> {
         }
         if self.admission.resume_at(now) {
             self.accept(now);
+            self.accept_metrics(now);
         }
     }
 
     /// Reads, processes and writes for one connection, then updates its
     /// interest and timer, or removes it when it is finished.
     fn service(&mut self, index: usize, readable: bool, now: Instant) {
-        let Server { connections, read_buf, config, app, hub, buffered, .. } = self;
+        let live = (self.connections.len(), self.admission.handshakes_in_progress());
+        let draining = self.listener.is_none();
+        let Server { connections, read_buf, config, app, hub, buffered, all_stats, worker, .. } = self;
         let max_buffered = config.max_buffered_bytes;
+        let on_main = config.metrics == MetricsEndpoint::MainPort;
         let config = &config.connection;
         let Some(conn) = connections.get_mut(index) else {
             return; // a spurious event for a connection already removed
@@ -380,13 +454,22 @@ impl<A: App> Server<A> {
         let mut want_read = readable;
         let finished = loop {
             if want_read && !conn.peer_eof {
-                let mut session = Session {
+                let session = Session {
                     app: &mut *app,
                     conn: &mut conn.app,
                     hub: &mut *hub,
                     id: ConnId { index, generation: conn.generation },
                     now,
                 };
+                let ops = metrics::Ops {
+                    serve: on_main || conn.metrics_port,
+                    only: conn.metrics_port,
+                    draining,
+                    stats: all_stats,
+                    worker: *worker,
+                    live,
+                };
+                let mut session = metrics::Served { session, ops };
                 if conn.read_paused {
                     // Input read before a pause comes first, before anything new.
                     conn.client.resume(now, config, &mut session);
@@ -417,6 +500,7 @@ impl<A: App> Server<A> {
                 };
                 match read {
                     Ok(read) => {
+                        session.session.hub.stats.bytes_received.add(read.bytes as u64);
                         conn.peer_eof |= read.eof;
                         conn.read_paused = read.paused;
                     }
@@ -429,8 +513,9 @@ impl<A: App> Server<A> {
                     }
                 }
             }
-            if conn.write().is_err() {
-                break true;
+            match conn.write() {
+                Ok(written) => hub.stats.bytes_sent.add(written as u64),
+                Err(_) => break true,
             }
             if conn.client.is_done_writing() && !conn.tls_wants_write() {
                 if conn.peer_eof {
@@ -509,6 +594,9 @@ impl<A: App> Server<A> {
         }
         self.admission.closed(index);
         let info = conn.client.close_info();
+        if let Some(CloseInfo::Http(status)) = info {
+            self.hub.stats.refused(*status);
+        }
         // Tells the application (if it has not been told) and leaves every topic.
         Session {
             app: &mut self.app,

@@ -239,7 +239,8 @@ impl<A: App> Server<A> {
         self.begin_shutdown(now);
     }
 
-    /// Graceful shutdown: stop accepting, close every connection with 1001,
+    /// Graceful shutdown: stop accepting (but on the metrics port, where
+    /// `/healthz` now says 503), close every connection with 1001,
     /// and give them [`drain_timeout`](super::ServerConfig::drain_timeout) to finish.
     pub(super) fn begin_shutdown(&mut self, now: Instant) {
         let drain_timeout = self.config.drain_timeout;
@@ -252,6 +253,9 @@ impl<A: App> Server<A> {
         }
         for index in self.connections.indices() {
             let Some(conn) = self.connections.get_mut(index) else { continue };
+            if conn.metrics_port {
+                continue; // a scrape or a health check: it answers and closes by itself
+            }
             if conn.client.is_awaiting_handshake() {
                 // It has been told nothing yet, and there is nothing to finish.
                 self.remove(index, now);

@@ -56,6 +56,7 @@ impl std::error::Error for WorkerError {}
 /// [`go`](Workers::go)), then [`wait`](Workers::wait).
 pub struct Workers {
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     handles: Vec<ServerHandle>,
     threads: Vec<JoinHandle<()>>,
     /// One per worker still waiting to begin: a message (or its end) starts it.
@@ -111,6 +112,14 @@ impl Workers {
         for _ in 1..n {
             listeners.push(shared_listener(local_addr)?);
         }
+        let mut metrics = match config.metrics {
+            super::MetricsEndpoint::Bind(addr) => Some(mio::net::TcpListener::bind(addr)?),
+            _ => None,
+        };
+        let metrics_addr = metrics.as_ref().map(mio::net::TcpListener::local_addr).transpose()?;
+        let stats: Arc<[Arc<crate::app::stats::Stats>]> = (0..n).map(|_| Arc::default()).collect();
+        // The workers but the first still serving: the first, with the metrics port, outlives them.
+        let others = Arc::new(std::sync::atomic::AtomicUsize::new(n - 1));
         let make_app = Arc::new(make_app);
         let (ready_tx, ready_rx) = mpsc::channel();
         let (end_tx, ends) = mpsc::channel();
@@ -121,10 +130,16 @@ impl Workers {
             go.push(go_tx);
             let (config, make_app, ready, end) =
                 (config.clone(), Arc::clone(&make_app), ready_tx.clone(), end_tx.clone());
+            // The first worker serves the metrics port, for all of them.
+            let (metrics, stats, others) = (metrics.take(), Arc::clone(&stats), Arc::clone(&others));
             let thread = std::thread::Builder::new().name(format!("worker-{i}")).spawn(move || {
                 let _span = info_span!("worker", n = i).entered();
-                let started = Server::on_listener(config, make_app(i), listener).and_then(|mut server| {
+                let started = Server::on_listener(config, make_app(i), listener, metrics).and_then(|mut server| {
                     server.number_as_worker(i, n);
+                    server.share_stats(stats, i);
+                    if i == 0 && metrics_addr.is_some() {
+                        server.outlive(Arc::clone(&others));
+                    }
                     if signals {
                         server.shutdown_on_signals()?;
                     }
@@ -144,6 +159,9 @@ impl Workers {
                 // Wait for the word (or for `Workers` to go away: then a stop was asked, or it is time anyway).
                 let _ = go_rx.recv();
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.run()));
+                if i > 0 {
+                    others.fetch_sub(1, std::sync::atomic::Ordering::Release);
+                }
                 if result.is_err() {
                     error!("worker {i} panicked: the process should end");
                 }
@@ -168,7 +186,7 @@ impl Workers {
             return Err(StartError::Config("a worker died while starting".into()));
         }
         info!(addr = %local_addr, workers = n, "rust-chat workers listening (SO_REUSEPORT)");
-        Ok(Workers { local_addr, handles, threads, go, ends })
+        Ok(Workers { local_addr, metrics_addr, handles, threads, go, ends })
     }
 
     /// Lets the workers serve (if they are still waiting).
@@ -181,6 +199,11 @@ impl Workers {
     /// The address all the workers listen on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The metrics port's address, when there is one ([`MetricsEndpoint::Bind`](super::MetricsEndpoint)).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// One handle per worker, in worker order: to stop them, or to read their
