@@ -49,10 +49,10 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let addr = server.local_addr();
-    println!(
+    announce(&format!(
         "rust-chat listening on {ws}://{addr}/ (chat page at {http}://{addr}/, echo at {ws}://{addr}/echo){}",
         metrics_line(server.metrics_addr())
-    );
+    ));
     match server.run() {
         Ok(Exit::Forced) => ExitCode::FAILURE,
         Ok(_) => ExitCode::SUCCESS,
@@ -63,8 +63,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// The metrics port's line, when there is one (printed with the first in
-/// one write: whoever reads only the first line may close the pipe after it).
+/// Prints the URLs on standard output, in one write, and never fails: whoever
+/// started the server may read the first line and close the pipe (`println!`
+/// would panic on the broken pipe, and a second write could meet it).
+fn announce(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(format!("{text}\n").as_bytes()).and_then(|()| out.flush());
+}
+
+/// The metrics port's line, when there is one.
 fn metrics_line(addr: Option<std::net::SocketAddr>) -> String {
     addr.map_or_else(String::new, |addr| format!("\nmetrics at http://{addr}/metrics, health at http://{addr}/healthz"))
 }
@@ -79,10 +87,10 @@ fn serve_workers(config: Config, workers: usize, (ws, http): (&str, &str)) -> Ex
         }
     };
     let addr = running.local_addr();
-    println!(
+    announce(&format!(
         "rust-chat listening on {ws}://{addr}/ with {workers} workers (chat page at {http}://{addr}/, echo at {ws}://{addr}/echo){}",
         metrics_line(running.metrics_addr())
-    );
+    ));
     match running.wait() {
         Ok(Exit::Forced) => ExitCode::FAILURE,
         Ok(_) => ExitCode::SUCCESS,

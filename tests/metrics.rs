@@ -29,6 +29,11 @@ impl Counted {
         Counted { stream, sent: 0, received: Vec::new() }
     }
 
+    /// (bytes sent, bytes received) so far.
+    fn tally(&self) -> (usize, usize) {
+        (self.sent, self.received.len())
+    }
+
     fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("write");
         self.sent += bytes.len();
@@ -94,9 +99,10 @@ fn close_1000() -> Vec<u8> {
     frame(0x8, &1000u16.to_be_bytes())
 }
 
-/// One scrape: its socket (with what it sent and got) and the series it listed.
+/// One scrape: what its socket sent and got, and the series it listed.
 struct Scrape {
-    socket: Counted,
+    tally: (usize, usize),
+    body: String,
     series: HashMap<String, f64>,
     head: String,
 }
@@ -117,7 +123,7 @@ fn scrape_at(addr: SocketAddr, path: &str) -> Scrape {
             (name.to_string(), value.parse().expect("a number"))
         })
         .collect();
-    Scrape { socket, series, head: head.to_string() }
+    Scrape { tally: socket.tally(), body: body.to_string(), series, head: head.to_string() }
 }
 
 fn scrape(addr: SocketAddr) -> Scrape {
@@ -154,7 +160,7 @@ fn a_scripted_session_moves_each_counter_by_exactly_what_happened() {
     }));
     let addr = server.addr;
     let first = scrape(addr);
-    let mut sockets: Vec<Counted> = Vec::new();
+    let mut sockets: Vec<(usize, usize)> = Vec::new();
 
     // Echo: three texts and a binary, then a clean close.
     let mut echo = Counted::connect(addr);
@@ -166,7 +172,7 @@ fn a_scripted_session_moves_each_counter_by_exactly_what_happened() {
     echo.send(&close_1000());
     let echoed = echo.data_frames();
     assert_eq!(echoed.len(), 4, "the echo sent each message back");
-    sockets.push(echo);
+    sockets.push(echo.tally());
 
     // The chat: a member alone in a new room says something and asks /who.
     let mut member = Counted::connect(addr);
@@ -176,21 +182,31 @@ fn a_scripted_session_moves_each_counter_by_exactly_what_happened() {
         member.fill();
     }
     // While it is in its room: two rooms (the lobby too), one open connection.
-    let during = scrape(addr);
+    // (Other workers publish their connection counts at the end of each turn:
+    // a scrape may see one a turn behind, so look until it has caught up.)
+    let start = Instant::now();
+    let during = loop {
+        let during = scrape(addr);
+        sockets.push(during.tally);
+        if during.get("rust_chat_connections{state=\"handshake\"}") == 1.0 || start.elapsed() > PATIENCE {
+            break during;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let shown: Vec<_> = during.series.iter().filter(|(k, _)| k.contains("connections")).collect();
+    assert_eq!(during.get("rust_chat_connections{state=\"handshake\"}"), 1.0, "the scrape itself: {shown:?}");
     assert_eq!(during.get("rust_chat_rooms"), 2.0);
     assert_eq!(during.get("rust_chat_room_members_count"), 2.0);
     assert_eq!(during.get("rust_chat_room_members_sum"), 1.0);
     assert_eq!(during.get("rust_chat_room_members_bucket{le=\"0\"}"), 1.0, "the empty lobby");
     assert_eq!(during.get("rust_chat_room_members_bucket{le=\"1\"}"), 2.0);
     assert_eq!(during.get("rust_chat_connections{state=\"open\"}"), 1.0);
-    assert_eq!(during.get("rust_chat_connections{state=\"handshake\"}"), 1.0, "the scrape itself");
-    sockets.push(during.socket);
     member.send(&frame(0x1, b"hello"));
     member.send(&frame(0x1, b"/who"));
     member.send(&close_1000());
     let chat_frames = member.data_frames().len();
     assert!(chat_frames >= 3, "welcome, its message, the /who answer: {chat_frames}");
-    sockets.push(member);
+    sockets.push(member.tally());
 
     // A connection that opens and then just goes: 1006.
     let mut gone = Counted::connect(addr);
@@ -198,7 +214,7 @@ fn a_scripted_session_moves_each_counter_by_exactly_what_happened() {
     gone.read_head();
     drop(gone.stream.shutdown(std::net::Shutdown::Both));
     gone.read_to_end();
-    sockets.push(gone);
+    sockets.push(gone.tally());
 
     // Refusals: nothing at the path, a foreign page, a GET that is no upgrade.
     let mut statuses: HashMap<u16, u32> = HashMap::new();
@@ -214,7 +230,7 @@ fn a_scripted_session_moves_each_counter_by_exactly_what_happened() {
         let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status");
         assert!(status >= 400, "{head}");
         *statuses.entry(status).or_default() += 1;
-        sockets.push(refused);
+        sockets.push(refused.tally());
     }
     assert_eq!(statuses.len(), 3, "three different refusals: {statuses:?}");
 
@@ -236,8 +252,8 @@ fn a_scripted_session_moves_each_counter_by_exactly_what_happened() {
     assert_eq!(d("rust_chat_slow_consumer_closes_total"), 0.0);
     // Every byte: what the first scrape sent and got (counted once it was
     // answered), and every socket of the script; not the last scrape's own.
-    let sent: usize = first.socket.sent + sockets.iter().map(|s| s.sent).sum::<usize>();
-    let received: usize = first.socket.received.len() + sockets.iter().map(|s| s.received.len()).sum::<usize>();
+    let sent: usize = first.tally.0 + sockets.iter().map(|s| s.0).sum::<usize>();
+    let received: usize = first.tally.1 + sockets.iter().map(|s| s.1).sum::<usize>();
     assert_eq!(d("rust_chat_bytes_received_total"), sent as f64);
     assert_eq!(d("rust_chat_bytes_sent_total"), received as f64);
     // Now only the scrape is there, still sending its request as the server sees it.
@@ -260,7 +276,7 @@ fn healthz_answers_200_on_the_main_port() {
     let server = TestServer::with_config(metrics_config(|_| {}));
     let health = scrape_at(server.addr, "/healthz");
     assert!(health.head.starts_with("HTTP/1.1 200 "), "{}", health.head);
-    assert!(String::from_utf8_lossy(&health.socket.received).ends_with("\r\n\r\nok\n"));
+    assert_eq!(health.body, "ok\n");
     // Without the setting (the library's default), both paths are the application's.
     let config = ServerConfig { bind: "127.0.0.1:0".parse().unwrap(), ..ServerConfig::default() };
     let mut plain = Server::bind(config, rust_chat::echo_and_chat(Default::default())).unwrap();
@@ -366,9 +382,12 @@ fn metrics_bind_moves_both_endpoints_and_healthz_turns_503_while_draining() {
         assert!(start.elapsed() < PATIENCE, "healthz never said 503: {}", health.head);
         std::thread::sleep(Duration::from_millis(20));
     }
-    // Still scraped while draining: the member is closing.
+    // Still scraped while draining: the member is still there (open until it
+    // answers the server's Close: a close the server starts counts as open
+    // until then), and the scrape is the one handshake.
     let draining = scrape(metrics);
-    assert_eq!(draining.get("rust_chat_connections{state=\"closing\"}"), 1.0);
+    let state = |s: &str| draining.get(&format!("rust_chat_connections{{state=\"{s}\"}}"));
+    assert_eq!((state("open") + state("closing"), state("handshake")), (1.0, 1.0), "{}", draining.body);
     member.send_close(1001, "");
     drop(member);
     assert_eq!(server.wait_exit(PATIENCE), Some(0));

@@ -212,6 +212,8 @@ pub struct Hub {
     pub closes: Vec<(ConnId, u16, String)>,
     /// What this loop counts for the metrics (its own; a scrape sums every worker's).
     pub stats: Arc<stats::Stats>,
+    /// What it counts per message and per read, published into `stats` by [`Hub::publish_stats`].
+    pub tally: stats::Tally,
 }
 
 impl Hub {
@@ -223,7 +225,13 @@ impl Hub {
             clock,
             closes: Vec::new(),
             stats: Arc::default(),
+            tally: stats::Tally::default(),
         }
+    }
+
+    /// Publishes the tally into this loop's [`Stats`](stats::Stats), for whoever scrapes them.
+    pub fn publish_stats(&self) {
+        self.stats.publish(&self.tally);
     }
 }
 
@@ -421,7 +429,7 @@ impl<'a> Context<'a> {
             // it, so that it receives everything in the order it was said.
             (Some(reply), Out::Hub(hub)) if !hub.topics.has_waiting(self.id) => {
                 reply.send(opcode, payload, &mut hub.deflaters);
-                hub.stats.messages_sent.add(1);
+                hub.tally.messages_sent += 1;
             }
             (_, Out::Hub(hub)) => hub.topics.send_to(self.id, opcode, payload),
             (_, Out::Record { effects, .. }) => record_send(effects, self.id, opcode, payload),
@@ -606,7 +614,7 @@ impl<A: App> connection::Handler for Session<'_, A> {
 
     #[inline]
     fn on_message(&mut self, message: Message<'_>, reply: &mut Reply<'_>) {
-        self.hub.stats.messages_received.add(1);
+        self.hub.tally.messages_received += 1;
         self.call(reply, |app, state, ctx| app.on_message(state, message, ctx));
     }
 
@@ -619,7 +627,7 @@ impl<A: App> connection::Handler for Session<'_, A> {
     }
 
     fn on_message_too_long(&mut self, reply: &mut Reply<'_>) {
-        self.hub.stats.messages_received.add(1);
+        self.hub.tally.messages_received += 1;
         self.call(reply, |app, state, ctx| app.on_message_too_long(state, ctx));
     }
 }

@@ -5,6 +5,9 @@
 //! and read by whoever renders a scrape, which sums the workers' numbers. So
 //! counting costs a load, an add and a store on memory no other thread
 //! writes: no lock, no read-modify-write instruction, no shared cache line.
+//! What is counted per message or per read ([`Tally`]) is cheaper still: a
+//! plain add in the loop's own `Hub`, published into its `Stats` at the end
+//! of each turn (and just before a scrape that loop answers).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -40,20 +43,35 @@ const CLOSE_SLOTS: usize = 16 + 3;
 /// HTTP statuses counted for refused handshakes: 400 to 599.
 const STATUS_SLOTS: usize = 200;
 
+/// What the loop counts on the hot path, in plain numbers of its own; its
+/// [`Stats`] gets them at each [`Stats::publish`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    /// Whole messages received.
+    pub messages_received: u64,
+    /// Messages queued to connections.
+    pub messages_sent: u64,
+    /// Bytes read from connections (after TLS decryption).
+    pub bytes_received: u64,
+    /// Bytes written to connections (before TLS encryption).
+    pub bytes_sent: u64,
+}
+
 /// What one event loop counts. All counts only grow, but for the two
 /// connection gauges, which the loop publishes.
 #[derive(Debug)]
 pub struct Stats {
     /// WebSocket connections opened (the upgrade done, the application told).
     pub opened: Count,
-    /// Whole messages received (text and binary; control frames are not counted).
+    /// Whole messages received (text and binary; control frames are not
+    /// counted), as of the last [`publish`](Stats::publish).
     pub messages_received: Count,
     /// Messages queued to connections: replies and deliveries of what was
-    /// published (each subscriber's copy counts).
+    /// published (each subscriber's copy counts), as of the last publish.
     pub messages_sent: Count,
-    /// Bytes read from connections (after TLS decryption).
+    /// Bytes read from connections (after TLS decryption), as of the last publish.
     pub bytes_received: Count,
-    /// Bytes written to connections (before TLS encryption).
+    /// Bytes written to connections (before TLS encryption), as of the last publish.
     pub bytes_sent: Count,
     /// Connections closed for not reading what was sent to them (1008).
     pub slow_consumer_closes: Count,
@@ -83,6 +101,15 @@ impl Default for Stats {
 }
 
 impl Stats {
+    /// Publishes what the loop has tallied so far (its running totals).
+    #[inline]
+    pub fn publish(&self, tally: &Tally) {
+        self.messages_received.set(tally.messages_received);
+        self.messages_sent.set(tally.messages_sent);
+        self.bytes_received.set(tally.bytes_received);
+        self.bytes_sent.set(tally.bytes_sent);
+    }
+
     /// Counts an opened connection's end with close code `code` (1006: no close handshake).
     pub fn closed(&self, code: u16) {
         let slot = match code {

@@ -35,6 +35,8 @@ pub(super) struct Admission {
     /// Handshakes in progress, oldest first (entries that finished are skipped).
     handshakes: VecDeque<ConnId>,
     handshake_count: usize,
+    /// Connections admitted and not yet closed (the table's length, kept here for the metrics).
+    open: usize,
     /// Accepting is paused until then (out of file descriptors).
     paused_until: Option<Instant>,
     limit_warning: Throttle,
@@ -108,11 +110,18 @@ impl Admission {
         }
         self.handshakes.push_back(id);
         self.handshake_count += 1;
+        self.open += 1;
     }
 
     /// The connection in `slot` is gone.
     pub fn closed(&mut self, slot: usize) {
         self.per_address.closed(slot);
+        self.open -= 1;
+    }
+
+    /// Connections admitted and not yet closed.
+    pub fn open(&self) -> usize {
+        self.open
     }
 
     /// The handshakes in progress.

@@ -231,7 +231,7 @@ impl<A: App> Server<A> {
         let outbox = self.hub.topics.take_outbox();
         let mut table = Table { connections: &mut self.connections, dirty: &mut self.delivery.dirty };
         let sent = queue_runs(&outbox, &mut table, &mut self.hub.deflaters, &self.config.connection, now, &mut slow);
-        self.hub.stats.messages_sent.add(sent);
+        self.hub.tally.messages_sent += sent;
         self.hub.topics.restore_outbox(outbox);
         for id in slow {
             let Some(conn) = self.connections.get_id(id) else { continue };

@@ -9,6 +9,7 @@
 //! [reports](crate::App::report), and writes the text out. A scrape is
 //! answered by whichever loop received it, from its own turn.
 
+use super::accept::Admission;
 use crate::app::stats::{Report, Reported, Stats};
 use crate::app::{App, HttpResponse, Request, Session};
 use crate::connection::{self, Handler, Reply};
@@ -34,20 +35,37 @@ pub enum MetricsEndpoint {
     Bind(SocketAddr),
 }
 
-/// What the server's endpoints need to answer one connection's request.
-pub(super) struct Ops<'s> {
-    /// This connection may ask for `/metrics` and `/healthz`.
-    pub serve: bool,
-    /// It came in on the metrics port: nothing else is there.
-    pub only: bool,
+/// What the server's endpoints need, kept by the server.
+pub(super) struct Endpoints {
+    /// `/metrics` and `/healthz` are on the main port.
+    on_main: bool,
     /// The server is draining (a graceful shutdown has begun).
     pub draining: bool,
     /// Every worker's counts, this one's at `worker`.
-    pub stats: &'s [Arc<Stats>],
+    pub stats: Arc<[Arc<Stats>]>,
     pub worker: usize,
-    /// This loop's connections and handshakes in progress now (the others'
-    /// as they last published them).
-    pub live: (usize, usize),
+}
+
+impl Endpoints {
+    /// One worker's, counting into `mine`.
+    pub fn new(endpoint: MetricsEndpoint, mine: &Arc<Stats>) -> Endpoints {
+        Endpoints {
+            on_main: endpoint == MetricsEndpoint::MainPort,
+            draining: false,
+            stats: Arc::from([Arc::clone(mine)]),
+            worker: 0,
+        }
+    }
+}
+
+/// What the server's endpoints need to answer one connection's request.
+pub(super) struct Ops<'s> {
+    pub endpoints: &'s Endpoints,
+    /// This loop's connections and handshakes in progress now (the other
+    /// loops' as they last published them).
+    pub admission: &'s Admission,
+    /// It came in on the metrics port: nothing else is there.
+    pub metrics_port: bool,
 }
 
 /// A connection's calls: the server's endpoints first, then the application's [`Session`].
@@ -58,11 +76,15 @@ pub(super) struct Served<'s, 'a, A: App> {
 
 impl<A: App> Handler for Served<'_, '_, A> {
     fn route(&mut self, request: &Request<'_, '_>) -> connection::Route {
-        if self.ops.serve {
+        let ops = &self.ops;
+        if ops.endpoints.on_main || ops.metrics_port {
             match request.path() {
-                "/metrics" => return connection::Route::Respond(self.ops.metrics(&*self.session.app)),
-                "/healthz" => return connection::Route::Respond(health(self.ops.draining)),
-                _ if self.ops.only => return connection::Route::NotFound,
+                "/metrics" => {
+                    self.session.hub.publish_stats();
+                    return connection::Route::Respond(ops.metrics(&*self.session.app));
+                }
+                "/healthz" => return connection::Route::Respond(health(ops.endpoints.draining)),
+                _ if ops.metrics_port => return connection::Route::NotFound,
                 _ => {}
             }
         }
@@ -104,7 +126,9 @@ impl Ops<'_> {
     fn metrics<A: App>(&self, app: &A) -> HttpResponse {
         let mut report = Report::default();
         app.report(&mut report);
-        let Some(text) = render(self.stats, self.worker, self.live, report) else {
+        let (endpoints, admission) = (self.endpoints, self.admission);
+        let live = (admission.open(), admission.handshakes_in_progress());
+        let Some(text) = render(&endpoints.stats, endpoints.worker, live, report) else {
             return HttpResponse::error(500, "the metrics could not be written");
         };
         HttpResponse::ok(prometheus_client::encoding::prometheus_text::CONTENT_TYPE, text.into_bytes())

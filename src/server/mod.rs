@@ -105,9 +105,8 @@ pub struct Server<A: App> {
     listener: Option<TcpListener>,
     /// The metrics port's listener (on the first worker), open until the server returns.
     metrics_listener: Option<TcpListener>,
-    /// Every worker's counts (this one's is also the hub's), and which is this one.
-    all_stats: std::sync::Arc<[std::sync::Arc<crate::app::stats::Stats>]>,
-    worker: usize,
+    /// What `/metrics` and `/healthz` need: every worker's counts, which is this one, whether it drains.
+    endpoints: metrics::Endpoints,
     /// The other workers still serving, for the one that outlives them (see [`Server::outlive`]).
     peers: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
     local_addr: SocketAddr,
@@ -202,13 +201,12 @@ impl<A: App> Server<A> {
             poll.registry().register(metrics, METRICS, Interest::READABLE)?;
         }
         let hub = Hub::new(run_limit, unix_millis);
-        let all_stats = std::sync::Arc::from([std::sync::Arc::clone(&hub.stats)]);
+        let endpoints = metrics::Endpoints::new(config.metrics, &hub.stats);
         Ok(Server {
             poll,
             listener: Some(listener),
             metrics_listener,
-            all_stats,
-            worker: 0,
+            endpoints,
             peers: None,
             local_addr,
             read_buf: vec![0; config.read_buffer_size],
@@ -243,8 +241,8 @@ impl<A: App> Server<A> {
     ) {
         if let Some(mine) = all.get(worker) {
             self.hub.stats = std::sync::Arc::clone(mine);
-            self.worker = worker;
-            self.all_stats = all;
+            self.endpoints.worker = worker;
+            self.endpoints.stats = all;
         }
     }
 
@@ -357,6 +355,7 @@ impl<A: App> Server<A> {
                 return Ok(Exit::Forced);
             }
             self.shutdown.publish_count(self.connections.len());
+            self.hub.publish_stats();
             self.hub.stats.connections.set(self.connections.len() as u64);
             self.hub.stats.handshaking.set(self.admission.handshakes_in_progress() as u64);
             if let Some(left) = self.shutdown.drained(self.connections.len(), now)
@@ -439,11 +438,8 @@ impl<A: App> Server<A> {
     /// Reads, processes and writes for one connection, then updates its
     /// interest and timer, or removes it when it is finished.
     fn service(&mut self, index: usize, readable: bool, now: Instant) {
-        let live = (self.connections.len(), self.admission.handshakes_in_progress());
-        let draining = self.listener.is_none();
-        let Server { connections, read_buf, config, app, hub, buffered, all_stats, worker, .. } = self;
+        let Server { connections, read_buf, config, app, hub, buffered, endpoints, admission, .. } = self;
         let max_buffered = config.max_buffered_bytes;
-        let on_main = config.metrics == MetricsEndpoint::MainPort;
         let config = &config.connection;
         let Some(conn) = connections.get_mut(index) else {
             return; // a spurious event for a connection already removed
@@ -461,14 +457,7 @@ impl<A: App> Server<A> {
                     id: ConnId { index, generation: conn.generation },
                     now,
                 };
-                let ops = metrics::Ops {
-                    serve: on_main || conn.metrics_port,
-                    only: conn.metrics_port,
-                    draining,
-                    stats: all_stats,
-                    worker: *worker,
-                    live,
-                };
+                let ops = metrics::Ops { endpoints, admission, metrics_port: conn.metrics_port };
                 let mut session = metrics::Served { session, ops };
                 if conn.read_paused {
                     // Input read before a pause comes first, before anything new.
@@ -500,7 +489,7 @@ impl<A: App> Server<A> {
                 };
                 match read {
                     Ok(read) => {
-                        session.session.hub.stats.bytes_received.add(read.bytes as u64);
+                        session.session.hub.tally.bytes_received += read.bytes as u64;
                         conn.peer_eof |= read.eof;
                         conn.read_paused = read.paused;
                     }
@@ -514,7 +503,7 @@ impl<A: App> Server<A> {
                 }
             }
             match conn.write() {
-                Ok(written) => hub.stats.bytes_sent.add(written as u64),
+                Ok(written) => hub.tally.bytes_sent += written as u64,
                 Err(_) => break true,
             }
             if conn.client.is_done_writing() && !conn.tls_wants_write() {

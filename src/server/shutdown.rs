@@ -248,6 +248,7 @@ impl<A: App> Server<A> {
             return;
         }
         info!(open = self.connections.len(), ?drain_timeout, "shutting down");
+        self.endpoints.draining = true;
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
