@@ -46,6 +46,11 @@ fn https_serves_the_page_and_wss_serves_echo_and_chat() {
     assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
     assert!(response.contains("Content-Security-Policy: "), "{response}");
     assert!(response.contains("<script src=\"/chat.js\">"));
+    // The operator's endpoints are on the main port, so over TLS too.
+    let metrics = TlsClient::connect(server.addr, trust.clone()).unwrap().get("/metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200 OK\r\n"), "{metrics}");
+    assert!(metrics.contains("\nrust_chat_connections_opened_total "), "{metrics}");
+    assert!(TlsClient::connect(server.addr, trust.clone()).unwrap().get("/healthz").ends_with("\r\n\r\nok\n"));
 
     // Its own pages are https ones: a plain-HTTP page of the same name is refused.
     let with_origin = |origin: &str| {
