@@ -1,0 +1,267 @@
+//! Topics in Redis, the commands and what their replies mean (issue 14: rooms
+//! that span nodes). Sans-IO like [`resp`](super::resp): these functions
+//! queue commands on a [`Resp`] and read the replies it gives back; whoever
+//! drives the socket decides when.
+//!
+//! A topic lives in three keys that share a hash tag (so a Redis Cluster
+//! keeps them on one shard): `rc:{TOPIC}:epoch`, `rc:{TOPIC}:seq` and the
+//! stream `rc:{TOPIC}:log`. One Lua script, run atomically by Redis,
+//! publishes: it makes the epoch if the topic has none (a new life: the old
+//! sequence and log are dropped), takes the next number with `INCR`,
+//! appends the message to the stream as entry `SEQ-0` (`XADD ... MAXLEN ~
+//! N`, so history survives restarts of every node and is trimmed to about
+//! N), and `PUBLISH`es `EPOCH SEQ PAYLOAD` on the topic's channel. Because
+//! Redis runs one script at a time, every subscriber of every node receives
+//! a topic's messages in the order of their numbers, with no gap, and the
+//! number a publisher gets back is the one everyone sees.
+
+use super::resp::{Resp, Value, as_bytes, as_int};
+
+/// The publishing script: KEYS epoch, seq, log; ARGV channel, payload, history bound.
+pub const PUBLISH_SCRIPT: &str = r"
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  local t = redis.call('TIME')
+  epoch = string.format('%x-%x', tonumber(t[1]), tonumber(t[2]))
+  redis.call('DEL', KEYS[2], KEYS[3])
+  redis.call('SET', KEYS[1], epoch)
+end
+local seq = redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], seq .. '-0', 'm', ARGV[2])
+redis.call('PUBLISH', ARGV[1], epoch .. ' ' .. seq .. ' ' .. ARGV[2])
+return {seq, epoch}
+";
+
+/// The history script: KEYS epoch, seq, log; ARGV since (or `-` for the
+/// last COUNT), count. Returns the epoch (or nil), the last number, and the
+/// entries after `since`, oldest first.
+pub const HISTORY_SCRIPT: &str = r"
+local epoch = redis.call('GET', KEYS[1])
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+local count = tonumber(ARGV[2])
+local since = 0
+if ARGV[1] == '-' then
+  since = math.max(0, last - count)
+else
+  since = tonumber(ARGV[1])
+end
+local entries = redis.call('XRANGE', KEYS[3], (since + 1) .. '-0', '+', 'COUNT', count)
+return {epoch or false, last, since, entries}
+";
+
+/// A topic's keys and channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicKeys {
+    /// The epoch: made when the topic's stream is (re)created.
+    pub epoch: String,
+    /// The last number given.
+    pub seq: String,
+    /// The stream of its messages.
+    pub log: String,
+    /// The pub/sub channel its messages are published on.
+    pub channel: String,
+}
+
+impl TopicKeys {
+    /// The keys of `topic` (any text: it goes inside the hash tag as it is,
+    /// with `}` escaped so that the tag cannot end early).
+    pub fn of(topic: &str) -> TopicKeys {
+        let tag = topic.replace('\\', "\\\\").replace('}', "\\u{7d}");
+        TopicKeys {
+            epoch: format!("rc:{{{tag}}}:epoch"),
+            seq: format!("rc:{{{tag}}}:seq"),
+            log: format!("rc:{{{tag}}}:log"),
+            channel: format!("rc:{{{tag}}}:msg"),
+        }
+    }
+}
+
+/// Queues a publish of `payload` on `topic`, keeping about `history` messages.
+pub fn publish<T>(resp: &mut Resp<T>, tag: T, topic: &TopicKeys, payload: &[u8], history: usize) {
+    let bound = history.max(1).to_string();
+    let args: [&[u8]; 9] = [
+        b"EVAL",
+        PUBLISH_SCRIPT.as_bytes(),
+        b"3",
+        topic.epoch.as_bytes(),
+        topic.seq.as_bytes(),
+        topic.log.as_bytes(),
+        topic.channel.as_bytes(),
+        payload,
+        bound.as_bytes(),
+    ];
+    resp.command(tag, &args);
+}
+
+/// What a publish gave back: the message's number and the topic's epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The number.
+    pub seq: u64,
+    /// The epoch.
+    pub epoch: String,
+}
+
+/// Why a command did not do what it was for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failed {
+    /// Redis answered with an error.
+    Redis(String),
+    /// The reply was not the shape the command gives.
+    Shape,
+}
+
+fn error_or_shape(value: &Value) -> Failed {
+    match value {
+        Value::Error(why) => Failed::Redis(why.clone()),
+        _ => Failed::Shape,
+    }
+}
+
+/// Reads a publish's reply.
+pub fn published(value: &Value) -> Result<Published, Failed> {
+    let Value::Array(parts) = value else { return Err(error_or_shape(value)) };
+    let [seq, epoch] = parts.as_slice() else { return Err(Failed::Shape) };
+    let seq = as_int(seq).and_then(|n| u64::try_from(n).ok()).ok_or(Failed::Shape)?;
+    let epoch = as_bytes(epoch).map(|e| String::from_utf8_lossy(e).into_owned()).ok_or(Failed::Shape)?;
+    Ok(Published { seq, epoch })
+}
+
+/// One message as a subscriber receives it on a topic's channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received<'a> {
+    /// The topic's epoch.
+    pub epoch: &'a str,
+    /// Its number.
+    pub seq: u64,
+    /// What was published.
+    pub payload: &'a [u8],
+}
+
+/// Reads a channel message (`EPOCH SEQ PAYLOAD`); `None` if it is not one of ours.
+pub fn received(message: &[u8]) -> Option<Received<'_>> {
+    let space = message.iter().position(|&b| b == b' ')?;
+    let (epoch, rest) = (message.get(..space)?, message.get(space + 1..)?);
+    let space = rest.iter().position(|&b| b == b' ')?;
+    let seq = std::str::from_utf8(rest.get(..space)?).ok()?.parse().ok()?;
+    Some(Received { epoch: std::str::from_utf8(epoch).ok()?, seq, payload: rest.get(space + 1..)? })
+}
+
+/// Where a history starts: after a number, or the last few.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    /// Everything after this number (at most the count asked for).
+    After(u64),
+    /// The last messages (as many as the count asked for).
+    Last,
+}
+
+/// Queues a read of `topic`'s history: at most `count` messages.
+pub fn history<T>(resp: &mut Resp<T>, tag: T, topic: &TopicKeys, since: Since, count: usize) {
+    let since = match since {
+        Since::After(n) => n.to_string(),
+        Since::Last => "-".to_string(),
+    };
+    let count = count.max(1).to_string();
+    let args: [&[u8]; 8] = [
+        b"EVAL",
+        HISTORY_SCRIPT.as_bytes(),
+        b"3",
+        topic.epoch.as_bytes(),
+        topic.seq.as_bytes(),
+        topic.log.as_bytes(),
+        since.as_bytes(),
+        count.as_bytes(),
+    ];
+    resp.command(tag, &args);
+}
+
+/// A topic's history as Redis keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kept {
+    /// Its epoch (`None`: nothing was ever published in this life).
+    pub epoch: Option<String>,
+    /// The last number given (0 if none).
+    pub last: u64,
+    /// The messages after the number asked for, oldest first, with their numbers.
+    pub messages: Vec<(u64, Vec<u8>)>,
+    /// Every message after the number asked for is here (none was trimmed,
+    /// and the count did not cut the list short).
+    pub complete: bool,
+}
+
+/// Reads a history's reply.
+pub fn kept(value: &Value) -> Result<Kept, Failed> {
+    let Value::Array(parts) = value else { return Err(error_or_shape(value)) };
+    let [epoch, last, since, entries] = parts.as_slice() else { return Err(Failed::Shape) };
+    let epoch = as_bytes(epoch).map(|e| String::from_utf8_lossy(e).into_owned());
+    let number = |v: &Value| as_int(v).and_then(|n| u64::try_from(n).ok()).ok_or(Failed::Shape);
+    let (last, since) = (number(last)?, number(since)?);
+    let Value::Array(entries) = entries else { return Err(Failed::Shape) };
+    let mut messages = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Value::Array(entry) = entry else { return Err(Failed::Shape) };
+        let [id, fields] = entry.as_slice() else { return Err(Failed::Shape) };
+        let id = as_bytes(id).and_then(|id| std::str::from_utf8(id).ok()).ok_or(Failed::Shape)?;
+        let seq = id.split('-').next().and_then(|n| n.parse().ok()).ok_or(Failed::Shape)?;
+        let Value::Array(fields) = fields else { return Err(Failed::Shape) };
+        let [_, payload] = fields.as_slice() else { return Err(Failed::Shape) };
+        messages.push((seq, as_bytes(payload).ok_or(Failed::Shape)?.to_vec()));
+    }
+    // Complete when the numbers run on from `since` without a hole, up to the last.
+    let contiguous = messages.iter().zip(since + 1..).all(|((seq, _), want)| *seq == want);
+    let reaches_last = messages.last().map_or(since == last, |(seq, _)| *seq == last);
+    Ok(Kept { epoch, last, messages, complete: contiguous && reaches_last })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_topics_keys_share_one_hash_tag_that_its_name_cannot_close() {
+        let keys = TopicKeys::of("lobby");
+        assert_eq!(keys.seq, "rc:{lobby}:seq");
+        assert_eq!(keys.log, "rc:{lobby}:log");
+        let odd = TopicKeys::of("a}b");
+        assert!(!odd.seq.contains("a}b"), "{}", odd.seq);
+        assert_ne!(TopicKeys::of("a}b").seq, TopicKeys::of("a\\u{7d}b").seq);
+    }
+
+    #[test]
+    fn a_channel_message_splits_into_epoch_number_and_payload() {
+        let got = received(b"18c-2f 42 {\"text\":\"a b c\"}").unwrap();
+        assert_eq!((got.epoch, got.seq, got.payload), ("18c-2f", 42, &b"{\"text\":\"a b c\"}"[..]));
+        assert_eq!(received(b"no-number here"), None);
+        assert_eq!(received(b"e 1 "), Some(Received { epoch: "e", seq: 1, payload: b"" }));
+        assert_eq!(received(b"e"), None);
+    }
+
+    fn entry(seq: u64, payload: &[u8]) -> Value {
+        Value::Array(vec![
+            Value::BulkString(format!("{seq}-0").into_bytes()),
+            Value::Array(vec![Value::BulkString(b"m".to_vec()), Value::BulkString(payload.to_vec())]),
+        ])
+    }
+
+    #[test]
+    fn a_history_is_complete_only_without_holes_up_to_the_last_number() {
+        let reply = |last: i64, since: i64, entries: Vec<Value>| {
+            Value::Array(vec![
+                Value::BulkString(b"ep".to_vec()),
+                Value::Integer(last),
+                Value::Integer(since),
+                Value::Array(entries),
+            ])
+        };
+        let full = kept(&reply(3, 1, vec![entry(2, b"b"), entry(3, b"c")])).unwrap();
+        assert!(full.complete);
+        assert_eq!(full.messages, vec![(2, b"b".to_vec()), (3, b"c".to_vec())]);
+        assert!(!kept(&reply(3, 0, vec![entry(2, b"b"), entry(3, b"c")])).unwrap().complete, "1 was trimmed");
+        assert!(!kept(&reply(5, 1, vec![entry(2, b"b"), entry(3, b"c")])).unwrap().complete, "cut short");
+        assert!(kept(&reply(3, 3, vec![])).unwrap().complete, "nothing after the last");
+        assert!(!kept(&reply(3, 1, vec![])).unwrap().complete, "all gone");
+        assert_eq!(kept(&Value::Error("NOSCRIPT".into())), Err(Failed::Redis("NOSCRIPT".into())));
+        assert_eq!(kept(&Value::Integer(1)), Err(Failed::Shape));
+    }
+}
