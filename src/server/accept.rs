@@ -116,7 +116,7 @@ impl Admission {
     /// The connection in `slot` is gone.
     pub fn closed(&mut self, slot: usize) {
         self.per_address.closed(slot);
-        self.open -= 1;
+        self.open = self.open.saturating_sub(1);
     }
 
     /// Connections admitted and not yet closed.
