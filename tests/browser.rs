@@ -437,7 +437,9 @@ fn axe_source(test: &str) -> Option<String> {
         Err(e) => {
             assert!(std::env::var_os("CI").is_none(), "{test}: {} missing under CI ({e})", path.display());
             eprintln!("\n*** SKIPPED {test}: {} is missing ({e}) ***", path.display());
-            eprintln!("*** npm install --prefix target/axe axe-core@4.14.1 --no-save (as .ci/run does) ***\n");
+            eprintln!(
+                "*** install it as .ci/run does: npm install --prefix target/axe axe-core@VERSION --no-save ***\n"
+            );
             None
         }
     }
