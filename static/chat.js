@@ -3,7 +3,8 @@
 (() => {
   "use strict";
   const $ = (id) => document.getElementById(id);
-  const messages = $("messages"), input = $("input"), status = $("status");
+  const messages = $("messages"), input = $("input"), status = $("status"), sendButton = $("send");
+  const toggle = $("panel-toggle"), sidebar = $("sidebar");
   const params = new URLSearchParams(location.search);
   let socket = null, nick = params.get("nick") || "", room = params.get("room") || "";
   let members = [], rooms = [], retry = 0, roomTimer = null;
@@ -13,6 +14,9 @@
   // instead of losing what was said meanwhile.
   const STORE = "rust-chat", MAX_KEPT = 200;
   let epoch = "", seq = 0, shown = [], saveTimer = null;
+  // Messages that arrived while the tab was hidden, counted in its title.
+  let unread = 0;
+  const PLACEHOLDER = input.placeholder;
 
   // Every piece of user text goes in through textContent: shown, never parsed as HTML.
   function el(tag, cls, text) {
@@ -59,14 +63,59 @@
     if (ev.room === room && ev.seq <= seq) return;
     if (ev.room === room) seq = ev.seq;
     render(ev);
+    if (document.hidden && ev.nick !== nick) { unread++; showTitle(); }
     shown.push(ev);
     if (shown.length > MAX_KEPT) shown.shift();
     save();
   }
+  // http(s) URLs in a message: from the scheme to the next space, less the
+  // punctuation that usually ends a sentence around a link. A `<` just
+  // before one also ends it at the first `>`, for the `<https://…>` habit.
+  const URL_START = /\bhttps?:\/\//gi, TRAILING = /[.,;:!?'"]+$/;
+  function links(text) {
+    const found = [];
+    for (const match of text.matchAll(URL_START)) {
+      const start = match.index;
+      if (found.length && start < found[found.length - 1].end) continue;
+      let end = start;
+      while (end < text.length && !/\s/.test(text[end])) end++;
+      let url = text.slice(start, end);
+      if (text[start - 1] === "<" && url.includes(">")) url = url.slice(0, url.indexOf(">"));
+      url = url.replace(TRAILING, "");
+      // A closing bracket the URL did not open belongs to the sentence.
+      const opens = (url.match(/\(/g) || []).length;
+      if (url.endsWith(")") && (url.match(/\)/g) || []).length > opens) url = url.slice(0, -1).replace(TRAILING, "");
+      if (isWebAddress(url)) found.push({ start, end: start + url.length, url });
+    }
+    return found;
+  }
+  function isWebAddress(url) {
+    try {
+      const parsed = new URL(url);
+      return (parsed.protocol === "http:" || parsed.protocol === "https:") && parsed.hostname !== "";
+    } catch { return false; }
+  }
+  // The message's text as text nodes, and its URLs as links whose href and
+  // text are the URL as written: built node by node, never parsed as HTML.
+  function messageText(text) {
+    const span = el("span", "text");
+    let at = 0;
+    for (const { start, end, url } of links(text)) {
+      span.append(text.slice(at, start));
+      const a = el("a", "", url);
+      a.href = url;
+      a.rel = "noopener noreferrer";
+      a.target = "_blank";
+      span.append(a);
+      at = end;
+    }
+    span.append(text.slice(at));
+    return span;
+  }
   function render(ev) {
     const line = el("div", "line" + (ev.action ? " action" : ""));
     line.dataset.seq = ev.seq;
-    const text = el("span", "text", ev.text);
+    const text = messageText(ev.text);
     text.dir = "auto";
     line.append(el("span", "time", clock(ev.time)), el("span", "nick", ev.nick), text);
     scrolled(() => messages.appendChild(line));
@@ -82,19 +131,36 @@
     const list = rooms.some((r) => r.name === room) ? rooms : rooms.concat([{ name: room, members: 0 }]);
     $("rooms").replaceChildren(...list.map((r) => {
       if (r.name === room) r = { name: r.name, members: members.length };
-      const li = el("li", r.name === room ? "current" : "", r.name + " (" + r.members + ")");
-      if (r.name !== room) li.addEventListener("click", () => send("/join " + r.name));
+      const label = r.name + " (" + r.members + ")";
+      if (r.name === room) {
+        const li = el("li", "current", label);
+        li.setAttribute("aria-current", "true");
+        return li;
+      }
+      const button = el("button", "", label);
+      button.type = "button";
+      button.addEventListener("click", () => { closePanel(); send("/join " + r.name); });
+      const li = el("li");
+      li.append(button);
       return li;
     }));
   }
   function showIdentity() {
     $("nick").textContent = nick;
     $("room").textContent = room;
-    document.title = "rust-chat: " + room;
+    showTitle();
   }
+  function showTitle() {
+    document.title = (unread ? "(" + unread + ") " : "") + "rust-chat" + (room ? ": " + room : "");
+  }
+  // The badge, and the message box: while not connected it says so and
+  // nothing can be sent (what is typed stays, to be sent once back).
   function setStatus(text, cls) {
     status.textContent = text;
     status.className = cls;
+    const online = cls === "online";
+    sendButton.disabled = !online;
+    input.placeholder = online ? PLACEHOLDER : "Not connected: " + text;
   }
   function send(text) {
     if (socket && socket.readyState === WebSocket.OPEN) socket.send(text);
@@ -164,6 +230,45 @@
     };
   }
 
+  // Hidden again only when shown: the count is of what came while away.
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden && unread) { unread = 0; showTitle(); }
+  });
+
+  // The sidebar as a panel (narrow screens, where the toggle is shown):
+  // opening moves focus into it, Escape or a click on the messages closes it
+  // and gives focus back to the toggle.
+  function openPanel() {
+    document.body.classList.add("panel-open");
+    toggle.setAttribute("aria-expanded", "true");
+    sidebar.focus();
+  }
+  function closePanel() {
+    if (!document.body.classList.contains("panel-open")) return;
+    const hadFocus = sidebar.contains(document.activeElement);
+    document.body.classList.remove("panel-open");
+    toggle.setAttribute("aria-expanded", "false");
+    if (hadFocus) toggle.focus();
+  }
+  toggle.addEventListener("click", () => {
+    if (document.body.classList.contains("panel-open")) closePanel(); else openPanel();
+  });
+  document.addEventListener("keydown", (e) => { if (e.key === "Escape") closePanel(); });
+  $("chat").addEventListener("click", closePanel);
+
+  // The visual viewport leaves out an on-screen keyboard where the layout
+  // viewport does not (Safari): the page is kept to its height, so the box
+  // stays in sight. Not while pinch-zoomed, when it is smaller for another reason.
+  if (window.visualViewport) {
+    const fit = () => {
+      const root = document.documentElement.style;
+      if (visualViewport.scale > 1.01) root.removeProperty("--app-height");
+      else root.setProperty("--app-height", visualViewport.height + "px");
+    };
+    visualViewport.addEventListener("resize", fit);
+    fit();
+  }
+
   $("form").addEventListener("submit", (e) => {
     e.preventDefault();
     const text = input.value;
@@ -188,6 +293,7 @@
   });
   window.addEventListener("pageshow", (e) => { if (e.persisted) connect(); });
 
+  setStatus(status.textContent, "");
   restore();
   connect();
 })();

@@ -1,11 +1,13 @@
-//! The chat as a person meets it: real Chromium tabs open the page the server
-//! serves, talk to each other, and run the blog's console snippet.
+//! The chat as a person meets it: real Chromium (or Firefox) tabs open the
+//! page the server serves, talk to each other, and run the blog's console
+//! snippet; on a phone-sized viewport, with the keyboard alone, in light and
+//! dark, checked by axe-core, with links in messages, and in a hidden tab.
 
 mod common;
 
 use common::webdriver::Browser;
 use common::*;
-use serde_json::json;
+use serde_json::{Value, json};
 use std::path::Path;
 
 /// Types `text` into the page's input box and presses Enter (submits the form).
@@ -266,6 +268,11 @@ fn the_page_says_it_is_offline_and_reconnects_when_the_server_restarts() {
     );
     assert!(status.as_str().unwrap().contains("reconnecting"), "{status}");
     wait_for_line(&browser, "Disconnected");
+    // The box says so, and nothing can be sent.
+    let composer = "return [document.getElementById('input').placeholder, document.getElementById('send').disabled]";
+    let offline = browser.eval(composer, json!([]));
+    assert!(offline[0].as_str().unwrap().starts_with("Not connected: offline"), "{offline}");
+    assert_eq!(offline[1], json!(true));
 
     // The server comes back on the same address: the page reconnects by itself,
     // as the same nick in the same room.
@@ -276,6 +283,320 @@ fn the_page_says_it_is_offline_and_reconnects_when_the_server_restarts() {
     // keeping what it showed.
     wait_for_line(&browser, "may be missing");
     assert_eq!(shown_texts(&browser), ["before the restart"]);
+    let online = browser.eval(composer, json!([]));
+    assert_eq!(online, json!(["Message, or /help for commands", false]));
     type_line(&browser, "back again");
     wait_for_line(&browser, "back again");
+}
+
+const ONLINE: &str = "return document.getElementById('status').className === 'online'";
+const PHONE: (i64, i64) = (390, 844);
+const DESKTOP: (i64, i64) = (1000, 700);
+const ENTER: &str = "\u{E007}";
+const TAB: &str = "\u{E004}";
+const ESCAPE: &str = "\u{E00C}";
+
+/// `target/screenshots/NAME-BROWSER.png`.
+fn screenshot(browser: &Browser, name: &str) {
+    let which = if browser.is_firefox() { "firefox" } else { "chromium" };
+    let path = format!("{}/target/screenshots/{name}-{which}.png", env!("CARGO_MANIFEST_DIR"));
+    browser.screenshot(Path::new(&path));
+}
+
+/// The id (or else the text) of the focused element.
+fn focused(browser: &Browser) -> String {
+    let script = "const e = document.activeElement; return e ? (e.id || e.textContent) : ''";
+    browser.eval(script, json!([])).as_str().unwrap_or_default().to_string()
+}
+
+fn panel_is_open(browser: &Browser) -> bool {
+    let script = "return [getComputedStyle(document.getElementById('sidebar')).visibility, \
+                  document.getElementById('panel-toggle').getAttribute('aria-expanded')]";
+    match browser.eval(script, json!([])) {
+        v if v == json!(["visible", "true"]) => true,
+        v if v == json!(["hidden", "false"]) => false,
+        v => panic!("the panel is half open: {v}"),
+    }
+}
+
+#[test]
+fn on_a_phone_the_messages_take_the_width_and_the_sidebar_is_a_panel() {
+    let Some(browser) = Browser::start("on_a_phone_the_messages_take_the_width_and_the_sidebar_is_a_panel") else {
+        return;
+    };
+    let server = TestServer::start();
+    // Someone in the lobby, so that the room list has a room to join.
+    let (_quinn, _) = ChatClient::join(server.addr, "room=lobby&nick=quinn");
+    browser.set_viewport(PHONE.0, PHONE.1);
+    browser.goto(&format!("http://{}/?nick=pia&room=den", server.addr));
+    browser.wait_for("online", ONLINE, PATIENCE);
+    browser.wait_for("the lobby in the room list", "return document.querySelector('#rooms button')", PATIENCE);
+
+    // The messages take the width; the sidebar is closed.
+    let widths = browser.eval(
+        "return [document.getElementById('messages').getBoundingClientRect().width, window.innerWidth]",
+        json!([]),
+    );
+    let (list, viewport) = (widths[0].as_f64().unwrap(), widths[1].as_f64().unwrap());
+    assert!(list >= 0.9 * viewport, "the message list is {list} px of {viewport}");
+    assert!(!panel_is_open(&browser));
+    // Everything to tap is at least 44 px each way (the room buttons too, in the closed panel).
+    let small = browser.eval(
+        "return [...document.querySelectorAll('button, input')].map(e => [e.id || e.textContent, e.getBoundingClientRect()]) \
+         .filter(([_, r]) => r.width < 44 || r.height < 44).map(([name, r]) => name + ': ' + r.width + 'x' + r.height)",
+        json!([]),
+    );
+    assert_eq!(small, json!([]), "tap targets smaller than 44 px");
+
+    // The header's button opens the panel and puts focus in it; Tab reaches
+    // the room list, Enter joins the room, and the panel closes behind it.
+    browser.click("#panel-toggle");
+    assert!(panel_is_open(&browser));
+    assert_eq!(focused(&browser), "sidebar");
+    browser.press(TAB);
+    assert!(focused(&browser).starts_with("lobby"), "focus on {:?}", focused(&browser));
+    browser.press(ENTER);
+    browser.wait_for("in the lobby", "return document.getElementById('room').textContent === 'lobby'", PATIENCE);
+    assert!(!panel_is_open(&browser));
+    assert_eq!(focused(&browser), "panel-toggle");
+    // Escape closes it too, and so does the button, pressed again.
+    browser.click("#panel-toggle");
+    assert!(panel_is_open(&browser));
+    browser.press(ESCAPE);
+    assert!(!panel_is_open(&browser));
+    assert_eq!(focused(&browser), "panel-toggle");
+    browser.click("#panel-toggle");
+    browser.click("#panel-toggle");
+    assert!(!panel_is_open(&browser));
+
+    // A message typed and sent from the box, which sits inside the viewport.
+    browser.click("#input");
+    browser.type_into("#input", &format!("hello from a phone{ENTER}"));
+    wait_for_line(&browser, "hello from a phone");
+    let bottom = browser.eval(
+        "return document.getElementById('input').getBoundingClientRect().bottom <= window.innerHeight",
+        json!([]),
+    );
+    assert_eq!(bottom, json!(true));
+
+    // On a desktop the sidebar is a column again, and the button is gone.
+    browser.set_viewport(DESKTOP.0, DESKTOP.1);
+    let desktop = browser.eval(
+        "return [getComputedStyle(document.getElementById('sidebar')).visibility, \
+                 getComputedStyle(document.getElementById('panel-toggle')).display]",
+        json!([]),
+    );
+    assert_eq!(desktop, json!(["visible", "none"]));
+    let errors = browser.console_errors();
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+}
+
+#[test]
+fn the_keyboard_alone_reaches_the_box_the_button_and_the_room_list_with_focus_shown() {
+    let Some(browser) =
+        Browser::start("the_keyboard_alone_reaches_the_box_the_button_and_the_room_list_with_focus_shown")
+    else {
+        return;
+    };
+    let server = TestServer::start();
+    let (_quinn, _) = ChatClient::join(server.addr, "room=lobby&nick=quinn");
+    browser.goto(&format!("http://{}/?nick=kim&room=den", server.addr));
+    browser.wait_for("online", ONLINE, PATIENCE);
+    browser.wait_for("the lobby in the room list", "return document.querySelector('#rooms button')", PATIENCE);
+    // The box has focus on arrival; from there Tab goes to Send, then to
+    // the rooms to join; Shift is not needed to see where focus is.
+    browser.wait_for("focus in the box", "return document.activeElement.id === 'input'", PATIENCE);
+    let outline = "const s = getComputedStyle(document.activeElement); \
+                   return s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) >= 2";
+    browser.press(TAB);
+    assert_eq!(focused(&browser), "send");
+    assert_eq!(browser.eval(outline, json!([])), json!(true), "no visible focus on Send");
+    browser.press(TAB);
+    assert!(focused(&browser).starts_with("lobby"), "focus on {:?}", focused(&browser));
+    assert_eq!(browser.eval(outline, json!([])), json!(true), "no visible focus on the room");
+    browser.press(ENTER);
+    browser.wait_for("in the lobby", "return document.getElementById('room').textContent === 'lobby'", PATIENCE);
+    // Every control has a name a screen reader can say, and the list is a polite live region.
+    let unnamed = browser.eval(
+        "return [...document.querySelectorAll('button, input, [role=log]')] \
+         .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim()) \
+         .map(e => e.outerHTML)",
+        json!([]),
+    );
+    assert_eq!(unnamed, json!([]));
+    let live = browser
+        .eval("const m = document.getElementById('messages'); return [m.getAttribute('aria-live'), m.role]", json!([]));
+    assert_eq!(live, json!(["polite", "log"]));
+}
+
+/// The axe-core script that `.ci/run` installs (`npm install --prefix target/axe`).
+fn axe_source(test: &str) -> Option<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/axe/node_modules/axe-core/axe.min.js");
+    match std::fs::read_to_string(&path) {
+        Ok(source) => Some(source),
+        Err(e) => {
+            assert!(std::env::var_os("CI").is_none(), "{test}: {} missing under CI ({e})", path.display());
+            eprintln!("\n*** SKIPPED {test}: {} is missing ({e}) ***", path.display());
+            eprintln!(
+                "*** install it as .ci/run does: npm install --prefix target/axe axe-core@VERSION --no-save ***\n"
+            );
+            None
+        }
+    }
+}
+
+/// axe-core's violations of the WCAG 2 A and AA rules on the page as it
+/// is, each as its rule and the elements at fault.
+fn axe_violations(browser: &Browser, axe: &str) -> Vec<String> {
+    // The script arrives as a WebDriver script, not from the page, so the
+    // page's policy does not apply to it and nothing is fetched.
+    if browser.eval("return typeof window.axe", json!([])) != json!("object") {
+        browser.eval(&format!("{axe}\n;window.axe = axe;"), json!([]));
+    }
+    let result = browser.eval_async(
+        "const done = arguments[arguments.length - 1]; \
+         axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa']}}).then(r => done({ \
+           passes: r.passes.map(p => p.id), \
+           violations: r.violations.map(v => v.id + ': ' + v.nodes.map(n => n.target.join(' ') + ' (' + n.failureSummary + ')').join('; ')), \
+         }), e => done({error: String(e)}));",
+        json!([]),
+    );
+    assert!(result["error"].is_null(), "axe failed: {}", result["error"]);
+    // The rules that matter most here did run (and passed).
+    let passes = result["passes"].as_array().unwrap();
+    for rule in ["color-contrast", "button-name", "label", "aria-allowed-attr"] {
+        assert!(passes.contains(&json!(rule)), "axe did not pass {rule}: {result}");
+    }
+    result["violations"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn axe_finds_no_wcag_a_or_aa_violations_in_light_or_dark_on_a_phone_or_a_desktop() {
+    let test = "axe_finds_no_wcag_a_or_aa_violations_in_light_or_dark_on_a_phone_or_a_desktop";
+    let Some(axe) = axe_source(test) else { return };
+    for dark in [false, true] {
+        let Some(browser) = (if dark { Browser::start_dark(test) } else { Browser::start(test) }) else { return };
+        let scheme = if dark { "dark" } else { "light" };
+        assert_eq!(browser.eval("return matchMedia('(prefers-color-scheme: dark)').matches", json!([])), json!(dark));
+        let server = TestServer::start();
+        let (_quinn, _) = ChatClient::join(server.addr, "room=lobby&nick=quinn");
+        let (mut rosa, _) = ChatClient::join(server.addr, "room=den&nick=rosa");
+        browser.goto(&format!("http://{}/?nick=sam&room=den", server.addr));
+        browser.wait_for("online", ONLINE, PATIENCE);
+        // The page with every kind of line in it: messages, a link, an
+        // action, system lines and an error.
+        rosa.say("Morning! The notes are at https://example.com/notes?week=12 if you missed them.");
+        rosa.say("/me pours coffee");
+        type_line(&browser, "thanks, reading them now");
+        type_line(&browser, "/nosuchcommand");
+        wait_for_line(&browser, "thanks, reading them now");
+        wait_for_line(&browser, "pours coffee");
+        browser.wait_for("an error line", "return document.querySelector('#messages .error')", PATIENCE);
+        browser.wait_for("the lobby in the room list", "return document.querySelector('#rooms button')", PATIENCE);
+        // (Focus out of the box, so that the pictures show no caret.)
+        browser.eval("document.activeElement.blur()", json!([]));
+
+        browser.set_viewport(DESKTOP.0, DESKTOP.1);
+        let violations = axe_violations(&browser, &axe);
+        assert!(violations.is_empty(), "desktop, {scheme}: {violations:#?}");
+        screenshot(&browser, &format!("desktop-{scheme}"));
+
+        browser.set_viewport(PHONE.0, PHONE.1);
+        let violations = axe_violations(&browser, &axe);
+        assert!(violations.is_empty(), "phone, {scheme}: {violations:#?}");
+        screenshot(&browser, &format!("phone-{scheme}"));
+        browser.click("#panel-toggle");
+        assert!(panel_is_open(&browser));
+        let violations = axe_violations(&browser, &axe);
+        assert!(violations.is_empty(), "phone with the panel open, {scheme}: {violations:#?}");
+        screenshot(&browser, &format!("phone-panel-{scheme}"));
+    }
+}
+
+/// The line with `text` in it: its text, and each link's href as written, href as
+/// the browser reads it, text, rel and target; and the tags of all the elements in its text.
+fn links_in_line(browser: &Browser, text: &str) -> Value {
+    wait_for_line(browser, text);
+    browser.eval(
+        "const line = [...document.querySelectorAll('#messages .line')].find(e => e.textContent.includes(arguments[0])); \
+         const body = line.querySelector('.text'); \
+         return {text: body.textContent, \
+                 links: [...body.querySelectorAll('a')].map(a => [a.getAttribute('href'), a.href, a.textContent, a.rel, a.target]), \
+                 tags: [...body.querySelectorAll('*')].map(e => e.tagName.toLowerCase())}",
+        json!([text]),
+    )
+}
+
+#[test]
+fn web_addresses_in_messages_become_links_and_nothing_else_does() {
+    let Some(browser) = Browser::start("web_addresses_in_messages_become_links_and_nothing_else_does") else { return };
+    let server = TestServer::start();
+    browser.goto(&format!("http://{}/?nick=lee&room=den", server.addr));
+    browser.wait_for("online", ONLINE, PATIENCE);
+    let rel = "noopener noreferrer";
+
+    type_line(&browser, "look: https://example.com/a?b=<c>");
+    let got = links_in_line(&browser, "look: ");
+    assert_eq!(got["text"], "look: https://example.com/a?b=<c>");
+    let url = "https://example.com/a?b=<c>";
+    assert_eq!(got["links"], json!([[url, "https://example.com/a?b=%3Cc%3E", url, rel, "_blank"]]));
+    assert_eq!(got["tags"], json!(["a"]));
+
+    type_line(&browser, "javascript:alert(1)");
+    let got = links_in_line(&browser, "javascript:alert(1)");
+    assert_eq!((got["text"].as_str(), &got["tags"]), (Some("javascript:alert(1)"), &json!([])));
+
+    // The punctuation of the sentence around a link stays outside it.
+    type_line(&browser, "(the guide is at HTTP://example.org/guide_(v2).) and <https://example.net/x>, ok?");
+    let got = links_in_line(&browser, "the guide is at");
+    assert_eq!(got["text"], "(the guide is at HTTP://example.org/guide_(v2).) and <https://example.net/x>, ok?");
+    let links: Vec<_> = got["links"].as_array().unwrap().iter().map(|l| l[0].clone()).collect();
+    assert_eq!(links, [json!("HTTP://example.org/guide_(v2)"), json!("https://example.net/x")]);
+
+    // Markup stays text; only its address is a link, and other schemes, or a
+    // scheme with no host, are not.
+    let evil = "<a href=\"https://evil.example/\" onclick=\"alert(1)\">x</a> ftp://example.com/f http:// https://[nope";
+    type_line(&browser, evil);
+    let got = links_in_line(&browser, "evil.example");
+    assert_eq!(got["text"], evil);
+    let links: Vec<_> = got["links"].as_array().unwrap().iter().map(|l| l[0].clone()).collect();
+    assert_eq!(links, [json!("https://evil.example/")]);
+    assert_eq!(got["tags"], json!(["a"]));
+    let clicks = browser.eval("return document.querySelectorAll('#messages [onclick]').length", json!([]));
+    assert_eq!(clicks, json!(0));
+}
+
+#[test]
+fn a_hidden_tab_counts_unread_messages_in_its_title_until_it_is_shown() {
+    let Some(browser) = Browser::start("a_hidden_tab_counts_unread_messages_in_its_title_until_it_is_shown") else {
+        return;
+    };
+    let server = TestServer::start();
+    browser.set_viewport(DESKTOP.0, DESKTOP.1);
+    browser.goto(&format!("http://{}/?nick=max&room=den", server.addr));
+    browser.wait_for("online", ONLINE, PATIENCE);
+    let (mut nia, _) = ChatClient::join(server.addr, "room=den&nick=nia");
+    wait_for_line(&browser, "nia joined den");
+    nia.say("seen at once");
+    wait_for_line(&browser, "seen at once");
+    let title = "return document.title";
+    assert_eq!(browser.eval(title, json!([])), json!("rust-chat: den"));
+
+    // Minimized, the page is hidden as a background tab is (the browser says so, not the test).
+    browser.minimize();
+    browser.wait_for("the page hidden", "return document.visibilityState === 'hidden'", PATIENCE);
+    for text in ["one", "two", "three"] {
+        nia.say(text);
+        nia.until("message");
+    }
+    wait_for_line(&browser, "three");
+    browser.wait_for("(3) in the title", "return document.title === '(3) rust-chat: den'", PATIENCE);
+
+    browser.restore(DESKTOP.0, DESKTOP.1);
+    browser.wait_for("the page shown", "return document.visibilityState === 'visible'", PATIENCE);
+    browser.wait_for("the count cleared", "return document.title === 'rust-chat: den'", PATIENCE);
+    // Shown, new messages are read as they come.
+    nia.say("four");
+    wait_for_line(&browser, "four");
+    assert_eq!(browser.eval(title, json!([])), json!("rust-chat: den"));
 }

@@ -10,6 +10,12 @@
 //! that inside a network namespace with only loopback, since Firefox has no
 //! single switch for its background connections:
 //! `unshare -n sh -c 'ip link set lo up && RUST_CHAT_BROWSER=firefox cargo test --offline --test browser'`.
+//!
+//! Both browsers are driven only through what works in both: the window's
+//! size sets the viewport (`set_viewport`), minimizing it hides the page
+//! (`document.hidden`, with `visibilitychange`), and `start_dark` asks for
+//! `prefers-color-scheme: dark` (Chromium through CDP's
+//! `Emulation.setEmulatedMedia`, Firefox through a preference at start).
 #![allow(dead_code)]
 
 use serde_json::{Value, json};
@@ -19,7 +25,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-/// A running chromedriver with one browser session, both ended on drop.
+/// A running chromedriver or geckodriver with one browser session, both ended on drop.
 pub struct Browser {
     driver: Child,
     addr: SocketAddr,
@@ -68,13 +74,37 @@ impl Browser {
     /// `RUST_CHAT_BROWSER=firefox`), or returns `None` (after a loud notice)
     /// when it is not installed, outside CI.
     pub fn start(test: &str) -> Option<Browser> {
+        Browser::start_with(test, false)
+    }
+
+    /// As `start`, with pages that see `prefers-color-scheme: dark`. (In
+    /// Chromium, for the first tab only: the emulation is per tab.)
+    pub fn start_dark(test: &str) -> Option<Browser> {
+        Browser::start_with(test, true)
+    }
+
+    fn start_with(test: &str, dark: bool) -> Option<Browser> {
         match std::env::var("RUST_CHAT_BROWSER").as_deref() {
-            Ok("firefox") => Browser::start_firefox(test),
-            _ => Browser::start_chromium(test),
+            Ok("firefox") => Browser::start_firefox(test, dark),
+            _ => {
+                let browser = Browser::start_chromium(test)?;
+                if dark {
+                    browser.cdp(
+                        "Emulation.setEmulatedMedia",
+                        json!({"features": [{"name": "prefers-color-scheme", "value": "dark"}]}),
+                    );
+                }
+                Some(browser)
+            }
         }
     }
 
-    fn start_firefox(test: &str) -> Option<Browser> {
+    /// Whether this is Firefox (else Chromium): only geckodriver's output is kept, for the console.
+    pub fn is_firefox(&self) -> bool {
+        self.console_log.is_some()
+    }
+
+    fn start_firefox(test: &str, dark: bool) -> Option<Browser> {
         let driver = std::env::var_os("GECKODRIVER").map(PathBuf::from).or_else(|| on_path("geckodriver"));
         let (Some(driver), Some(firefox)) = (driver, find("FIREFOX", "/usr/bin/firefox-esr")) else {
             panic!("{test}: RUST_CHAT_BROWSER=firefox, but firefox-esr or geckodriver is missing");
@@ -91,7 +121,10 @@ impl Browser {
             .expect("start geckodriver");
         let addr = wait_for_port(&console_log, "Listening on 127.0.0.1:");
         let profile = std::env::temp_dir().join(format!("rust-chat-firefox-{tag}"));
-        std::fs::create_dir_all(&profile).unwrap();
+        // Firefox's toolbars keep its window at least 500 px wide, too wide
+        // for a phone's viewport; the test profile lets them shrink.
+        std::fs::create_dir_all(profile.join("chrome")).unwrap();
+        std::fs::write(profile.join("chrome/userChrome.css"), "* { min-width: 0 !important; }\n").unwrap();
         let mut browser =
             Browser { driver: child, addr, session: String::new(), profile, console_log: Some(console_log) };
         let caps = json!({"capabilities": {"alwaysMatch": {
@@ -101,8 +134,14 @@ impl Browser {
             "moz:firefoxOptions": {
                 "binary": firefox,
                 "args": ["-headless", "-profile", browser.profile],
-                // The page's console goes to standard output, where the test reads it.
-                "prefs": {"devtools.console.stdout.content": true},
+                "prefs": {
+                    // The page's console goes to standard output, where the test reads it.
+                    "devtools.console.stdout.content": true,
+                    // The profile's userChrome.css is read.
+                    "toolkit.legacyUserProfileCustomizations.stylesheets": true,
+                    // What the system's dark setting would say (0 light, 1 dark).
+                    "ui.systemUsesDarkTheme": i32::from(dark),
+                },
             },
         }}});
         let reply = browser.request("POST", "/session", Some(caps));
@@ -242,6 +281,82 @@ impl Browser {
             assert!(start.elapsed() < within, "timed out waiting for {what}");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// A Chrome DevTools Protocol command through chromedriver, on the current tab (Chromium only).
+    pub fn cdp(&self, cmd: &str, params: Value) -> Value {
+        self.request("POST", &self.session_path("/goog/cdp/execute"), Some(json!({"cmd": cmd, "params": params})))
+            ["value"]
+            .take()
+    }
+
+    /// Sizes the window so that the page's viewport is `width` × `height`
+    /// CSS pixels (the window's own frame differs by browser: measured, then
+    /// made up for).
+    pub fn set_viewport(&self, width: i64, height: i64) {
+        let rect = self.session_path("/window/rect");
+        let inner = "return [window.innerWidth, window.innerHeight]";
+        self.request("POST", &rect, Some(json!({"width": width, "height": height})));
+        let got = self.eval(inner, json!([]));
+        let (extra_w, extra_h) = (width - got[0].as_i64().unwrap(), height - got[1].as_i64().unwrap());
+        self.request("POST", &rect, Some(json!({"width": width + extra_w, "height": height + extra_h})));
+        let got = self.eval(inner, json!([]));
+        assert_eq!(got, json!([width, height]), "the viewport is not {width}x{height}");
+    }
+
+    /// Minimizes the window: its page is hidden, as in a background tab.
+    pub fn minimize(&self) {
+        self.request("POST", &self.session_path("/window/minimize"), Some(json!({})));
+    }
+
+    /// Brings a minimized window back (at the viewport size given) so that
+    /// its page is shown: setting a window's rect restores it first (WebDriver, "Set Window Rect").
+    pub fn restore(&self, width: i64, height: i64) {
+        self.set_viewport(width, height);
+    }
+
+    /// The WebDriver reference of the first element matching `css`.
+    pub fn find(&self, css: &str) -> Value {
+        let reply =
+            self.request("POST", &self.session_path("/element"), Some(json!({"using": "css selector", "value": css})));
+        reply["value"].clone()
+    }
+
+    fn element_id(&self, css: &str) -> String {
+        let element = self.find(css);
+        let id = element.as_object().and_then(|o| o.values().next()).and_then(Value::as_str);
+        id.unwrap_or_else(|| panic!("no element id for {css}: {element}")).to_string()
+    }
+
+    /// Types `text` into the element matching `css` key by key, as a user would
+    /// (`\u{E007}` is Enter).
+    pub fn type_into(&self, css: &str, text: &str) {
+        let id = self.element_id(css);
+        self.request("POST", &self.session_path(&format!("/element/{id}/value")), Some(json!({"text": text})));
+    }
+
+    /// Runs `script` (a function body whose last argument is a callback,
+    /// after `args`) and returns the value it calls back with.
+    pub fn eval_async(&self, script: &str, args: Value) -> Value {
+        self.request("POST", &self.session_path("/execute/async"), Some(json!({"script": script, "args": args})))
+            ["value"]
+            .take()
+    }
+
+    /// Clicks the element matching `css` as a user would (scrolled into view,
+    /// at its centre; an element covered or hidden there is an error).
+    pub fn click(&self, css: &str) {
+        let id = self.element_id(css);
+        self.request("POST", &self.session_path(&format!("/element/{id}/click")), Some(json!({})));
+    }
+
+    /// Presses and releases one key (a character, or a WebDriver key code
+    /// such as `\u{E00C}` for Escape or `\u{E004}` for Tab) on the focused element.
+    pub fn press(&self, key: &str) {
+        let actions = json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
+            {"type": "keyDown", "value": key}, {"type": "keyUp", "value": key},
+        ]}]});
+        self.request("POST", &self.session_path("/actions"), Some(actions));
     }
 
     /// The page's console errors so far.
