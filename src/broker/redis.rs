@@ -79,18 +79,7 @@ impl TopicKeys {
 /// Queues a publish of `payload` on `topic`, keeping about `history` messages.
 pub fn publish<T>(resp: &mut Resp<T>, tag: T, topic: &TopicKeys, payload: &[u8], history: usize) {
     let bound = history.max(1).to_string();
-    let args: [&[u8]; 9] = [
-        b"EVAL",
-        PUBLISH_SCRIPT.as_bytes(),
-        b"3",
-        topic.epoch.as_bytes(),
-        topic.seq.as_bytes(),
-        topic.log.as_bytes(),
-        topic.channel.as_bytes(),
-        payload,
-        bound.as_bytes(),
-    ];
-    resp.command(tag, &args);
+    eval(resp, tag, PUBLISH_SCRIPT, topic, &[topic.channel.as_bytes(), payload, bound.as_bytes()]);
 }
 
 /// What a publish gave back: the message's number and the topic's epoch.
@@ -163,16 +152,14 @@ pub fn history<T>(resp: &mut Resp<T>, tag: T, topic: &TopicKeys, since: Since, c
         Since::Last => "-".to_string(),
     };
     let count = count.max(1).to_string();
-    let args: [&[u8]; 8] = [
-        b"EVAL",
-        HISTORY_SCRIPT.as_bytes(),
-        b"3",
-        topic.epoch.as_bytes(),
-        topic.seq.as_bytes(),
-        topic.log.as_bytes(),
-        since.as_bytes(),
-        count.as_bytes(),
-    ];
+    eval(resp, tag, HISTORY_SCRIPT, topic, &[since.as_bytes(), count.as_bytes()]);
+}
+
+/// Queues `EVAL script 3 epoch seq log argv...`: one of the scripts above on `topic`'s keys.
+fn eval<T>(resp: &mut Resp<T>, tag: T, script: &str, topic: &TopicKeys, argv: &[&[u8]]) {
+    let mut args: Vec<&[u8]> = vec![b"EVAL", script.as_bytes(), b"3"];
+    args.extend([topic.epoch.as_bytes(), topic.seq.as_bytes(), topic.log.as_bytes()]);
+    args.extend_from_slice(argv);
     resp.command(tag, &args);
 }
 

@@ -354,10 +354,11 @@ impl<A: App> Server<A> {
             if self.shutdown.forced {
                 return Ok(Exit::Forced);
             }
-            self.shutdown.publish_count(self.connections.len());
+            // The metrics first: whoever sees the new count may scrape at once.
             self.hub.publish_stats();
             self.hub.stats.connections.set(self.connections.len() as u64);
             self.hub.stats.handshaking.set(self.admission.handshakes_in_progress() as u64);
+            self.shutdown.publish_count(self.connections.len());
             if let Some(left) = self.shutdown.drained(self.connections.len(), now)
                 && !(left == 0 && self.peers_draining())
             {
