@@ -291,17 +291,31 @@ impl Browser {
     }
 
     /// Sizes the window so that the page's viewport is `width` × `height`
-    /// CSS pixels (the window's own frame differs by browser: measured, then
-    /// made up for).
+    /// CSS pixels. The window's own frame differs by browser, so it is
+    /// measured (the window's rect against the page's inner size, read
+    /// together) and made up for; a window manager may apply a new size a
+    /// moment late (after a restore, say), so this measures again until the
+    /// viewport is right or a few seconds have passed.
     pub fn set_viewport(&self, width: i64, height: i64) {
         let rect = self.session_path("/window/rect");
         let inner = "return [window.innerWidth, window.innerHeight]";
-        self.request("POST", &rect, Some(json!({"width": width, "height": height})));
-        let got = self.eval(inner, json!([]));
-        let (extra_w, extra_h) = (width - got[0].as_i64().unwrap(), height - got[1].as_i64().unwrap());
-        self.request("POST", &rect, Some(json!({"width": width + extra_w, "height": height + extra_h})));
-        let got = self.eval(inner, json!([]));
-        assert_eq!(got, json!([width, height]), "the viewport is not {width}x{height}");
+        let start = Instant::now();
+        let mut want = (width, height);
+        loop {
+            self.request("POST", &rect, Some(json!({"width": want.0, "height": want.1})));
+            std::thread::sleep(Duration::from_millis(50));
+            let got = self.eval(inner, json!([]));
+            if got == json!([width, height]) {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "the viewport is {got}, not {width}x{height}");
+            let outer = self.request("GET", &rect, None);
+            let (outer_w, outer_h) = (outer["value"]["width"].as_i64(), outer["value"]["height"].as_i64());
+            let (inner_w, inner_h) = (got[0].as_i64(), got[1].as_i64());
+            if let (Some(ow), Some(oh), Some(iw), Some(ih)) = (outer_w, outer_h, inner_w, inner_h) {
+                want = (width + ow - iw, height + oh - ih);
+            }
+        }
     }
 
     /// Minimizes the window: its page is hidden, as in a background tab.
@@ -309,10 +323,16 @@ impl Browser {
         self.request("POST", &self.session_path("/window/minimize"), Some(json!({})));
     }
 
-    /// Brings a minimized window back (at the viewport size given) so that
-    /// its page is shown: setting a window's rect restores it first (WebDriver, "Set Window Rect").
+    /// Brings a minimized window back (at about the window size given) so
+    /// that its page is shown: setting a window's rect restores it first
+    /// (WebDriver, "Set Window Rect").
     pub fn restore(&self, width: i64, height: i64) {
-        self.set_viewport(width, height);
+        let rect = self.session_path("/window/rect");
+        self.request("POST", &rect, Some(json!({"width": width, "height": height})));
+        // Shown is what the callers need; the exact size may settle a moment
+        // later (a restore is not instant in every window manager), and no
+        // caller measures it.
+        self.wait_for("the window restored", "return document.visibilityState === 'visible'", Duration::from_secs(10));
     }
 
     /// The WebDriver reference of the first element matching `css`.
