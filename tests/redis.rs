@@ -38,32 +38,47 @@ impl RedisServer {
             dir
         });
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let start = Instant::now();
-        while TcpStream::connect(addr).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(10), "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(RedisServer { child, addr, dir })
+        Some(RedisServer { child: spawn(addr, &dir), addr, dir })
     }
 
     /// Stops it (SHUTDOWN, so the append-only file is complete) and starts it again on the same files.
     fn restart(mut self) -> RedisServer {
+        self.stop();
+        self.child = spawn(self.addr, &self.dir);
+        self
+    }
+
+    /// Stops it as an operator would (SHUTDOWN: the append-only file is complete).
+    fn stop(&mut self) {
         let mut conn = Conn::connect(self.addr, false);
         conn.resp.command(0, &[b"SHUTDOWN"]);
         conn.flush();
         let _ = self.child.wait();
-        let dir = self.dir.clone();
-        std::mem::forget(self);
-        RedisServer::start(Some(dir)).unwrap()
     }
+
+    /// Starts it again on the same port and files (after [`stop`](Self::stop)).
+    fn start_again(&mut self) {
+        self.child = spawn(self.addr, &self.dir);
+    }
+}
+
+/// Starts `redis-server` on `addr` with its append-only file in `dir`, and waits until it answers.
+fn spawn(addr: SocketAddr, dir: &std::path::Path) -> Child {
+    let port = addr.port().to_string();
+    let child = Command::new("redis-server")
+        .args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let start = Instant::now();
+    while TcpStream::connect(addr).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(10), "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
 }
 
 impl Drop for RedisServer {
@@ -241,4 +256,224 @@ fn a_redis_error_is_a_failure_not_a_number() {
     conn.reply();
     redis::publish(&mut conn.resp, 0, &room, b"second", 10);
     assert!(matches!(redis::published(&conn.reply()), Err(redis::Failed::Redis(_))));
+}
+
+// The link: a process's Redis connections on a thread of their own.
+
+use rust_chat::broker::link::{Incoming, Link, LinkConfig, LinkError};
+use std::sync::mpsc;
+
+/// A link whose wakes are counted on a channel, and what it handed back so far.
+struct Node {
+    link: Link<u64>,
+    woken: mpsc::Receiver<()>,
+    got: Vec<Incoming<u64>>,
+}
+
+impl Node {
+    fn start(addr: SocketAddr) -> Node {
+        Node::with(LinkConfig::new(addr))
+    }
+
+    fn with(config: LinkConfig) -> Node {
+        let (tx, woken) = mpsc::channel();
+        let link = Link::start(
+            config,
+            Box::new(move || {
+                let _ = tx.send(());
+            }),
+        )
+        .unwrap();
+        Node { link, woken, got: Vec::new() }
+    }
+
+    /// Waits (at most `within`) until what came back satisfies `done`.
+    fn wait(&mut self, what: &str, within: Duration, done: impl Fn(&Node) -> bool) {
+        let start = Instant::now();
+        loop {
+            self.link.take(&mut self.got);
+            if done(self) {
+                return;
+            }
+            let left = within.checked_sub(start.elapsed()).unwrap_or_else(|| panic!("timed out waiting for {what}"));
+            let _ = self.woken.recv_timeout(left.min(Duration::from_millis(100)));
+        }
+    }
+
+    fn has(&self, incoming: &Incoming<u64>) -> bool {
+        self.got.contains(incoming)
+    }
+
+    fn subscribed(&self, channel: &str) -> bool {
+        self.has(&Incoming::Subscribed(channel.as_bytes().to_vec()))
+    }
+
+    fn messages(&self, channel: &str) -> Vec<(u64, Vec<u8>)> {
+        self.got
+            .iter()
+            .filter_map(|incoming| match incoming {
+                Incoming::Message { channel: on, payload } if on == channel.as_bytes() => {
+                    let got = redis::received(payload).unwrap();
+                    Some((got.seq, got.payload.to_vec()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn replies(&self) -> Vec<(u64, Result<Value, LinkError>)> {
+        self.got
+            .iter()
+            .filter_map(|incoming| match incoming {
+                Incoming::Reply(tag, result) => Some((*tag, result.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+const PATIENCE: Duration = Duration::from_secs(10);
+
+#[test]
+fn two_links_publishing_at_once_see_one_order_with_contiguous_numbers() {
+    let Some(server) = RedisServer::start(None) else { return };
+    let room = TopicKeys::of("lobby");
+    let mut nodes = [Node::start(server.addr), Node::start(server.addr)];
+    for node in &mut nodes {
+        node.link.subscribe(room.channel.as_bytes());
+        node.wait("subscribed", PATIENCE, |n| n.has(&Incoming::Up) && n.subscribed(&room.channel));
+    }
+    const EACH: u64 = 300;
+    for i in 0..EACH {
+        for (n, node) in nodes.iter().enumerate() {
+            node.link.command(i, redis::publish_command(&room, format!("n{n} m{i}").as_bytes(), 1000));
+        }
+    }
+    let mut acknowledged = Vec::new();
+    for (n, node) in nodes.iter_mut().enumerate() {
+        let channel = room.channel.clone();
+        node.wait("every reply and message", PATIENCE, |node| {
+            node.replies().len() == EACH as usize && node.messages(&channel).len() == 2 * EACH as usize
+        });
+        let replies = node.replies();
+        assert_eq!(replies.iter().map(|(tag, _)| *tag).collect::<Vec<_>>(), (0..EACH).collect::<Vec<_>>());
+        for (i, (_, reply)) in replies.iter().enumerate() {
+            let seq = redis::published(reply.as_ref().unwrap()).unwrap().seq;
+            acknowledged.push((seq, format!("n{n} m{i}").into_bytes()));
+        }
+    }
+    acknowledged.sort();
+    assert_eq!(acknowledged.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), (1..=2 * EACH).collect::<Vec<_>>());
+    let order = nodes[0].messages(&room.channel);
+    assert_eq!(order, acknowledged, "delivered in number order, each with the number its publisher was told");
+    assert_eq!(nodes[1].messages(&room.channel), order, "both links, one order");
+}
+
+#[test]
+fn while_redis_is_down_commands_fail_and_the_link_comes_back_by_itself_and_resubscribes() {
+    let Some(mut server) = RedisServer::start(None) else { return };
+    let room = TopicKeys::of("den");
+    let mut node = Node::start(server.addr);
+    node.link.subscribe(room.channel.as_bytes());
+    node.wait("subscribed", PATIENCE, |n| n.subscribed(&room.channel));
+    for i in 1..=3 {
+        node.link.command(i, redis::publish_command(&room, format!("before {i}").as_bytes(), 1000));
+    }
+    node.wait("3 replies", PATIENCE, |n| n.replies().len() == 3);
+    assert!(node.link.is_up());
+
+    server.stop();
+    node.wait("down", PATIENCE, |n| n.has(&Incoming::Down));
+    assert!(!node.link.is_up());
+    node.got.clear();
+    // Five seconds without Redis: every publish is refused at once, none is lost in silence.
+    let outage = Instant::now();
+    let mut tag = 100;
+    while outage.elapsed() < Duration::from_secs(5) {
+        tag += 1;
+        node.link.command(tag, redis::publish_command(&room, b"during", 1000));
+        node.wait("a refusal", PATIENCE, |n| n.replies().iter().any(|(t, _)| *t == tag));
+        assert_eq!(node.replies().last(), Some(&(tag, Err(LinkError::Down))));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(node.replies().len() >= 15);
+
+    server.start_again();
+    let back = Instant::now();
+    node.wait("up again and subscribed", PATIENCE, |n| n.has(&Incoming::Up) && n.subscribed(&room.channel));
+    assert!(back.elapsed() < Duration::from_secs(5), "back {:?} after Redis", back.elapsed());
+    assert_eq!(node.got.iter().filter(|i| **i == Incoming::Down).count(), 0, "one outage, one Down");
+
+    // Service goes on where it was: the numbers follow the three acknowledged ones, and
+    // the resubscribed channel delivers.
+    node.got.clear();
+    node.link.command(1000, redis::publish_command(&room, b"after", 1000));
+    node.wait("the message", PATIENCE, |n| !n.messages(&room.channel).is_empty() && !n.replies().is_empty());
+    assert_eq!(redis::published(node.replies()[0].1.as_ref().unwrap()).unwrap().seq, 4);
+    assert_eq!(node.messages(&room.channel), vec![(4, b"after".to_vec())]);
+    let mut conn = Conn::connect(server.addr, false);
+    redis::history(&mut conn.resp, 0, &room, Since::After(0), 100);
+    let kept = redis::kept(&conn.reply()).unwrap();
+    let texts: Vec<Vec<u8>> = kept.messages.into_iter().map(|(_, m)| m).collect();
+    assert_eq!(texts, [&b"before 1"[..], b"before 2", b"before 3", b"after"], "every acknowledged message, in order");
+}
+
+#[test]
+fn a_link_that_starts_before_redis_connects_when_it_comes() {
+    let Some(mut server) = RedisServer::start(None) else { return };
+    server.stop();
+    let mut node = Node::start(server.addr);
+    node.link.command(1, vec![b"PING".to_vec()]);
+    node.wait("a refusal", PATIENCE, |n| !n.replies().is_empty());
+    assert_eq!(node.replies(), vec![(1, Err(LinkError::Down))]);
+    assert!(!node.has(&Incoming::Down), "never up: no outage to report");
+    server.start_again();
+    node.wait("up", PATIENCE, |n| n.has(&Incoming::Up));
+    node.link.command(2, vec![b"PING".to_vec()]);
+    node.wait("PONG", PATIENCE, |n| n.replies().len() == 2);
+    assert_eq!(node.replies()[1], (2, Ok(Value::SimpleString(b"PONG".to_vec()))));
+}
+
+#[test]
+fn commands_past_the_bound_on_waiting_ones_are_answered_busy_at_once() {
+    let Some(server) = RedisServer::start(None) else { return };
+    let mut node = Node::with(LinkConfig { max_waiting: 3, ..LinkConfig::new(server.addr) });
+    node.wait("up", PATIENCE, |n| n.has(&Incoming::Up));
+    // BLPOP on an empty list holds the connection's replies for a second.
+    node.link.command(0, [&b"BLPOP"[..], b"nothing", b"1"].map(<[u8]>::to_vec).to_vec());
+    for tag in 1..=5 {
+        node.link.command(tag, vec![b"PING".to_vec()]);
+    }
+    node.wait("three refusals", PATIENCE, |n| n.replies().len() == 3);
+    assert_eq!(node.replies(), (3..=5).map(|tag| (tag, Err(LinkError::Busy))).collect::<Vec<_>>());
+    node.wait("the rest", PATIENCE, |n| n.replies().len() == 6);
+    let answered: Vec<u64> = node.replies()[3..].iter().map(|(tag, _)| *tag).collect();
+    assert_eq!(answered, [0, 1, 2], "the ones within the bound, in order");
+    assert!(node.replies()[3..].iter().all(|(_, reply)| reply.is_ok()));
+}
+
+#[test]
+fn a_link_whose_outbox_is_full_stops_reading_and_loses_nothing() {
+    let Some(server) = RedisServer::start(None) else { return };
+    let room = TopicKeys::of("big");
+    let mut node = Node::with(LinkConfig { max_outbox: 10, ..LinkConfig::new(server.addr) });
+    node.link.subscribe(room.channel.as_bytes());
+    node.wait("subscribed", PATIENCE, |n| n.subscribed(&room.channel));
+    node.got.clear();
+    let mut conn = Conn::connect(server.addr, false);
+    const COUNT: usize = 1000;
+    let payload = vec![b'x'; 1000];
+    for i in 0..COUNT {
+        redis::publish(&mut conn.resp, i as u64, &room, &payload, 10_000);
+    }
+    conn.events(COUNT);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut first = Vec::new();
+    node.link.take(&mut first);
+    // One read of the link's buffer (64 KiB) holds at most about 65 of these.
+    assert!((1..100).contains(&first.len()), "{} taken while paused", first.len());
+    node.got = first;
+    node.wait("every message", PATIENCE, |n| n.messages(&room.channel).len() == COUNT);
+    let seqs: Vec<u64> = node.messages(&room.channel).iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(seqs, (1..=COUNT as u64).collect::<Vec<_>>());
 }

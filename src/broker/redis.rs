@@ -78,8 +78,13 @@ impl TopicKeys {
 
 /// Queues a publish of `payload` on `topic`, keeping about `history` messages.
 pub fn publish<T>(resp: &mut Resp<T>, tag: T, topic: &TopicKeys, payload: &[u8], history: usize) {
+    queue(resp, tag, &publish_command(topic, payload, history));
+}
+
+/// The command of [`publish`], for a driver that queues it itself (a [`Link`](super::link::Link)).
+pub fn publish_command(topic: &TopicKeys, payload: &[u8], history: usize) -> Vec<Vec<u8>> {
     let bound = history.max(1).to_string();
-    eval(resp, tag, PUBLISH_SCRIPT, topic, &[topic.channel.as_bytes(), payload, bound.as_bytes()]);
+    eval(PUBLISH_SCRIPT, topic, &[topic.channel.as_bytes(), payload, bound.as_bytes()])
 }
 
 /// What a publish gave back: the message's number and the topic's epoch.
@@ -147,20 +152,30 @@ pub enum Since {
 
 /// Queues a read of `topic`'s history: at most `count` messages.
 pub fn history<T>(resp: &mut Resp<T>, tag: T, topic: &TopicKeys, since: Since, count: usize) {
+    queue(resp, tag, &history_command(topic, since, count));
+}
+
+/// The command of [`history`], for a driver that queues it itself.
+pub fn history_command(topic: &TopicKeys, since: Since, count: usize) -> Vec<Vec<u8>> {
     let since = match since {
         Since::After(n) => n.to_string(),
         Since::Last => "-".to_string(),
     };
     let count = count.max(1).to_string();
-    eval(resp, tag, HISTORY_SCRIPT, topic, &[since.as_bytes(), count.as_bytes()]);
+    eval(HISTORY_SCRIPT, topic, &[since.as_bytes(), count.as_bytes()])
 }
 
-/// Queues `EVAL script 3 epoch seq log argv...`: one of the scripts above on `topic`'s keys.
-fn eval<T>(resp: &mut Resp<T>, tag: T, script: &str, topic: &TopicKeys, argv: &[&[u8]]) {
-    let mut args: Vec<&[u8]> = vec![b"EVAL", script.as_bytes(), b"3"];
-    args.extend([topic.epoch.as_bytes(), topic.seq.as_bytes(), topic.log.as_bytes()]);
-    args.extend_from_slice(argv);
+fn queue<T>(resp: &mut Resp<T>, tag: T, command: &[Vec<u8>]) {
+    let args: Vec<&[u8]> = command.iter().map(Vec::as_slice).collect();
     resp.command(tag, &args);
+}
+
+/// `EVAL script 3 epoch seq log argv...`: one of the scripts above on `topic`'s keys.
+fn eval(script: &str, topic: &TopicKeys, argv: &[&[u8]]) -> Vec<Vec<u8>> {
+    let mut args: Vec<Vec<u8>> = vec![b"EVAL".to_vec(), script.as_bytes().to_vec(), b"3".to_vec()];
+    args.extend([topic.epoch.as_bytes(), topic.seq.as_bytes(), topic.log.as_bytes()].map(<[u8]>::to_vec));
+    args.extend(argv.iter().map(|arg| arg.to_vec()));
+    args
 }
 
 /// A topic's history as Redis keeps it.
