@@ -167,6 +167,10 @@ struct Options {
     )]
     deflate_context_takeover: bool,
 
+    /// Rooms across nodes: every node started with the same Redis is one chat (messages numbered and kept in Redis, history that outlives restarts). redis://HOST:PORT[/DB]
+    #[arg(long, value_name = "URL", env = "RUST_CHAT_REDIS", value_parser = redis_url, help_heading = "Cluster")]
+    redis: Option<(SocketAddr, u32)>,
+
     /// Messages each room keeps for newcomers [default: 100]
     #[arg(long, value_name = "N", env = "RUST_CHAT_HISTORY", help_heading = "Chat")]
     history: Option<usize>,
@@ -322,6 +326,10 @@ impl Options {
         if let Some(addr) = self.metrics_bind {
             server.metrics = rust_chat::server::MetricsEndpoint::Bind(addr);
         }
+        if let Some((addr, db)) = self.redis {
+            config.redis =
+                Some(rust_chat::server::redis::LinkConfig { db, ..rust_chat::server::redis::LinkConfig::new(addr) });
+        }
         server.tls = match (self.tls_cert, self.tls_key) {
             (Some(cert), Some(key)) => {
                 let files = rust_chat::server::TlsFiles { cert, key };
@@ -372,6 +380,36 @@ impl Options {
 
 fn addr(text: &str) -> Result<SocketAddr, String> {
     text.parse().map_err(|_| format!("'{text}' is not an address like 127.0.0.1:10000"))
+}
+
+/// `redis://HOST:PORT[/DB]` (the port defaults to 6379, the database to 0);
+/// the host is looked up once, now.
+fn redis_url(text: &str) -> Result<(SocketAddr, u32), String> {
+    use std::net::ToSocketAddrs;
+    let bad = || format!("'{text}' is not a Redis URL like redis://127.0.0.1:6379/0");
+    let rest = text.strip_prefix("redis://").ok_or_else(|| {
+        if text.starts_with("rediss://") {
+            "rediss:// (Redis over TLS) is not supported yet".to_string()
+        } else {
+            bad()
+        }
+    })?;
+    let (host, db) = match rest.split_once('/') {
+        Some((host, "")) => (host, 0),
+        Some((host, db)) => (host, db.parse().map_err(|_| bad())?),
+        None => (rest, 0),
+    };
+    if host.is_empty() || host.contains('@') {
+        return Err(if host.contains('@') { "Redis passwords are not supported yet".into() } else { bad() });
+    }
+    let with_port =
+        if host.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) && !host.ends_with(']') {
+            host.to_string()
+        } else {
+            format!("{host}:6379")
+        };
+    let addr = with_port.to_socket_addrs().map_err(|err| format!("'{text}': {err}"))?.next().ok_or_else(bad)?;
+    Ok((addr, db))
 }
 
 fn workers(text: &str) -> Result<usize, String> {

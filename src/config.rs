@@ -16,6 +16,9 @@ pub struct Config {
     pub server: ServerConfig,
     /// Rooms, history, message length and rate limits.
     pub chat: ChatConfig,
+    /// Rooms across nodes (`--redis`): where Redis is. Default `None`: the
+    /// rooms are this process's own, and no Redis is needed.
+    pub redis: Option<crate::server::redis::LinkConfig>,
 }
 
 impl Default for Config {
@@ -23,7 +26,7 @@ impl Default for Config {
     /// on the main port (the library's own default leaves every path to the application).
     fn default() -> Config {
         let server = ServerConfig { metrics: crate::server::MetricsEndpoint::MainPort, ..ServerConfig::default() };
-        Config { server, chat: ChatConfig::default() }
+        Config { server, chat: ChatConfig::default(), redis: None }
     }
 }
 

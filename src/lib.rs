@@ -165,5 +165,12 @@ pub fn echo_and_chat_workers(
         })
         .collect();
     broker.set_wakers(wakers);
+    // With --redis: the link's news wakes the first worker, which takes it in for all.
+    if let (Some(redis), Some(first)) = (config.redis, running.handles().first()) {
+        let first = first.clone();
+        let link = server::redis::Link::<chat::cluster::Tag>::start(redis, Box::new(move || first.notify()))
+            .map_err(server::StartError::Io)?;
+        shared.span_nodes(Box::new(link));
+    }
     Ok((running, shared))
 }

@@ -34,7 +34,8 @@ fn main() -> ExitCode {
         );
     }
     let (ws, http) = if config.server.tls.is_some() { ("wss", "https") } else { ("ws", "http") };
-    if workers > 1 {
+    // The chat across nodes is the shared chat's (on one worker or more).
+    if workers > 1 || config.redis.is_some() {
         return serve_workers(config, workers, (ws, http));
     }
     let mut server = match Server::bind(config.server, echo_and_chat(config.chat)) {
@@ -77,8 +78,14 @@ fn metrics_line(addr: Option<std::net::SocketAddr>) -> String {
     addr.map_or_else(String::new, |addr| format!("\nmetrics at http://{addr}/metrics, health at http://{addr}/healthz"))
 }
 
+/// The Redis line, with `--redis`.
+fn redis_line(redis: &Option<(std::net::SocketAddr, u32)>) -> String {
+    redis.map_or_else(String::new, |(addr, db)| format!("\nrooms across nodes through redis://{addr}/{db}"))
+}
+
 /// `--workers N` with N > 1: N event loops on the port, one chat for all.
 fn serve_workers(config: Config, workers: usize, (ws, http): (&str, &str)) -> ExitCode {
+    let config_redis = config.redis.as_ref().map(|redis| (redis.addr, redis.db));
     let (running, _chat) = match echo_and_chat_workers(config, workers, true) {
         Ok(started) => started,
         Err(err) => {
@@ -88,8 +95,10 @@ fn serve_workers(config: Config, workers: usize, (ws, http): (&str, &str)) -> Ex
     };
     let addr = running.local_addr();
     announce(&format!(
-        "rust-chat listening on {ws}://{addr}/ with {workers} workers (chat page at {http}://{addr}/, echo at {ws}://{addr}/echo){}",
-        metrics_line(running.metrics_addr())
+        "rust-chat listening on {ws}://{addr}/ with {workers} worker{} (chat page at {http}://{addr}/, echo at {ws}://{addr}/echo){}{}",
+        if workers == 1 { "" } else { "s" },
+        metrics_line(running.metrics_addr()),
+        redis_line(&config_redis)
     ));
     match running.wait() {
         Ok(Exit::Forced) => ExitCode::FAILURE,

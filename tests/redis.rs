@@ -6,130 +6,13 @@
 //! Redis with its append-only file on. `.ci/run` installs `redis-server`;
 //! elsewhere the tests skip loudly when it is missing (and fail under CI).
 
+mod common;
+
+use common::redis::{Conn, RedisServer};
 use rust_chat::broker::redis::{self, Since, TopicKeys};
-use rust_chat::broker::resp::{Event, Resp, Value};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use rust_chat::broker::resp::{Event, Value};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-
-/// A `redis-server` of our own, stopped on drop.
-struct RedisServer {
-    child: Child,
-    addr: SocketAddr,
-    dir: PathBuf,
-}
-
-impl RedisServer {
-    /// Starts one (with its append-only file in `dir`), or `None` outside CI when there is none.
-    fn start(dir: Option<PathBuf>) -> Option<RedisServer> {
-        if Command::new("redis-server").arg("--version").output().is_err() {
-            assert!(std::env::var_os("CI").is_none(), "redis-server is missing under CI (.ci/run installs it)");
-            eprintln!("\n*** SKIPPED redis test: apt-get install redis-server ***\n");
-            return None;
-        }
-        let dir = dir.unwrap_or_else(|| {
-            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let dir = std::env::temp_dir().join(format!("rust-chat-redis-{}-{n}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            dir
-        });
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        Some(RedisServer { child: spawn(addr, &dir), addr, dir })
-    }
-
-    /// Stops it (SHUTDOWN, so the append-only file is complete) and starts it again on the same files.
-    fn restart(mut self) -> RedisServer {
-        self.stop();
-        self.child = spawn(self.addr, &self.dir);
-        self
-    }
-
-    /// Stops it as an operator would (SHUTDOWN: the append-only file is complete).
-    fn stop(&mut self) {
-        let mut conn = Conn::connect(self.addr, false);
-        conn.resp.command(0, &[b"SHUTDOWN"]);
-        conn.flush();
-        let _ = self.child.wait();
-    }
-
-    /// Starts it again on the same port and files (after [`stop`](Self::stop)).
-    fn start_again(&mut self) {
-        self.child = spawn(self.addr, &self.dir);
-    }
-}
-
-/// Starts `redis-server` on `addr` with its append-only file in `dir`, and waits until it answers.
-fn spawn(addr: SocketAddr, dir: &std::path::Path) -> Child {
-    let port = addr.port().to_string();
-    let child = Command::new("redis-server")
-        .args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server");
-    let start = Instant::now();
-    while TcpStream::connect(addr).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(10), "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A blocking driver for the sans-IO connection (the test's, not the server's).
-struct Conn {
-    stream: TcpStream,
-    resp: Resp<u64>,
-    events: Vec<Event<u64>>,
-}
-
-impl Conn {
-    fn connect(addr: SocketAddr, subscriber: bool) -> Conn {
-        let stream = TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let resp = Resp::new(16 << 20);
-        let resp = if subscriber { resp.subscriber() } else { resp };
-        Conn { stream, resp, events: Vec::new() }
-    }
-
-    fn flush(&mut self) {
-        let out = self.resp.output().to_vec();
-        self.stream.write_all(&out).unwrap();
-        self.resp.written(out.len());
-    }
-
-    /// Reads until `n` events have arrived; returns them.
-    fn events(&mut self, n: usize) -> Vec<Event<u64>> {
-        self.flush();
-        let mut buf = [0u8; 65536];
-        while self.events.len() < n {
-            let got = self.stream.read(&mut buf).unwrap();
-            assert!(got > 0, "redis closed the connection");
-            self.resp.feed(&buf[..got], &mut self.events).unwrap();
-        }
-        self.events.drain(..n).collect()
-    }
-
-    fn reply(&mut self) -> Value {
-        match self.events(1).pop() {
-            Some(Event::Reply(_, value)) => value,
-            other => panic!("not a reply: {other:?}"),
-        }
-    }
-}
 
 fn subscribe(addr: SocketAddr, topic: &TopicKeys) -> Conn {
     let mut sub = Conn::connect(addr, true);
@@ -212,9 +95,10 @@ fn history_survives_a_restart_and_says_when_some_is_gone() {
     let server = server.restart();
     let mut conn = Conn::connect(server.addr, false);
 
-    redis::history(&mut conn.resp, 0, &room, Since::After(2), 100);
+    redis::history(&mut conn.resp, 0, &room, Since::After { seq: 2, epoch: &epoch }, 100);
     let kept = redis::kept(&conn.reply()).unwrap();
-    assert_eq!(kept.epoch.as_deref(), Some(epoch.as_str()), "the same life after the restart");
+    assert_eq!(kept.epoch, epoch, "the same life after the restart");
+    assert!(kept.resumed);
     assert_eq!(kept.last, 5);
     assert!(kept.complete);
     assert_eq!(kept.messages, (3..=5).map(|i| (i, format!("m{i}").into_bytes())).collect::<Vec<_>>());
@@ -230,9 +114,20 @@ fn history_survives_a_restart_and_says_when_some_is_gone() {
     // Trimmed (an exact trim, to be sure of what is gone): asking from 0 is partial.
     conn.resp.command(0, &[b"XTRIM", room.log.as_bytes(), b"MAXLEN", b"2"]);
     conn.reply();
-    redis::history(&mut conn.resp, 0, &room, Since::After(0), 100);
+    redis::history(&mut conn.resp, 0, &room, Since::After { seq: 0, epoch: &epoch }, 100);
     let partial = redis::kept(&conn.reply()).unwrap();
     assert!(!partial.complete, "1 to 4 are gone");
+    assert!(partial.resumed);
+
+    // Another life's number, or more missed than asked for: the last ones instead.
+    redis::history(&mut conn.resp, 0, &room, Since::After { seq: 5, epoch: "other" }, 100);
+    let other = redis::kept(&conn.reply()).unwrap();
+    assert!(!other.resumed);
+    assert_eq!(other.messages.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), [5, 6]);
+    redis::history(&mut conn.resp, 0, &room, Since::After { seq: 1, epoch: &epoch }, 3);
+    let too_many = redis::kept(&conn.reply()).unwrap();
+    assert!(!too_many.resumed, "5 came after 1: more than 3");
+    assert_eq!(too_many.messages.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), [5, 6], "of the last 3, 4 is gone");
     assert_eq!(partial.messages.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), [5, 6]);
 
     // A topic whose keys were lost starts a new life: a new epoch, numbers from 1.
@@ -260,7 +155,8 @@ fn a_redis_error_is_a_failure_not_a_number() {
 
 // The link: a process's Redis connections on a thread of their own.
 
-use rust_chat::broker::link::{Incoming, Link, LinkConfig, LinkError};
+use rust_chat::broker::{Incoming, RemoteError};
+use rust_chat::server::redis::{Link, LinkConfig};
 use std::sync::mpsc;
 
 /// A link whose wakes are counted on a channel, and what it handed back so far.
@@ -321,7 +217,7 @@ impl Node {
             .collect()
     }
 
-    fn replies(&self) -> Vec<(u64, Result<Value, LinkError>)> {
+    fn replies(&self) -> Vec<(u64, Result<Value, RemoteError>)> {
         self.got
             .iter()
             .filter_map(|incoming| match incoming {
@@ -393,7 +289,7 @@ fn while_redis_is_down_commands_fail_and_the_link_comes_back_by_itself_and_resub
         tag += 1;
         node.link.command(tag, redis::publish_command(&room, b"during", 1000));
         node.wait("a refusal", PATIENCE, |n| n.replies().iter().any(|(t, _)| *t == tag));
-        assert_eq!(node.replies().last(), Some(&(tag, Err(LinkError::Down))));
+        assert_eq!(node.replies().last(), Some(&(tag, Err(RemoteError::Down))));
         std::thread::sleep(Duration::from_millis(250));
     }
     assert!(node.replies().len() >= 15);
@@ -412,7 +308,7 @@ fn while_redis_is_down_commands_fail_and_the_link_comes_back_by_itself_and_resub
     assert_eq!(redis::published(node.replies()[0].1.as_ref().unwrap()).unwrap().seq, 4);
     assert_eq!(node.messages(&room.channel), vec![(4, b"after".to_vec())]);
     let mut conn = Conn::connect(server.addr, false);
-    redis::history(&mut conn.resp, 0, &room, Since::After(0), 100);
+    redis::history(&mut conn.resp, 0, &room, Since::Last, 100);
     let kept = redis::kept(&conn.reply()).unwrap();
     let texts: Vec<Vec<u8>> = kept.messages.into_iter().map(|(_, m)| m).collect();
     assert_eq!(texts, [&b"before 1"[..], b"before 2", b"before 3", b"after"], "every acknowledged message, in order");
@@ -425,7 +321,7 @@ fn a_link_that_starts_before_redis_connects_when_it_comes() {
     let mut node = Node::start(server.addr);
     node.link.command(1, vec![b"PING".to_vec()]);
     node.wait("a refusal", PATIENCE, |n| !n.replies().is_empty());
-    assert_eq!(node.replies(), vec![(1, Err(LinkError::Down))]);
+    assert_eq!(node.replies(), vec![(1, Err(RemoteError::Down))]);
     assert!(!node.has(&Incoming::Down), "never up: no outage to report");
     server.start_again();
     node.wait("up", PATIENCE, |n| n.has(&Incoming::Up));
@@ -445,7 +341,7 @@ fn commands_past_the_bound_on_waiting_ones_are_answered_busy_at_once() {
         node.link.command(tag, vec![b"PING".to_vec()]);
     }
     node.wait("three refusals", PATIENCE, |n| n.replies().len() == 3);
-    assert_eq!(node.replies(), (3..=5).map(|tag| (tag, Err(LinkError::Busy))).collect::<Vec<_>>());
+    assert_eq!(node.replies(), (3..=5).map(|tag| (tag, Err(RemoteError::Busy))).collect::<Vec<_>>());
     node.wait("the rest", PATIENCE, |n| n.replies().len() == 6);
     let answered: Vec<u64> = node.replies()[3..].iter().map(|(tag, _)| *tag).collect();
     assert_eq!(answered, [0, 1, 2], "the ones within the bound, in order");

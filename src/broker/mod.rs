@@ -25,22 +25,24 @@
 //!   starts a new one at 1 (an application that lets clients resume keeps an
 //!   epoch per topic life to tell the two apart).
 //!
-//! [`resp`], [`redis`] and [`link`] are the beginning of a broker across
-//! machines (issue 14): a sans-IO Redis connection, the commands that keep a
-//! topic's order, numbers and history in Redis, and a process's link to
-//! Redis (a thread of its own, so that no event loop waits on it).
+//! Across machines (`--redis`), a topic's order lives in Redis: [`resp`] is
+//! a sans-IO Redis connection, [`redis`] the commands that keep a topic's
+//! order, numbers and history there, and [`Remote`] what a process's link
+//! to Redis offers its users (the server's `server::redis::Link` drives the
+//! sockets, on a thread of its own, so that no event loop waits on Redis).
 //!
 //! The chat across workers (`chat::shared`) sends everything it does through
 //! a broker: a room's messages are publications on the room's topic, and
 //! what is for one connection (its welcome, a subscription, a close) is sent
 //! to that connection's worker, so that both arrive in one order.
 
-pub mod link;
 mod local;
 pub mod redis;
+mod remote;
 pub mod resp;
 
 pub use local::{LocalBroker, Wake};
+pub use remote::{Incoming, Remote, RemoteError};
 
 use std::sync::Arc;
 

@@ -17,8 +17,11 @@
 
 use super::resp::{Resp, Value, as_bytes, as_int};
 
-/// The publishing script: KEYS epoch, seq, log; ARGV channel, payload, history bound.
-pub const PUBLISH_SCRIPT: &str = r"
+/// The start of both scripts: the topic's epoch, made if it has none (a new
+/// life: the old sequence and log, if any, are dropped).
+macro_rules! epoch_or_new_life {
+    () => {
+        r"
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
   local t = redis.call('TIME')
@@ -26,28 +29,46 @@ if not epoch then
   redis.call('DEL', KEYS[2], KEYS[3])
   redis.call('SET', KEYS[1], epoch)
 end
-local seq = redis.call('INCR', KEYS[2])
+"
+    };
+}
+
+/// The publishing script: KEYS epoch, seq, log; ARGV channel, payload, history bound.
+pub const PUBLISH_SCRIPT: &str = concat!(
+    epoch_or_new_life!(),
+    r"local seq = redis.call('INCR', KEYS[2])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], seq .. '-0', 'm', ARGV[2])
 redis.call('PUBLISH', ARGV[1], epoch .. ' ' .. seq .. ' ' .. ARGV[2])
 return {seq, epoch}
-";
+"
+);
 
 /// The history script: KEYS epoch, seq, log; ARGV since (or `-` for the
-/// last COUNT), count. Returns the epoch (or nil), the last number, and the
-/// entries after `since`, oldest first.
-pub const HISTORY_SCRIPT: &str = r"
-local epoch = redis.call('GET', KEYS[1])
-local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+/// last COUNT), count, and the epoch `since` counts in. Makes the epoch if
+/// the topic has none (a new life, as a publish would), so that a reader
+/// always learns the epoch the next message will carry. Reads after `since`
+/// only if the epoch is the one given and at most COUNT messages came after
+/// it (`resumed`); otherwise the last COUNT. Returns the epoch, the last
+/// number, where the entries start, the entries (oldest first) and `resumed`.
+pub const HISTORY_SCRIPT: &str = concat!(
+    epoch_or_new_life!(),
+    r"local last = tonumber(redis.call('GET', KEYS[2]) or '0')
 local count = tonumber(ARGV[2])
-local since = 0
-if ARGV[1] == '-' then
-  since = math.max(0, last - count)
-else
+local since = -1
+local resumed = 0
+if ARGV[1] ~= '-' and ARGV[3] == epoch then
   since = tonumber(ARGV[1])
+  if since and since <= last and last - since <= count then
+    resumed = 1
+  end
+end
+if resumed == 0 then
+  since = math.max(0, last - count)
 end
 local entries = redis.call('XRANGE', KEYS[3], (since + 1) .. '-0', '+', 'COUNT', count)
-return {epoch or false, last, since, entries}
-";
+return {epoch, last, since, entries, resumed}
+"
+);
 
 /// A topic's keys and channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,26 +164,33 @@ pub fn received(message: &[u8]) -> Option<Received<'_>> {
 
 /// Where a history starts: after a number, or the last few.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Since {
-    /// Everything after this number (at most the count asked for).
-    After(u64),
+pub enum Since<'a> {
+    /// Everything after `seq` of the topic's life `epoch`, if that is still
+    /// the topic's life and no more than the count asked for came after it;
+    /// otherwise the last ones (see [`Kept::resumed`]).
+    After {
+        /// The number.
+        seq: u64,
+        /// The life it counts in.
+        epoch: &'a str,
+    },
     /// The last messages (as many as the count asked for).
     Last,
 }
 
 /// Queues a read of `topic`'s history: at most `count` messages.
-pub fn history<T>(resp: &mut Resp<T>, tag: T, topic: &TopicKeys, since: Since, count: usize) {
+pub fn history<T>(resp: &mut Resp<T>, tag: T, topic: &TopicKeys, since: Since<'_>, count: usize) {
     queue(resp, tag, &history_command(topic, since, count));
 }
 
 /// The command of [`history`], for a driver that queues it itself.
-pub fn history_command(topic: &TopicKeys, since: Since, count: usize) -> Vec<Vec<u8>> {
-    let since = match since {
-        Since::After(n) => n.to_string(),
-        Since::Last => "-".to_string(),
+pub fn history_command(topic: &TopicKeys, since: Since<'_>, count: usize) -> Vec<Vec<u8>> {
+    let (since, epoch) = match since {
+        Since::After { seq, epoch } => (seq.to_string(), epoch),
+        Since::Last => ("-".to_string(), ""),
     };
     let count = count.max(1).to_string();
-    eval(HISTORY_SCRIPT, topic, &[since.as_bytes(), count.as_bytes()])
+    eval(HISTORY_SCRIPT, topic, &[since.as_bytes(), count.as_bytes(), epoch.as_bytes()])
 }
 
 fn queue<T>(resp: &mut Resp<T>, tag: T, command: &[Vec<u8>]) {
@@ -181,8 +209,8 @@ fn eval(script: &str, topic: &TopicKeys, argv: &[&[u8]]) -> Vec<Vec<u8>> {
 /// A topic's history as Redis keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Kept {
-    /// Its epoch (`None`: nothing was ever published in this life).
-    pub epoch: Option<String>,
+    /// Its epoch.
+    pub epoch: String,
     /// The last number given (0 if none).
     pub last: u64,
     /// The messages after the number asked for, oldest first, with their numbers.
@@ -190,13 +218,17 @@ pub struct Kept {
     /// Every message after the number asked for is here (none was trimmed,
     /// and the count did not cut the list short).
     pub complete: bool,
+    /// The messages are those after the number asked for (same epoch, not
+    /// too many); otherwise they are the last ones.
+    pub resumed: bool,
 }
 
 /// Reads a history's reply.
 pub fn kept(value: &Value) -> Result<Kept, Failed> {
     let Value::Array(parts) = value else { return Err(error_or_shape(value)) };
-    let [epoch, last, since, entries] = parts.as_slice() else { return Err(Failed::Shape) };
-    let epoch = as_bytes(epoch).map(|e| String::from_utf8_lossy(e).into_owned());
+    let [epoch, last, since, entries, resumed] = parts.as_slice() else { return Err(Failed::Shape) };
+    let epoch = as_bytes(epoch).map(|e| String::from_utf8_lossy(e).into_owned()).ok_or(Failed::Shape)?;
+    let resumed = as_int(resumed) == Some(1);
     let number = |v: &Value| as_int(v).and_then(|n| u64::try_from(n).ok()).ok_or(Failed::Shape);
     let (last, since) = (number(last)?, number(since)?);
     let Value::Array(entries) = entries else { return Err(Failed::Shape) };
@@ -213,7 +245,7 @@ pub fn kept(value: &Value) -> Result<Kept, Failed> {
     // Complete when the numbers run on from `since` without a hole, up to the last.
     let contiguous = messages.iter().zip(since + 1..).all(|((seq, _), want)| *seq == want);
     let reaches_last = messages.last().map_or(since == last, |(seq, _)| *seq == last);
-    Ok(Kept { epoch, last, messages, complete: contiguous && reaches_last })
+    Ok(Kept { epoch, last, messages, complete: contiguous && reaches_last, resumed })
 }
 
 #[cfg(test)]
@@ -254,6 +286,7 @@ mod tests {
                 Value::Integer(last),
                 Value::Integer(since),
                 Value::Array(entries),
+                Value::Integer(1),
             ])
         };
         let full = kept(&reply(3, 1, vec![entry(2, b"b"), entry(3, b"c")])).unwrap();

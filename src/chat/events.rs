@@ -34,6 +34,9 @@ pub mod code {
     pub const BAD_ARGUMENT: &str = "bad_argument";
     /// A binary frame: the chat speaks text.
     pub const BINARY_NOT_SUPPORTED: &str = "binary_not_supported";
+    /// The message could not be numbered (`--redis`: Redis cannot be
+    /// reached): it was not delivered to anyone; send it again later.
+    pub const UNAVAILABLE: &str = "unavailable";
 }
 
 /// `message`: what someone said in a room. Kept verbatim in the room's history.

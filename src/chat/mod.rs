@@ -11,6 +11,7 @@
 //! `/me`, `/help`; `//text` says `/text`). Server → client: one JSON event per
 //! text frame ([`events`]). `docs/protocol.md` describes both.
 
+pub mod cluster;
 mod config;
 pub mod events;
 mod history;
@@ -165,6 +166,48 @@ pub struct Chat {
     expiries: token::Expiries,
     /// How many times a member used up its burst and its input was paused.
     rate_limited: u64,
+    /// Rooms span nodes through Redis (`--redis`): what the room hears, and
+    /// the welcome, go through [`Chat::outgoing`] to the cluster layer
+    /// instead of straight to the room's topic.
+    cluster: bool,
+    /// What a call left for the cluster layer (`cluster` only).
+    pub(crate) outgoing: Vec<Outgoing>,
+}
+
+/// What the chat hands the cluster layer (`chat::cluster`) when its rooms
+/// span nodes: the room's order is made in Redis, so a message is numbered
+/// there, and a newcomer's welcome waits for the room's history from there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outgoing {
+    /// A member's message: its `message` event, written with `seq` 0, which
+    /// the cluster layer numbers.
+    Say {
+        /// Who said it (told `unavailable` if Redis cannot take it).
+        from: ConnId,
+        /// Its room.
+        room: String,
+        /// The event.
+        event: String,
+    },
+    /// A `join`, `leave` or `nick` event for everyone in the room, on every node.
+    Announce {
+        /// The room.
+        room: String,
+        /// The event.
+        event: String,
+    },
+    /// `conn` entered `room`: it is to be welcomed (and subscribed) once the
+    /// room's history is read, resuming after `since` in `epoch` if it asked.
+    Welcome {
+        /// The member.
+        conn: ConnId,
+        /// The room.
+        room: String,
+        /// `since` and `epoch`.
+        resume: Option<(u64, Box<str>)>,
+    },
+    /// The last member of `room` on this node left it.
+    RoomGone(String),
 }
 
 impl App for Chat {
@@ -244,7 +287,19 @@ impl Chat {
         let history = History::new(config.history_len, config.history_bytes);
         let verifier = config.tokens.as_ref().map(|tokens| std::sync::Arc::new(tokens.verifier()));
         let (members, nicks, expiries) = (HashMap::new(), HashMap::new(), token::Expiries::default());
-        Chat { config, rooms, members, nicks, next_guest: 1, history, verifier, expiries, rate_limited: 0 }
+        Chat {
+            config,
+            rooms,
+            members,
+            nicks,
+            next_guest: 1,
+            history,
+            verifier,
+            expiries,
+            rate_limited: 0,
+            cluster: false,
+            outgoing: Vec::new(),
+        }
     }
 
     /// What checks tokens, if tokens are in use (shared by the workers' routing).
@@ -451,6 +506,11 @@ impl Chat {
         let Some(room) = self.rooms.get_mut(&member.room) else { return };
         room.seq += 1;
         let time = ctx.unix_time_ms();
+        if self.cluster {
+            let event = events::message(&member.room, &member.nick, text, time, 0, action);
+            self.outgoing.push(Outgoing::Say { from: ctx.id(), room: member.room.clone(), event });
+            return;
+        }
         let event: Arc<str> = Arc::from(events::message(&member.room, &member.nick, text, time, room.seq, action));
         self.history.push(&member.room, room.seq, Arc::clone(&event));
         ctx.publish_text(&member.room, &event);
@@ -472,7 +532,7 @@ impl Chat {
         if let Some(member) = self.members.get_mut(&holder) {
             member.nick = guest.clone();
         }
-        ctx.publish_text(&room, &events::nick(&room, &old, &guest));
+        self.announce(&room, events::nick(&room, &old, &guest), ctx);
         let message = format!("{old} has signed in: you are {guest} now");
         ctx.apply(crate::app::Effect::Send {
             to: holder,
@@ -501,7 +561,8 @@ impl Chat {
         self.nicks.insert(nick.to_ascii_lowercase(), id);
         let Some(member) = self.members.get_mut(&id) else { return };
         member.nick = nick.clone();
-        ctx.publish_text(&member.room, &events::nick(&member.room, &old, &nick));
+        let room = member.room.clone();
+        self.announce(&room, events::nick(&room, &old, &nick), ctx);
     }
 
     fn join(&mut self, wanted: &str, ctx: &mut Context<'_>) {
@@ -570,10 +631,15 @@ impl Chat {
     fn enter(&mut self, name: &str, resume: Option<Resume<'_>>, ctx: &mut Context<'_>) {
         let id = ctx.id();
         let Some(nick) = self.members.get(&id).map(|m| m.nick.clone()) else { return };
-        ctx.publish_text(name, &events::join(name, &nick));
-        ctx.subscribe(name);
+        self.announce(name, events::join(name, &nick), ctx);
         let room = self.rooms.entry(name.to_string()).or_insert_with(Room::new);
         room.members.push(id);
+        if self.cluster {
+            let resume = resume.map(|resume| (resume.since, resume.epoch.into()));
+            self.outgoing.push(Outgoing::Welcome { conn: id, room: name.to_string(), resume });
+            return;
+        }
+        ctx.subscribe(name);
         let (epoch, seq) = (room.epoch.clone(), room.seq);
         let members = self.nicks_in(name);
         let missed = resume
@@ -597,9 +663,52 @@ impl Chat {
         if room.members.is_empty() && name != LOBBY {
             self.rooms.remove(name);
             self.history.forget(name);
+            if self.cluster {
+                // Members on other nodes may remain: they hear of it.
+                self.announce(name, events::leave(name, nick), ctx);
+                self.outgoing.push(Outgoing::RoomGone(name.to_string()));
+            }
         } else {
-            ctx.publish_text(name, &events::leave(name, nick));
+            self.announce(name, events::leave(name, nick), ctx);
         }
+    }
+
+    /// Tells everyone in room `name` (on every node, with `--redis`) of a join, leave or rename.
+    fn announce(&mut self, name: &str, event: String, ctx: &mut Context<'_>) {
+        if self.cluster {
+            self.outgoing.push(Outgoing::Announce { room: name.to_string(), event });
+        } else {
+            ctx.publish_text(name, &event);
+        }
+    }
+
+    /// The welcome of `conn` into `room`, if it is still there (the cluster
+    /// layer asks once the room's history has come from Redis): its nick,
+    /// the room's members here, where the room stands, and `history`.
+    pub(crate) fn welcome_of(
+        &self,
+        conn: ConnId,
+        room: &str,
+        position: events::Position<'_>,
+        history: impl Iterator<Item = impl AsRef<str>>,
+    ) -> Option<String> {
+        let member = self.members.get(&conn).filter(|member| member.room == room)?;
+        Some(events::welcome(&member.nick, room, &self.nicks_in(room), position, history))
+    }
+
+    /// From now on the rooms span nodes: see [`cluster`] (before any member joins).
+    pub(crate) fn span_nodes(&mut self) {
+        self.cluster = true;
+    }
+
+    /// The chat's settings.
+    pub(crate) fn config(&self) -> &ChatConfig {
+        &self.config
+    }
+
+    /// Whether `conn` is a member in `room` now.
+    pub(crate) fn is_in(&self, conn: ConnId, room: &str) -> bool {
+        self.members.get(&conn).is_some_and(|member| member.room == room)
     }
 
     fn room_len(&self, name: &str) -> usize {

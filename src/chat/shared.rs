@@ -28,11 +28,12 @@
 //! and history are still the chat's own, made under its lock; the broker's
 //! numbers and history are not used here yet.)
 
+use super::cluster::{ClusterLink, Node};
 use super::{Chat, ChatConfig, ChatConn};
 use crate::app::{App, Closed, ConnId, Context, Effect, Hub, Message, Request, Route};
-use crate::broker::{Broker, Delivery, LocalBroker};
+use crate::broker::{Broker, Delivery, Incoming, LocalBroker};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Instant;
 
 /// What the workers exchange through the broker.
@@ -46,10 +47,16 @@ pub struct Shared {
     broker: Arc<ChatBroker>,
     workers: usize,
     max_message: usize,
+    /// The link to Redis, with `--redis` (see [`Shared::span_nodes`]).
+    link: OnceLock<Box<ClusterLink>>,
 }
 
 struct State {
     chat: Chat,
+    /// The rooms across nodes, with `--redis` (see `chat::cluster`).
+    node: Option<Node>,
+    /// What the link handed back, being taken in (kept for its capacity).
+    incoming: Vec<Incoming<super::cluster::Tag>>,
     /// For each worker, how many of its connections subscribe to each topic
     /// (the worker is the broker's subscriber to those).
     subscribed: Vec<HashMap<Arc<str>, u32>>,
@@ -70,7 +77,44 @@ impl Shared {
         let chat = Chat::new(config);
         let verifier = chat.verifier();
         let subscribed = (0..workers).map(|_| HashMap::new()).collect();
-        Arc::new(Shared { state: Mutex::new(State { chat, subscribed }), verifier, broker, workers, max_message })
+        let state = State { chat, node: None, incoming: Vec::new(), subscribed };
+        Arc::new(Shared { state: Mutex::new(state), verifier, broker, workers, max_message, link: OnceLock::new() })
+    }
+
+    /// Makes this chat one node of a chat across nodes (`--redis`; see
+    /// [`cluster`](super::cluster)), through `link` — the server's
+    /// `server::redis::Link`, which must wake some worker (the first
+    /// worker's `ServerHandle::notify`) to call [`App::on_notify`] when it
+    /// has something. Call it before the workers serve; a second call changes nothing.
+    pub fn span_nodes(&self, link: Box<ClusterLink>) {
+        let mut state = self.lock();
+        if self.link.set(link).is_ok() {
+            state.chat.span_nodes();
+            state.node = Some(Node::new(state.chat.config().history_len));
+        }
+    }
+
+    /// Whether this chat's link to Redis is up (`false` without `--redis`).
+    pub fn redis_up(&self) -> bool {
+        self.link.get().is_some_and(|link| link.is_up())
+    }
+
+    /// Hands what a call left for the cluster, and what the link brought, to
+    /// the cluster layer; routes what that does (under the chat's lock).
+    fn cluster(&self, state: &mut State) {
+        let (Some(link), Some(node)) = (self.link.get(), state.node.as_mut()) else { return };
+        let link = &**link;
+        let mut effects = Vec::new();
+        for op in std::mem::take(&mut state.chat.outgoing) {
+            node.outgoing(&state.chat, link, op, &mut effects);
+        }
+        link.take(&mut state.incoming);
+        for incoming in std::mem::take(&mut state.incoming) {
+            node.incoming(&state.chat, link, incoming, &mut effects);
+        }
+        for effect in effects {
+            self.route(state, effect);
+        }
     }
 
     /// The application value for worker `worker`.
@@ -163,6 +207,7 @@ impl SharedChat {
             for effect in effects {
                 shared.route(&mut state, effect);
             }
+            shared.cluster(&mut state);
             shared.broker.take(self.worker, &mut self.taken);
         }
         for delivery in self.taken.drain(..) {
@@ -223,6 +268,10 @@ impl App for SharedChat {
 
     /// Another worker left this one deliveries: do them, in order.
     fn on_notify(&mut self, hub: &mut Hub, _now: Instant) {
+        if self.shared.link.get().is_some() {
+            let mut state = self.shared.lock();
+            self.shared.cluster(&mut state);
+        }
         self.shared.broker.take(self.worker, &mut self.taken);
         for delivery in self.taken.drain(..) {
             match delivery {

@@ -31,6 +31,7 @@ pub mod config;
 mod connections;
 mod delivery;
 mod metrics;
+pub mod redis;
 mod shutdown;
 mod timers;
 mod tls;

@@ -3,6 +3,7 @@
 //! so the tests check the server against the RFC and not against itself.
 #![allow(dead_code)]
 
+pub mod redis;
 pub mod tls;
 pub mod webdriver;
 

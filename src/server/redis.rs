@@ -16,7 +16,7 @@
 //! When Redis cannot be reached — it is down, restarting, or the connection
 //! broke — the link says so ([`Incoming::Down`], one warning in the log per
 //! outage), answers every command that was waiting and every new one with
-//! [`LinkError::Down`] (so a caller can refuse a message rather than lose
+//! [`RemoteError::Down`] (so a caller can refuse a message rather than lose
 //! it), and tries again with a backoff from [`LinkConfig::retry_min`]
 //! doubling to [`LinkConfig::retry_max`]. Once both connections are back it
 //! says [`Incoming::Up`] (one line in the log) and subscribes again to every
@@ -26,14 +26,14 @@
 //! means "not known to have happened".
 //!
 //! Bounds: at most [`LinkConfig::max_waiting`] commands wait for replies
-//! (more are answered [`LinkError::Busy`]); a reply larger than
+//! (more are answered [`RemoteError::Busy`]); a reply larger than
 //! [`LinkConfig::max_reply`] breaks the connection; and while the outbox
 //! holds [`LinkConfig::max_outbox`] items the link stops reading, so a loop
 //! that falls behind makes Redis hold (and, past its own client output
 //! limit, drop) the connection rather than this process grow.
 
-use super::Wake;
-use super::resp::{Event, Resp, Value};
+use crate::broker::resp::{Event, Resp, Value};
+use crate::broker::{Incoming, Remote, RemoteError, Wake};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::collections::HashSet;
@@ -46,7 +46,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Where Redis is and the link's bounds.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkConfig {
     /// Redis's address.
     pub addr: SocketAddr,
@@ -84,50 +84,6 @@ impl LinkConfig {
             connect_timeout: Duration::from_secs(2),
         }
     }
-}
-
-/// Why a command has no reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LinkError {
-    /// Redis cannot be reached now, or the connection broke before the reply.
-    Down,
-    /// Too many commands are waiting for replies.
-    Busy,
-}
-
-impl std::fmt::Display for LinkError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            LinkError::Down => "redis is unavailable",
-            LinkError::Busy => "too many redis commands are waiting",
-        })
-    }
-}
-
-impl std::error::Error for LinkError {}
-
-/// What the link hands back, in the order it happened.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Incoming<T> {
-    /// The reply to the command given with this tag (perhaps a Redis error,
-    /// [`Value::Error`]), or why there is none.
-    Reply(T, Result<Value, LinkError>),
-    /// Redis confirmed a subscription: every message published on the
-    /// channel from here on comes as [`Incoming::Message`].
-    Subscribed(Vec<u8>),
-    /// A message on a subscribed channel.
-    Message {
-        /// The channel.
-        channel: Vec<u8>,
-        /// What was published.
-        payload: Vec<u8>,
-    },
-    /// Both connections are up (the first time, or after an outage); the
-    /// subscriptions are being made again and will be confirmed.
-    Up,
-    /// Redis cannot be reached: nothing published now is delivered, and
-    /// commands fail until [`Incoming::Up`].
-    Down,
 }
 
 enum Job<T> {
@@ -217,6 +173,28 @@ impl<T: Send + 'static> Link<T> {
         if sent.is_ok() {
             let _ = self.waker.wake();
         }
+    }
+}
+
+impl<T: Send + 'static> Remote<T> for Link<T> {
+    fn command(&self, tag: T, command: Vec<Vec<u8>>) {
+        Link::command(self, tag, command);
+    }
+
+    fn subscribe(&self, channel: &[u8]) {
+        Link::subscribe(self, channel);
+    }
+
+    fn unsubscribe(&self, channel: &[u8]) {
+        Link::unsubscribe(self, channel);
+    }
+
+    fn take(&self, into: &mut Vec<Incoming<T>>) {
+        Link::take(self, into);
+    }
+
+    fn is_up(&self) -> bool {
+        Link::is_up(self)
     }
 }
 
@@ -369,11 +347,11 @@ impl<T: Send + 'static> Driver<T> {
 
     fn command(&mut self, tag: T, command: Vec<Vec<u8>>) {
         let State::Up { commands, .. } = &mut self.state else {
-            self.pending.push(Incoming::Reply(tag, Err(LinkError::Down)));
+            self.pending.push(Incoming::Reply(tag, Err(RemoteError::Down)));
             return;
         };
         if commands.resp.waiting() >= self.config.max_waiting {
-            self.pending.push(Incoming::Reply(tag, Err(LinkError::Busy)));
+            self.pending.push(Incoming::Reply(tag, Err(RemoteError::Busy)));
             return;
         }
         let args: Vec<&[u8]> = command.iter().map(Vec::as_slice).collect();
@@ -382,10 +360,7 @@ impl<T: Send + 'static> Driver<T> {
 
     /// Writes what is queued and reads what came, on both connections.
     fn drive(&mut self) -> Result<(), Broken> {
-        let reading = self.shared.outbox().len() + self.pending.len() < self.config.max_outbox;
-        if !reading {
-            self.shared.paused.store(true, Ordering::Release);
-        }
+        let room = self.config.max_outbox.saturating_sub(self.shared.outbox().len() + self.pending.len());
         let (commands, subscriber) = match &mut self.state {
             State::Connecting { commands, subscriber, .. } | State::Up { commands, subscriber } => {
                 (commands, subscriber)
@@ -393,7 +368,7 @@ impl<T: Send + 'static> Driver<T> {
             State::Down { .. } => return Ok(()),
         };
         let mut events = Vec::new();
-        pump(commands, &mut self.buf, reading, &mut events)?;
+        let mut paused = !pump(commands, &mut self.buf, room, &mut events)?;
         for event in events.drain(..) {
             match event {
                 Event::Reply(Tag::Caller(tag), value) => self.pending.push(Incoming::Reply(tag, Ok(value))),
@@ -402,7 +377,12 @@ impl<T: Send + 'static> Driver<T> {
             }
         }
         let mut events = Vec::new();
-        pump(subscriber, &mut self.buf, reading, &mut events)?;
+        paused |= !pump(subscriber, &mut self.buf, room, &mut events)?;
+        if paused {
+            // Reading stopped before the sockets were drained: a take wakes
+            // the thread to go on (their readiness will not be signalled again).
+            self.shared.paused.store(true, Ordering::Release);
+        }
         for event in events {
             match event {
                 Event::Message { channel, payload } => self.pending.push(Incoming::Message { channel, payload }),
@@ -460,7 +440,7 @@ impl<T: Send + 'static> Driver<T> {
         if let State::Connecting { mut commands, .. } | State::Up { mut commands, .. } = state {
             for tag in commands.resp.abandon() {
                 if let Tag::Caller(tag) = tag {
-                    self.pending.push(Incoming::Reply(tag, Err(LinkError::Down)));
+                    self.pending.push(Incoming::Reply(tag, Err(RemoteError::Down)));
                 }
             }
         }
@@ -531,8 +511,9 @@ fn subscribe(subscriber: &mut Socket<SubTag>, channel: Vec<u8>) {
 }
 
 /// One connection's I/O: finishes connecting, writes what is queued, reads
-/// (if `reading`) until the socket has no more.
-fn pump<U>(socket: &mut Socket<U>, buf: &mut [u8], reading: bool, events: &mut Vec<Event<U>>) -> Result<(), Broken> {
+/// until the socket has no more or `room` events have come. Returns whether
+/// the socket was drained.
+fn pump<U>(socket: &mut Socket<U>, buf: &mut [u8], room: usize, events: &mut Vec<Event<U>>) -> Result<bool, Broken> {
     if !socket.connected {
         if let Ok(Some(err)) | Err(err) = socket.stream.take_error() {
             return Err(Broken(err.to_string()));
@@ -542,7 +523,7 @@ fn pump<U>(socket: &mut Socket<U>, buf: &mut [u8], reading: bool, events: &mut V
                 socket.connected = true;
                 let _ = socket.stream.set_nodelay(true);
             }
-            Err(err) if err.kind() == io::ErrorKind::NotConnected => return Ok(()),
+            Err(err) if err.kind() == io::ErrorKind::NotConnected => return Ok(true),
             Err(err) => return Err(Broken(err.to_string())),
         }
     }
@@ -555,17 +536,17 @@ fn pump<U>(socket: &mut Socket<U>, buf: &mut [u8], reading: bool, events: &mut V
             Err(err) => return Err(Broken(err.to_string())),
         }
     }
-    if !reading {
-        return Ok(());
-    }
     loop {
+        if events.len() >= room {
+            return Ok(false);
+        }
         match socket.stream.read(buf) {
             Ok(0) => return Err(Broken("redis closed the connection".into())),
             Ok(n) => {
                 let bytes = buf.get(..n).unwrap_or_default();
                 socket.resp.feed(bytes, events).map_err(|err| Broken(err.to_string()))?;
             }
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(true),
             Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
             Err(err) => return Err(Broken(err.to_string())),
         }

@@ -1,0 +1,159 @@
+//! Rooms across nodes (`--redis`): several `rust-chat` processes and one
+//! real `redis-server` (on a free port, append-only file on) make one chat.
+//! Skips loudly without `redis-server` (and fails under CI, which installs it).
+
+mod common;
+
+use common::redis::RedisServer;
+use common::{ChatClient, Spawned};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+fn node(redis: &RedisServer) -> Spawned {
+    Spawned::start(&["--redis", &redis.url(), "--rate-limit", "0"])
+}
+
+/// The `message` events among `events`, as (seq, text).
+fn messages(events: &[Value]) -> Vec<(u64, String)> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "message")
+        .map(|e| (e["seq"].as_u64().unwrap(), e["text"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+/// Reads events until `n` messages have come; returns every event read.
+fn read_messages(client: &mut ChatClient, n: usize) -> Vec<Value> {
+    let mut events = Vec::new();
+    while messages(&events).len() < n {
+        events.push(client.event());
+    }
+    events
+}
+
+/// Joins `room` on `node` and waits until a message said on it comes back
+/// (the node's subscription is made): returns the client.
+fn member(node: &Spawned, query: &str) -> ChatClient {
+    let (client, _) = ChatClient::join(node.addr, query);
+    client
+}
+
+#[test]
+fn three_nodes_one_room_one_order_with_contiguous_numbers() {
+    let Some(redis) = RedisServer::start(None) else { return };
+    let nodes = [node(&redis), node(&redis), node(&redis)];
+    let mut clients: Vec<ChatClient> =
+        nodes.iter().enumerate().map(|(n, node)| member(node, &format!("room=big&nick=n{n}"))).collect();
+    // Each sees the later ones join (through Redis, from whichever node).
+    for (n, client) in clients.iter_mut().enumerate() {
+        for later in n + 1..3 {
+            let join = client.until("join");
+            assert_eq!(join["nick"], format!("n{later}"), "{join}");
+        }
+    }
+    const EACH: usize = 50;
+    for i in 0..EACH {
+        for (n, client) in clients.iter_mut().enumerate() {
+            client.say(&format!("n{n} m{i}"));
+        }
+    }
+    let orders: Vec<Vec<(u64, String)>> =
+        clients.iter_mut().map(|client| messages(&read_messages(client, 3 * EACH))).collect();
+    let first = orders[0][0].0;
+    let seqs: Vec<u64> = orders[0].iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(seqs, (first..first + 3 * EACH as u64).collect::<Vec<_>>(), "contiguous numbers");
+    assert_eq!(orders[1], orders[0], "node 2 saw node 1's order");
+    assert_eq!(orders[2], orders[0], "node 3 saw node 1's order");
+    for n in 0..3 {
+        let own: Vec<&String> = orders[0].iter().map(|(_, t)| t).filter(|t| t.starts_with(&format!("n{n} "))).collect();
+        assert_eq!(own, (0..EACH).map(|i| format!("n{n} m{i}")).collect::<Vec<_>>().iter().collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn history_outlives_every_node_and_since_resumes_on_any_node() {
+    let Some(redis) = RedisServer::start(None) else { return };
+    let (epoch, seen) = {
+        let (a, b) = (node(&redis), node(&redis));
+        let (mut alice, welcome) = ChatClient::join(a.addr, "room=den&nick=alice");
+        let epoch = welcome["epoch"].as_str().unwrap().to_string();
+        let mut bob = member(&b, "room=den&nick=bob");
+        for i in 1..=5 {
+            alice.say(&format!("m{i}"));
+        }
+        let got = messages(&read_messages(&mut bob, 5));
+        assert_eq!(got.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>(), ["m1", "m2", "m3", "m4", "m5"]);
+        // Bob has seen up to m3 when he goes; two more come after.
+        (epoch, got[2].0)
+        // Both nodes end here (killed on drop).
+    };
+    let c = node(&redis);
+    let (mut carol, welcome) = ChatClient::join(c.addr, "room=den&nick=carol");
+    assert_eq!(welcome["epoch"], epoch.as_str(), "the room's life goes on");
+    let history: Vec<&str> =
+        welcome["history"].as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(history, ["m1", "m2", "m3", "m4", "m5"], "{welcome}");
+    assert_eq!(welcome["seq"], seen + 2);
+    carol.say("m6");
+    carol.until("message");
+    // Bob comes back on another node, resuming after what he saw.
+    let d = node(&redis);
+    let (mut bob, welcome) = ChatClient::join(d.addr, &format!("room=den&nick=bob&since={seen}&epoch={epoch}"));
+    assert_eq!(welcome["recovered"], true, "{welcome}");
+    let missed: Vec<&str> =
+        welcome["history"].as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(missed, ["m4", "m5", "m6"], "exactly what he missed");
+    // Then live ones, after them.
+    carol.say("m7");
+    assert_eq!(messages(&read_messages(&mut bob, 1)), vec![(seen + 4, "m7".to_string())]);
+    // Another life's epoch cannot resume: the recent ones instead, and it says so.
+    let (_, welcome) = ChatClient::join(d.addr, &format!("room=den&nick=eve&since={seen}&epoch=0-0"));
+    assert_eq!(welcome["recovered"], false);
+    assert_eq!(welcome["history"].as_array().unwrap().len(), 7);
+}
+
+#[test]
+fn while_redis_is_down_messages_are_refused_and_service_resumes_by_itself() {
+    let Some(mut redis) = RedisServer::start(None) else { return };
+    let (mut a, mut b) = (node(&redis), node(&redis));
+    let mut alice = member(&a, "room=ops&nick=alice");
+    let mut bob = member(&b, "room=ops&nick=bob");
+    alice.until("join"); // bob's
+    alice.say("before");
+    assert_eq!(messages(&read_messages(&mut bob, 1))[0].1, "before");
+    messages(&read_messages(&mut alice, 1));
+
+    redis.stop();
+    let outage = Instant::now();
+    let mut refused = 0;
+    while outage.elapsed() < Duration::from_secs(5) {
+        alice.say("during");
+        let event = alice.until("error");
+        assert_eq!(event["code"], "unavailable", "{event}");
+        refused += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(refused >= 5);
+    redis.start_again();
+    let back = Instant::now();
+    // Within 5 s a message goes through again, on the same connections.
+    let seq = loop {
+        assert!(back.elapsed() < Duration::from_secs(5), "not back within 5 s of Redis");
+        alice.say("after");
+        let event = alice.event();
+        match event["type"].as_str() {
+            Some("message") => break event["seq"].as_u64().unwrap(),
+            Some("error") => std::thread::sleep(Duration::from_millis(200)),
+            _ => {}
+        }
+    };
+    let got = messages(&read_messages(&mut bob, 1));
+    assert_eq!(got, vec![(seq, "after".to_string())], "nothing refused was delivered; the numbers go on");
+    assert_eq!(seq, 2);
+    assert_eq!(a.child.try_wait().unwrap(), None, "node a still runs");
+    assert_eq!(b.child.try_wait().unwrap(), None, "node b still runs");
+    let log = common::plain(&a.log());
+    assert_eq!(log.matches("redis: unavailable").count(), 1, "one warning per outage:\n{log}");
+    assert_eq!(log.matches("redis: reachable again").count(), 1, "one line when it ends:\n{log}");
+    let _ = (&mut a, &mut b);
+}
