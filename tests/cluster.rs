@@ -157,3 +157,73 @@ fn while_redis_is_down_messages_are_refused_and_service_resumes_by_itself() {
     assert_eq!(log.matches("redis: reachable again").count(), 1, "one line when it ends:\n{log}");
     let _ = (&mut a, &mut b);
 }
+
+#[test]
+fn who_and_rooms_answer_for_the_cluster_and_a_nickname_is_one_members_across_nodes() {
+    let Some(redis) = RedisServer::start(None) else { return };
+    let (a, b, c) = (node(&redis), node(&redis), node(&redis));
+    let mut ann = member(&a, "room=den&nick=ann");
+    let (_ben, welcome) = ChatClient::join(b.addr, "room=den&nick=ben");
+    assert_eq!(welcome["members"], serde_json::json!(["ann", "ben"]), "the welcome lists both nodes' members");
+    let _cat = member(&c, "room=attic&nick=cat");
+    ann.say("/who");
+    assert_eq!(ann.until("who")["members"], serde_json::json!(["ann", "ben"]));
+    ann.say("/rooms");
+    let rooms = ann.until("rooms");
+    assert_eq!(
+        rooms["rooms"],
+        serde_json::json!([{"name": "attic", "members": 1}, {"name": "den", "members": 2}, {"name": "lobby", "members": 0}]),
+        "{rooms}"
+    );
+    // Two nodes, one nickname, at once: exactly one gets it.
+    let racers: Vec<_> = [a.addr, b.addr]
+        .into_iter()
+        .map(|addr| {
+            std::thread::spawn(move || {
+                let (mut client, welcome) = ChatClient::join(addr, "room=den&nick=zed");
+                let nick = welcome["nick"].as_str().unwrap().to_string();
+                let error = (nick != "zed").then(|| client.expect("error")["code"].clone());
+                (nick, error, client)
+            })
+        })
+        .collect();
+    let got: Vec<(String, Option<Value>, ChatClient)> = racers.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(
+        got.iter().filter(|(nick, ..)| nick == "zed").count(),
+        1,
+        "{:?}",
+        got.iter().map(|g| &g.0).collect::<Vec<_>>()
+    );
+    let (loser, error, _) = got.iter().find(|(nick, ..)| nick != "zed").unwrap();
+    assert!(loser.starts_with("guest-"), "{loser}");
+    assert_eq!(error.as_ref().unwrap(), "nick_taken");
+    // /nick to a name another node's member has: refused.
+    ann.say("/nick ben");
+    assert_eq!(ann.until("error")["code"], "nick_taken");
+    ann.say("/nick anna");
+    let renamed = ann.until("nick");
+    assert_eq!((renamed["old"].as_str(), renamed["nick"].as_str()), (Some("ann"), Some("anna")));
+}
+
+#[test]
+fn a_node_killed_outright_is_gone_from_its_rooms_within_the_lease() {
+    let Some(redis) = RedisServer::start(None) else { return };
+    let (mut a, b) = (node(&redis), node(&redis));
+    let _alice = member(&a, "room=den&nick=alice");
+    let mut bob = member(&b, "room=den&nick=bob");
+    bob.say("/who");
+    assert_eq!(bob.until("who")["members"], serde_json::json!(["alice", "bob"]));
+    a.child.kill().unwrap(); // SIGKILL: no goodbye
+    a.child.wait().unwrap();
+    let killed = Instant::now();
+    bob.raw.stream.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+    let leave = bob.until("leave");
+    let took = killed.elapsed();
+    assert_eq!(leave["nick"], "alice");
+    assert!(took <= Duration::from_secs(30), "alice left {took:?} after her node died");
+    eprintln!("alice's leave came {took:?} after her node was killed");
+    bob.say("/who");
+    assert_eq!(bob.until("who")["members"], serde_json::json!(["bob"]));
+    let (_, welcome) = ChatClient::join(b.addr, "room=den&nick=alice");
+    assert_eq!(welcome["nick"], "alice", "her nickname is free again");
+}

@@ -29,17 +29,160 @@
 //! order differs. Members stay connected. When the link is back, each room
 //! is subscribed to again and the node reads what it missed.
 //!
-//! Not yet across nodes (issue 14 goes on): nicknames are unique per node,
-//! `/who` and `/rooms` answer for this node, room limits count this node's
-//! members, and a node's death is not yet seen by the others.
+//! Nicknames and presence are kept in Redis too. Each node has an id and a
+//! lease (`rc:node:ID`, [`LEASE`]), renewed every [`TICK`]; a nickname
+//! (`rc:nick:NAME`) is held by a node, and is free when no node holds it or
+//! its holder's lease has run out; each room's members (`rc:who:ROOM`,
+//! nick → node) and each node's members (`rc:members:ID`, nick → room) are
+//! hashes. `/who` and `/rooms` read them, counting only nodes whose lease
+//! runs. Every node, every [`TICK`], looks for nodes whose lease ran out and
+//! (one of them, atomically) takes their members out of their rooms,
+//! publishes their `leave` events and frees their nicknames: a node killed
+//! outright is gone from every room within `LEASE + TICK` (20 s). These keys are
+//! not under one hash tag: presence wants one Redis (or one shard).
+//!
+//! Not yet across nodes: room limits (members, rooms) count this node's
+//! members; a signed member takes its nickname from a member of another node
+//! without renaming it there.
 
-use super::{Chat, Outgoing, events};
+use super::{Chat, Claim, Outgoing, events};
 use crate::app::{ConnId, Effect};
 use crate::broker::redis::{self, Since, TopicKeys};
+use crate::broker::resp::{Value, as_bytes, as_int};
 use crate::broker::{Incoming, Remote};
 use crate::protocol::OpCode;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a node's lease runs without renewal.
+pub const LEASE: Duration = Duration::from_secs(15);
+
+/// How often a node renews its lease and looks for nodes whose lease ran out.
+pub const TICK: Duration = Duration::from_secs(5);
+
+/// Claims a nickname for a newcomer and puts it in its room. ARGV: node,
+/// mode (`keep`: it has it; `want`: if free; `guest`; `force`: signed),
+/// nick, room. Returns {nick, 1 if it got the one it wanted}.
+const CLAIM_SCRIPT: &str = r"
+local node, mode, nick, room = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local function take(name)
+  local key = 'rc:nick:' .. string.lower(name)
+  local holder = redis.call('GET', key)
+  if holder and holder ~= node and redis.call('EXISTS', 'rc:node:' .. holder) == 1 then return false end
+  redis.call('SET', key, node)
+  return true
+end
+local got = 1
+if mode == 'force' then
+  redis.call('SET', 'rc:nick:' .. string.lower(nick), node)
+elseif mode == 'guest' or (mode == 'want' and not take(nick)) then
+  got = 0
+  repeat nick = 'guest-' .. redis.call('INCR', 'rc:guests') until take(nick)
+end
+redis.call('HSET', 'rc:who:' .. room, nick, node)
+redis.call('HSET', 'rc:members:' .. node, nick, room)
+redis.call('SADD', 'rc:rooms', room)
+return {nick, got}
+";
+
+/// A member left a room (ARGV: node, nick, room, `1` if it left the chat: its nick is freed).
+const RELEASE_SCRIPT: &str = r"
+local node, nick, room = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('HGET', 'rc:who:' .. room, nick) == node then redis.call('HDEL', 'rc:who:' .. room, nick) end
+if ARGV[4] == '1' then
+  redis.call('HDEL', 'rc:members:' .. node, nick)
+  local key = 'rc:nick:' .. string.lower(nick)
+  if redis.call('GET', key) == node then redis.call('DEL', key) end
+end
+return 1
+";
+
+/// `/nick` (ARGV: node, old, new, room): 1 if renamed, 0 if another node's member has it.
+const RENAME_SCRIPT: &str = r"
+local node, old, new, room = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local key = 'rc:nick:' .. string.lower(new)
+local holder = redis.call('GET', key)
+if holder and holder ~= node and redis.call('EXISTS', 'rc:node:' .. holder) == 1 then return 0 end
+redis.call('SET', key, node)
+local oldkey = 'rc:nick:' .. string.lower(old)
+if string.lower(old) ~= string.lower(new) and redis.call('GET', oldkey) == node then redis.call('DEL', oldkey) end
+redis.call('HDEL', 'rc:who:' .. room, old)
+redis.call('HSET', 'rc:who:' .. room, new, node)
+redis.call('HDEL', 'rc:members:' .. node, old)
+redis.call('HSET', 'rc:members:' .. node, new, room)
+return 1
+";
+
+/// The members of a room (ARGV: room) on nodes whose lease runs, by name.
+const WHO_SCRIPT: &str = r"
+local all = redis.call('HGETALL', 'rc:who:' .. ARGV[1])
+local alive, names = {}, {}
+for i = 1, #all, 2 do
+  local node = all[i + 1]
+  if alive[node] == nil then alive[node] = redis.call('EXISTS', 'rc:node:' .. node) == 1 end
+  if alive[node] then names[#names + 1] = all[i] end
+end
+table.sort(names)
+return names
+";
+
+/// Every room with members on nodes whose lease runs (and the lobby), with their counts.
+const ROOMS_SCRIPT: &str = r"
+local alive, out = {}, {}
+local rooms = redis.call('SMEMBERS', 'rc:rooms')
+if redis.call('SISMEMBER', 'rc:rooms', 'lobby') == 0 then rooms[#rooms + 1] = 'lobby' end
+for _, room in ipairs(rooms) do
+  local all = redis.call('HGETALL', 'rc:who:' .. room)
+  local count = 0
+  for i = 2, #all, 2 do
+    local node = all[i]
+    if alive[node] == nil then alive[node] = redis.call('EXISTS', 'rc:node:' .. node) == 1 end
+    if alive[node] then count = count + 1 end
+  end
+  if count > 0 or room == 'lobby' then
+    out[#out + 1] = {room, count}
+  elseif #all == 0 then
+    redis.call('SREM', 'rc:rooms', room)
+  end
+end
+return out
+";
+
+/// Renews this node's lease (ARGV: node, lease in ms), and takes the members
+/// of every node whose lease ran out out of their rooms: their `leave`
+/// events are published, their nicknames freed. Returns how many it took out.
+const TICK_SCRIPT: &str = r#"
+local node = ARGV[1]
+redis.call('SET', 'rc:node:' .. node, '1', 'PX', ARGV[2])
+redis.call('SADD', 'rc:nodes', node)
+local gone = 0
+for _, other in ipairs(redis.call('SMEMBERS', 'rc:nodes')) do
+  if redis.call('EXISTS', 'rc:node:' .. other) == 0 then
+    local members = redis.call('HGETALL', 'rc:members:' .. other)
+    for i = 1, #members, 2 do
+      local nick, room = members[i], members[i + 1]
+      if redis.call('HGET', 'rc:who:' .. room, nick) == other then
+        redis.call('HDEL', 'rc:who:' .. room, nick)
+        redis.call('PUBLISH', 'rc:{' .. room .. '}:msg', '* 0 - {"nick":"' .. nick .. '","room":"' .. room .. '","type":"leave"}')
+        gone = gone + 1
+      end
+      local key = 'rc:nick:' .. string.lower(nick)
+      if redis.call('GET', key) == other then redis.call('DEL', key) end
+    end
+    redis.call('DEL', 'rc:members:' .. other)
+    redis.call('SREM', 'rc:nodes', other)
+  end
+end
+return gone
+"#;
+
+/// `EVAL script 0 argv...`.
+fn script(script: &str, argv: &[&str]) -> Vec<Vec<u8>> {
+    let mut command = vec![b"EVAL".to_vec(), script.as_bytes().to_vec(), b"0".to_vec()];
+    command.extend(argv.iter().map(|arg| arg.as_bytes().to_vec()));
+    command
+}
 
 /// What a command the chat sent to Redis was for (opaque: the link hands it back).
 #[derive(Debug)]
@@ -47,6 +190,18 @@ pub struct Tag(Kind);
 
 #[derive(Debug)]
 enum Kind {
+    /// A newcomer's nickname (`wanted`: it asked for one).
+    Claim { room: Arc<str>, conn: ConnId, wanted: bool, announce: bool },
+    /// The members for a newcomer's welcome.
+    Members { room: Arc<str>, conn: ConnId },
+    /// `/nick`.
+    Rename { conn: ConnId, old: String, new: String },
+    /// `/who`.
+    Who { conn: ConnId, room: String },
+    /// `/rooms`.
+    Rooms(ConnId),
+    /// Nothing to do with the reply.
+    Quiet,
     /// A member's message.
     Say(ConnId),
     /// A `join`, `leave` or `nick` event.
@@ -70,6 +225,8 @@ const UNNUMBERED: &str = "*";
 /// One node's view of the rooms it has members in.
 #[derive(Debug, Default)]
 pub(crate) struct Node {
+    /// This node's id in Redis (new in every process).
+    id: String,
     rooms: HashMap<Arc<str>, NodeRoom>,
     /// Room by channel.
     channels: HashMap<Vec<u8>, Arc<str>>,
@@ -101,6 +258,14 @@ struct NodeRoom {
 struct Join {
     conn: ConnId,
     resume: Option<(u64, Box<str>)>,
+    /// Its nickname, until it is claimed (then `None`).
+    claim: Option<Claim>,
+    /// The claim was sent (and has not failed).
+    claiming: bool,
+    /// For after the welcome.
+    errors: Vec<(&'static str, String)>,
+    /// The room's members across the nodes, once read.
+    members: Option<Vec<String>>,
     /// Its history was asked for (and has not failed).
     asked: bool,
     /// Its history, once read.
@@ -117,11 +282,19 @@ struct Ready {
 
 impl Node {
     pub(crate) fn new(history_len: usize) -> Node {
-        Node { history_len: history_len.max(1), ..Node::default() }
+        Node { id: super::new_epoch().into(), history_len: history_len.max(1), ..Node::default() }
+    }
+
+    /// Renews this node's lease and takes the members of nodes whose lease
+    /// ran out out of their rooms (every [`TICK`], and when the link is up).
+    pub(crate) fn tick(&self, link: &ClusterLink) {
+        let lease = LEASE.as_millis().to_string();
+        link.command(Tag(Kind::Quiet), script(TICK_SCRIPT, &[&self.id, &lease]));
     }
 
     /// Carries out what a call of the chat left for the cluster.
-    pub(crate) fn outgoing(&mut self, chat: &Chat, link: &ClusterLink, op: Outgoing, out: &mut Vec<Effect>) {
+    pub(crate) fn outgoing(&mut self, chat: &mut Chat, link: &ClusterLink, op: Outgoing, out: &mut Vec<Effect>) {
+        let chat = &*chat;
         match op {
             Outgoing::Say { from, room, event } => {
                 if !link.is_up() {
@@ -130,20 +303,42 @@ impl Node {
                 let keys = TopicKeys::of(&room);
                 link.command(Tag(Kind::Say(from)), redis::publish_command(&keys, event.as_bytes(), self.history_len));
             }
-            Outgoing::Announce { room, event } => {
-                let keys = TopicKeys::of(&room);
-                let payload = format!("{UNNUMBERED} 0 {event}");
-                let command = vec![b"PUBLISH".to_vec(), keys.channel.into_bytes(), payload.into_bytes()];
-                link.command(Tag(Kind::Announce), command);
-            }
-            Outgoing::Welcome { conn, room, resume } => {
+            Outgoing::Announce { room, event } => announce(link, &self.id, &room, &event, out),
+            Outgoing::Welcome { conn, room, resume, claim, errors } => {
                 let room: Arc<str> = room.into();
-                let history_len = self.history_len;
+                let (history_len, id) = (self.history_len, self.id.clone());
                 let entry = self.room(&room, link);
-                entry.joins.push(Join { conn, resume, asked: false, ready: None });
+                let claim = Some(claim);
+                let join =
+                    Join { conn, resume, claim, claiming: false, errors, members: None, asked: false, ready: None };
+                entry.joins.push(join);
                 if entry.subscribed {
-                    ask_all(entry, &room, link, history_len);
+                    ask_all(entry, &room, link, history_len, &id, chat);
                 }
+            }
+            Outgoing::Release { nick, room, free } => {
+                let free = if free { "1" } else { "0" };
+                link.command(Tag(Kind::Quiet), script(RELEASE_SCRIPT, &[&self.id, &nick, &room, free]));
+            }
+            Outgoing::Rename { conn, old, wanted } => {
+                if !link.is_up() {
+                    return unavailable(chat, conn, out);
+                }
+                let Some(room) = chat.room_of(conn) else { return };
+                let command = script(RENAME_SCRIPT, &[&self.id, &old, &wanted, room]);
+                link.command(Tag(Kind::Rename { conn, old, new: wanted }), command);
+            }
+            Outgoing::Who { conn, room } => {
+                if !link.is_up() {
+                    return unavailable(chat, conn, out);
+                }
+                link.command(Tag(Kind::Who { conn, room: room.clone() }), script(WHO_SCRIPT, &[&room]));
+            }
+            Outgoing::Rooms(conn) => {
+                if !link.is_up() {
+                    return unavailable(chat, conn, out);
+                }
+                link.command(Tag(Kind::Rooms(conn)), script(ROOMS_SCRIPT, &[]));
             }
             Outgoing::RoomGone(room) => {
                 if let Some(gone) = self.rooms.remove(room.as_str()) {
@@ -175,9 +370,80 @@ impl Node {
     }
 
     /// Takes in what the link handed back.
-    pub(crate) fn incoming(&mut self, chat: &Chat, link: &ClusterLink, incoming: Incoming<Tag>, out: &mut Vec<Effect>) {
-        let history_len = self.history_len;
+    pub(crate) fn incoming(
+        &mut self,
+        chat: &mut Chat,
+        link: &ClusterLink,
+        incoming: Incoming<Tag>,
+        out: &mut Vec<Effect>,
+    ) {
+        let (history_len, id) = (self.history_len, self.id.clone());
         match incoming {
+            Incoming::Reply(Tag(Kind::Claim { room, conn, wanted, announce: tell }), reply) => {
+                let claimed = reply.ok().and_then(|value| claimed(&value));
+                let Some(entry) = self.rooms.get_mut(&room) else { return };
+                let Some(join) = entry.joins.iter_mut().find(|join| join.conn == conn) else {
+                    // It left before the reply: what was claimed for it is let go.
+                    if let Some((nick, _)) = claimed {
+                        link.command(Tag(Kind::Quiet), script(RELEASE_SCRIPT, &[&id, &nick, &room, "1"]));
+                    }
+                    return;
+                };
+                join.claiming = false;
+                let Some((nick, got)) = claimed else { return };
+                join.claim = None;
+                chat.set_nick(conn, &nick);
+                if wanted && !got {
+                    join.errors.push((events::code::NICK_TAKEN, "that nickname is taken on another node".into()));
+                }
+                if tell {
+                    // Before the newcomer is subscribed here: it does not hear of itself.
+                    announce(link, &id, &room, &events::join(&room, &nick), out);
+                }
+                ask_all(entry, &room, link, history_len, &id, chat);
+            }
+            Incoming::Reply(Tag(Kind::Members { room, conn }), reply) => {
+                let Some(entry) = self.rooms.get_mut(&room) else { return };
+                let Some(join) = entry.joins.iter_mut().find(|join| join.conn == conn) else { return };
+                match reply.ok().and_then(|value| names(&value)) {
+                    Some(names) => join.members = Some(names),
+                    None => join.asked = false,
+                }
+                settle(entry, &room, chat, out);
+            }
+            Incoming::Reply(Tag(Kind::Rename { conn, old, new }), reply) => {
+                let renamed = reply.ok().and_then(|value| crate::broker::resp::as_int(&value));
+                match renamed {
+                    Some(1) if chat.set_nick(conn, &new) => {
+                        if let Some(room) = chat.room_of(conn) {
+                            announce(link, &id, room, &events::nick(room, &old, &new), out);
+                        }
+                    }
+                    Some(_) => {
+                        let bytes = events::error(events::code::NICK_TAKEN, &format!("{new} is taken")).into_bytes();
+                        out.push(Effect::Send { to: conn, opcode: OpCode::Text, bytes: bytes.into() });
+                    }
+                    None => unavailable(chat, conn, out),
+                }
+            }
+            Incoming::Reply(Tag(Kind::Who { conn, room }), reply) => match reply.ok().and_then(|value| names(&value)) {
+                Some(names) => {
+                    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                    let bytes = events::who(&room, &names).into_bytes();
+                    out.push(Effect::Send { to: conn, opcode: OpCode::Text, bytes: bytes.into() });
+                }
+                None => unavailable(chat, conn, out),
+            },
+            Incoming::Reply(Tag(Kind::Rooms(conn)), reply) => match reply.ok().and_then(|value| room_counts(&value)) {
+                Some(mut rooms) => {
+                    rooms.sort_unstable();
+                    let list: Vec<(&str, usize)> = rooms.iter().map(|(name, n)| (name.as_str(), *n)).collect();
+                    let bytes = events::rooms(&list).into_bytes();
+                    out.push(Effect::Send { to: conn, opcode: OpCode::Text, bytes: bytes.into() });
+                }
+                None => unavailable(chat, conn, out),
+            },
+            Incoming::Reply(Tag(Kind::Quiet), _) => {}
             Incoming::Reply(Tag(Kind::Say(from)), reply) => {
                 let numbered = reply.ok().is_some_and(|value| redis::published(&value).is_ok());
                 if !numbered {
@@ -231,7 +497,7 @@ impl Node {
                 let Some(room) = self.channels.get(&channel).cloned() else { return };
                 let Some(entry) = self.rooms.get_mut(&room) else { return };
                 entry.subscribed = true;
-                ask_all(entry, &room, link, history_len);
+                ask_all(entry, &room, link, history_len, &id, chat);
                 // Subscribed again after an outage: read what went by meanwhile.
                 if entry.delivered.is_some() {
                     catch_up(entry, &room, link, history_len);
@@ -243,25 +509,42 @@ impl Node {
                 let Some(got) = redis::received(&payload) else { return };
                 let Ok(event) = std::str::from_utf8(got.payload) else { return };
                 if got.epoch == UNNUMBERED {
-                    out.push(Effect::Publish { topic: room, opcode: OpCode::Text, bytes: event.as_bytes().into() });
+                    // From another node (this node's own were handed out when it sent them).
+                    if let Some((origin, event)) = event.split_once(' ')
+                        && origin != id
+                    {
+                        out.push(Effect::Publish { topic: room, opcode: OpCode::Text, bytes: event.as_bytes().into() });
+                    }
                     return;
                 }
                 let Some(event) = numbered(got.payload, got.seq) else { return };
                 take_live(entry, &room, link, out, got.epoch.to_string(), got.seq, event.into());
                 settle(entry, &room, chat, out);
             }
-            Incoming::Up => {}
+            Incoming::Up => self.tick(link),
             Incoming::Down => {
                 for entry in self.rooms.values_mut() {
                     entry.subscribed = false;
                     entry.catching_up = false;
                     for join in &mut entry.joins {
                         join.asked = false;
+                        join.claiming = false;
                     }
                 }
             }
         }
     }
+}
+
+/// A `join`, `leave` or `nick` event: to this node's members in the room at
+/// once, and to the other nodes' through the room's channel (`* 0 ORIGIN
+/// EVENT`, unnumbered and not kept). Lost if Redis is down: presence is
+/// read again from Redis by `/who`.
+fn announce(link: &ClusterLink, id: &str, room: &str, event: &str, out: &mut Vec<Effect>) {
+    out.push(Effect::Publish { topic: room.into(), opcode: OpCode::Text, bytes: event.as_bytes().into() });
+    let payload = format!("{UNNUMBERED} 0 {id} {event}");
+    let channel = TopicKeys::of(room).channel.into_bytes();
+    link.command(Tag(Kind::Announce), vec![b"PUBLISH".to_vec(), channel, payload.into_bytes()]);
 }
 
 /// Tells `from` that its message was not taken.
@@ -281,9 +564,55 @@ fn numbered(event: &[u8], seq: u64) -> Option<String> {
     Some(format!("{head},\"seq\":{seq},{tail}"))
 }
 
-fn ask_all(entry: &mut NodeRoom, room: &Arc<str>, link: &ClusterLink, history_len: usize) {
-    for join in entry.joins.iter_mut().filter(|join| !join.asked && join.ready.is_none()) {
-        join.asked = true;
+/// A claim's reply: the nickname, and whether it is the one asked for.
+fn claimed(value: &Value) -> Option<(String, bool)> {
+    let Value::Array(parts) = value else { return None };
+    let [nick, got] = parts.as_slice() else { return None };
+    let nick = String::from_utf8(as_bytes(nick)?.to_vec()).ok()?;
+    Some((nick, as_int(got)? == 1))
+}
+
+/// A list of names.
+fn names(value: &Value) -> Option<Vec<String>> {
+    let Value::Array(parts) = value else { return None };
+    parts.iter().map(|part| String::from_utf8(as_bytes(part)?.to_vec()).ok()).collect()
+}
+
+/// A list of (room, members).
+fn room_counts(value: &Value) -> Option<Vec<(String, usize)>> {
+    let Value::Array(parts) = value else { return None };
+    parts
+        .iter()
+        .map(|part| {
+            let Value::Array(pair) = part else { return None };
+            let [name, count] = pair.as_slice() else { return None };
+            let name = String::from_utf8(as_bytes(name)?.to_vec()).ok()?;
+            Some((name, usize::try_from(as_int(count)?).ok()?))
+        })
+        .collect()
+}
+
+/// Sends, for each newcomer of the room, what it waits for next: its
+/// nickname's claim, then (the room subscribed) its history and the room's members.
+fn ask_all(entry: &mut NodeRoom, room: &Arc<str>, link: &ClusterLink, history_len: usize, id: &str, chat: &Chat) {
+    entry.joins.retain(|join| chat.is_in(join.conn, room));
+    for join in entry.joins.iter_mut().filter(|join| join.claim.is_some() && !join.claiming) {
+        let Some(claim) = &join.claim else { continue };
+        let nick = chat.nick_of(join.conn).unwrap_or_default();
+        let (mode, nick) = match claim {
+            Claim::Keep => ("keep", nick),
+            Claim::Want(wanted) => ("want", wanted.as_str()),
+            Claim::Guest => ("guest", ""),
+            Claim::Signed(signed) => ("force", signed.as_str()),
+        };
+        join.claiming = true;
+        let (wanted, announce) = (matches!(claim, Claim::Want(_)), !matches!(claim, Claim::Keep));
+        let tag = Tag(Kind::Claim { room: Arc::clone(room), conn: join.conn, wanted, announce });
+        link.command(tag, script(CLAIM_SCRIPT, &[id, mode, nick, room]));
+    }
+    for join in entry.joins.iter_mut().filter(|join| join.claim.is_none() && !join.asked) {
+        (join.asked, join.ready, join.members) = (true, None, None);
+        link.command(Tag(Kind::Members { room: Arc::clone(room), conn: join.conn }), script(WHO_SCRIPT, &[room]));
         let since = match &join.resume {
             Some((seq, epoch)) => Since::After { seq: *seq, epoch },
             None => Since::Last,
@@ -358,7 +687,7 @@ fn settle(entry: &mut NodeRoom, room: &Arc<str>, chat: &Chat, out: &mut Vec<Effe
     let Some(delivered) = entry.delivered.filter(|_| !entry.catching_up) else { return };
     let recent = &entry.recent;
     entry.joins.retain(|join| {
-        let Some(ready) = &join.ready else { return true };
+        let (Some(ready), Some(members)) = (&join.ready, &join.members) else { return true };
         if ready.last > delivered && ready.epoch.as_str() == entry.epoch.as_deref().unwrap_or("") {
             return true;
         }
@@ -369,9 +698,14 @@ fn settle(entry: &mut NodeRoom, room: &Arc<str>, chat: &Chat, out: &mut Vec<Effe
         let history: Vec<Arc<str>> = ready.history.iter().cloned().chain(after).collect();
         let epoch = entry.epoch.as_deref().unwrap_or(&ready.epoch);
         let position = events::Position { epoch, seq: delivered.max(ready.last), recovered: ready.recovered };
-        if let Some(welcome) = chat.welcome_of(join.conn, room, position, history.iter()) {
+        let members: Vec<&str> = members.iter().map(String::as_str).collect();
+        if let Some(welcome) = chat.welcome_of(join.conn, room, &members, position, history.iter()) {
             out.push(Effect::Send { to: join.conn, opcode: OpCode::Text, bytes: welcome.into_bytes().into() });
             out.push(Effect::Subscribe { id: join.conn, topic: Arc::clone(room) });
+            for (code, message) in &join.errors {
+                let bytes = events::error(code, message).into_bytes().into();
+                out.push(Effect::Send { to: join.conn, opcode: OpCode::Text, bytes });
+            }
         }
         false
     });

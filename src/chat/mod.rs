@@ -196,8 +196,10 @@ pub(crate) enum Outgoing {
         /// The event.
         event: String,
     },
-    /// `conn` entered `room`: it is to be welcomed (and subscribed) once the
-    /// room's history is read, resuming after `since` in `epoch` if it asked.
+    /// `conn` entered `room`: its nickname is to be claimed across the
+    /// nodes (`claim`), and it is to be welcomed (and subscribed) once the
+    /// room's history is read, resuming after `since` in `epoch` if it
+    /// asked; `errors` follow the welcome.
     Welcome {
         /// The member.
         conn: ConnId,
@@ -205,9 +207,53 @@ pub(crate) enum Outgoing {
         room: String,
         /// `since` and `epoch`.
         resume: Option<(u64, Box<str>)>,
+        /// What to do about its nickname.
+        claim: Claim,
+        /// `error` events (code, message) for after the welcome.
+        errors: Vec<(&'static str, String)>,
     },
+    /// `nick` left `room` (for another room, or the chat: then its nickname is free).
+    Release {
+        /// The nickname.
+        nick: String,
+        /// The room.
+        room: String,
+        /// It left the chat.
+        free: bool,
+    },
+    /// `conn` asks to be called `wanted` instead of `old` (`/nick`).
+    Rename {
+        /// The member.
+        conn: ConnId,
+        /// Its nickname now.
+        old: String,
+        /// The one it wants (valid, and free on this node).
+        wanted: String,
+    },
+    /// `/who` from `conn`, in `room`.
+    Who {
+        /// The member.
+        conn: ConnId,
+        /// Its room.
+        room: String,
+    },
+    /// `/rooms` from `conn`.
+    Rooms(ConnId),
     /// The last member of `room` on this node left it.
     RoomGone(String),
+}
+
+/// What a newcomer's nickname needs across the nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// It has it already (it moves from room to room).
+    Keep,
+    /// It asked for this one (free on this node): it gets it if no other node's member has it.
+    Want(String),
+    /// A guest nickname, unique across the nodes.
+    Guest,
+    /// A signed member's, from its token: it takes it.
+    Signed(String),
 }
 
 impl App for Chat {
@@ -387,8 +433,20 @@ impl Chat {
 
         tracing::debug!(conn = id.generation, nick = %nick, room = %room, signed = signed.is_some(), "chat: joined");
         self.nicks.insert(nick.to_ascii_lowercase(), id);
+        let claim = match (signed, want_nick) {
+            (Some(_), _) => Claim::Signed(nick.clone()),
+            (None, Some(wanted)) if wanted == nick => Claim::Want(nick.clone()),
+            (None, _) => Claim::Guest,
+        };
         let member = Member { nick, room: room.clone(), bucket: TokenBucket::default(), signed: signed.is_some() };
         self.members.insert(id, member);
+        if self.cluster {
+            // The join is announced, and the welcome sent, once the nickname is claimed.
+            self.rooms.entry(room.clone()).or_insert_with(Room::new).members.push(id);
+            let resume = resume.map(|resume| (resume.since, resume.epoch.into()));
+            self.outgoing.push(Outgoing::Welcome { conn: id, room, resume, claim, errors });
+            return Ok(());
+        }
         self.enter(&room, resume, ctx);
         for (code, message) in errors {
             ctx.send_text(&events::error(code, &message));
@@ -403,7 +461,7 @@ impl Chat {
         self.expiries.compact(members.len(), |id| members.contains_key(&id));
         tracing::debug!(conn = ctx.id().generation, nick = %member.nick, room = %member.room, "chat: left");
         self.nicks.remove(&member.nick.to_ascii_lowercase());
-        self.exit(&member.room, &member.nick, ctx);
+        self.exit(&member.room, &member.nick, true, ctx);
     }
 
     /// A text message from a member: a message to its room, or a command.
@@ -461,10 +519,15 @@ impl Chat {
                 Some(room) => self.join(room, ctx),
                 None => ctx.send_text(&events::error(code::BAD_ARGUMENT, "usage: /join ROOM")),
             },
+            "who" if self.cluster => {
+                let Some(member) = self.members.get(&ctx.id()) else { return };
+                self.outgoing.push(Outgoing::Who { conn: ctx.id(), room: member.room.clone() });
+            }
             "who" => {
                 let Some(member) = self.members.get(&ctx.id()) else { return };
                 ctx.send_text(&events::who(&member.room, &self.nicks_in(&member.room)));
             }
+            "rooms" if self.cluster => self.outgoing.push(Outgoing::Rooms(ctx.id())),
             "rooms" => {
                 let mut list: Vec<(&str, usize)> =
                     self.rooms.iter().map(|(name, room)| (name.as_str(), room.members.len())).collect();
@@ -556,6 +619,11 @@ impl Chat {
             Ok(nick) => nick,
             Err((code, message)) => return ctx.send_text(&events::error(code, &message)),
         };
+        if self.cluster {
+            // Renamed (and announced) once no other node's member has it.
+            self.outgoing.push(Outgoing::Rename { conn: id, old, wanted: nick });
+            return;
+        }
         tracing::debug!(conn = id.generation, old = %old, nick = %nick, "chat: renamed");
         self.nicks.remove(&old.to_ascii_lowercase());
         self.nicks.insert(nick.to_ascii_lowercase(), id);
@@ -577,7 +645,7 @@ impl Chat {
         };
         let (old, nick) = (member.room.clone(), member.nick.clone());
         tracing::debug!(conn = ctx.id().generation, nick = %nick, from = %old, to = %room, "chat: moved");
-        self.exit(&old, &nick, ctx);
+        self.exit(&old, &nick, false, ctx);
         if let Some(member) = self.members.get_mut(&ctx.id()) {
             member.room = room.clone();
         }
@@ -615,6 +683,12 @@ impl Chat {
     }
 
     fn guest_nick(&mut self) -> String {
+        if self.cluster {
+            // Held until the cluster gives a guest nickname unique across the
+            // nodes; no client can ask for it (`~` is not in a valid name).
+            self.next_guest += 1;
+            return format!("~{}", self.next_guest);
+        }
         loop {
             let nick = format!("guest-{}", self.next_guest);
             self.next_guest += 1;
@@ -636,7 +710,8 @@ impl Chat {
         room.members.push(id);
         if self.cluster {
             let resume = resume.map(|resume| (resume.since, resume.epoch.into()));
-            self.outgoing.push(Outgoing::Welcome { conn: id, room: name.to_string(), resume });
+            let (claim, errors) = (Claim::Keep, Vec::new());
+            self.outgoing.push(Outgoing::Welcome { conn: id, room: name.to_string(), resume, claim, errors });
             return;
         }
         ctx.subscribe(name);
@@ -655,8 +730,12 @@ impl Chat {
 
     /// Takes this connection out of room `name`, tells the others, and
     /// removes the room if it is now empty.
-    fn exit(&mut self, name: &str, nick: &str, ctx: &mut Context<'_>) {
+    fn exit(&mut self, name: &str, nick: &str, leaving: bool, ctx: &mut Context<'_>) {
         ctx.unsubscribe(name);
+        if self.cluster {
+            let (nick, room) = (nick.to_string(), name.to_string());
+            self.outgoing.push(Outgoing::Release { nick, room, free: leaving });
+        }
         let Some(room) = self.rooms.get_mut(name) else { return };
         let id = ctx.id();
         room.members.retain(|member| *member != id);
@@ -689,11 +768,36 @@ impl Chat {
         &self,
         conn: ConnId,
         room: &str,
+        members: &[&str],
         position: events::Position<'_>,
         history: impl Iterator<Item = impl AsRef<str>>,
     ) -> Option<String> {
         let member = self.members.get(&conn).filter(|member| member.room == room)?;
-        Some(events::welcome(&member.nick, room, &self.nicks_in(room), position, history))
+        Some(events::welcome(&member.nick, room, members, position, history))
+    }
+
+    /// The room of `conn`, if it is a member.
+    pub(crate) fn room_of(&self, conn: ConnId) -> Option<&str> {
+        self.members.get(&conn).map(|member| member.room.as_str())
+    }
+
+    /// The nickname of `conn`, if it is a member.
+    pub(crate) fn nick_of(&self, conn: ConnId) -> Option<&str> {
+        self.members.get(&conn).map(|member| member.nick.as_str())
+    }
+
+    /// `conn` is called `nick` from now on (the cluster settled it): `false`
+    /// if another member here took it meanwhile.
+    pub(crate) fn set_nick(&mut self, conn: ConnId, nick: &str) -> bool {
+        let key = nick.to_ascii_lowercase();
+        if self.nicks.get(&key).is_some_and(|holder| *holder != conn) {
+            return false;
+        }
+        let Some(member) = self.members.get_mut(&conn) else { return false };
+        self.nicks.remove(&member.nick.to_ascii_lowercase());
+        self.nicks.insert(key, conn);
+        member.nick = nick.to_string();
+        true
     }
 
     /// From now on the rooms span nodes: see [`cluster`] (before any member joins).

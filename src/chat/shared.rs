@@ -106,11 +106,11 @@ impl Shared {
         let link = &**link;
         let mut effects = Vec::new();
         for op in std::mem::take(&mut state.chat.outgoing) {
-            node.outgoing(&state.chat, link, op, &mut effects);
+            node.outgoing(&mut state.chat, link, op, &mut effects);
         }
         link.take(&mut state.incoming);
         for incoming in std::mem::take(&mut state.incoming) {
-            node.incoming(&state.chat, link, incoming, &mut effects);
+            node.incoming(&mut state.chat, link, incoming, &mut effects);
         }
         for effect in effects {
             self.route(state, effect);
@@ -119,7 +119,7 @@ impl Shared {
 
     /// The application value for worker `worker`.
     pub fn worker(self: &Arc<Shared>, worker: usize) -> SharedChat {
-        SharedChat { worker, shared: Arc::clone(self), taken: Vec::new(), expiries: Default::default() }
+        SharedChat { worker, shared: Arc::clone(self), taken: Vec::new(), expiries: Default::default(), tick_at: None }
     }
 
     /// The number of members of the chat, over all workers.
@@ -188,13 +188,24 @@ pub struct SharedChat {
     /// When the tokens of this worker's signed members expire (a member
     /// joins on its own worker, so its expiry is taken here from the call).
     expiries: super::token::Expiries,
+    /// With `--redis`, on the first worker: when the node next renews its
+    /// lease (see `chat::cluster`).
+    tick_at: Option<Instant>,
 }
 
 impl SharedChat {
+    /// With `--redis`, the first worker renews the node's lease: from now on.
+    fn start_ticking(&mut self, now: Instant) {
+        if self.tick_at.is_none() && self.worker == 0 && self.shared.link.get().is_some() {
+            self.tick_at = Some(now + super::cluster::TICK);
+        }
+    }
+
     /// Runs `f` on the chat under the lock and hands what it did to the
     /// broker, then does this worker's deliveries at once (which may hold
     /// other workers' earlier publications too, in their order).
     fn call(&mut self, ctx: &mut Context<'_>, f: impl FnOnce(&mut Chat, &mut Context<'_>)) {
+        self.start_ticking(ctx.now());
         let shared = &*self.shared;
         let mut effects = Vec::new();
         {
@@ -258,16 +269,27 @@ impl App for SharedChat {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        self.expiries.next()
+        match (self.expiries.next(), self.tick_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Closes (1008 "token expired") this worker's members whose tokens have expired.
     fn on_deadline(&mut self, hub: &mut Hub, now: Instant) {
         self.expiries.close_due(hub, now);
+        if self.tick_at.is_some_and(|at| at <= now) {
+            self.tick_at = Some(now + super::cluster::TICK);
+            let state = self.shared.lock();
+            if let (Some(link), Some(node)) = (self.shared.link.get(), state.node.as_ref()) {
+                node.tick(&**link);
+            }
+        }
     }
 
     /// Another worker left this one deliveries: do them, in order.
-    fn on_notify(&mut self, hub: &mut Hub, _now: Instant) {
+    fn on_notify(&mut self, hub: &mut Hub, now: Instant) {
+        self.start_ticking(now);
         if self.shared.link.get().is_some() {
             let mut state = self.shared.lock();
             self.shared.cluster(&mut state);
