@@ -154,3 +154,71 @@ fn the_application_hears_of_every_open_connection_when_the_server_stops() {
     drop(server);
     assert_eq!(closes.lock().unwrap().len(), 2);
 }
+
+/// Publishes what it hears to everyone at `/room`, and at the end of that
+/// turn (just before the turn's deliveries) notifies its own loop, as a
+/// thread of its own could at that moment: `on_notify` counts.
+struct Notifier {
+    handle: Arc<std::sync::OnceLock<ServerHandle>>,
+    notified: Arc<std::sync::atomic::AtomicUsize>,
+    heard: bool,
+}
+
+impl App for Notifier {
+    type Conn = ();
+
+    fn route(&mut self, _: &Request<'_, '_>) -> Route<()> {
+        Route::Accept(())
+    }
+
+    fn on_open(&mut self, _: &mut (), ctx: &mut Context<'_>) {
+        ctx.subscribe("room");
+    }
+
+    fn on_message(&mut self, _: &mut (), message: Message<'_>, ctx: &mut Context<'_>) {
+        ctx.publish("room", message);
+        self.heard = true;
+    }
+
+    fn on_turn_end(&mut self) {
+        if std::mem::take(&mut self.heard)
+            && let Some(handle) = self.handle.get()
+        {
+            handle.notify();
+        }
+    }
+
+    fn on_notify(&mut self, _: &mut rust_chat::app::Hub, _: Instant) {
+        self.notified.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn a_notify_during_a_large_delivery_is_acted_on_at_once() {
+    // A delivery to more than 64 connections looks for input part way
+    // through; a notify whose wake-up that look takes must still reach the
+    // application at once, not at the loop's next timer (a minute away).
+    let handle = Arc::new(std::sync::OnceLock::new());
+    let notified = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let app = Notifier { handle: Arc::clone(&handle), notified: Arc::clone(&notified), heard: false };
+    let config = ServerConfig { bind: "127.0.0.1:0".parse().unwrap(), ..ServerConfig::default() };
+    let mut server = Server::bind(config, app).expect("bind");
+    let (addr, server_handle) = (server.local_addr(), server.handle());
+    let _ = handle.set(server_handle.clone());
+    let thread = std::thread::spawn(move || {
+        server.run().expect("event loop");
+    });
+    let running = Running { addr, handle: server_handle, thread: Some(thread) };
+    let mut members: Vec<RawClient> = (0..200).map(|_| RawClient::open(running.addr, "/")).collect();
+    for round in 1..=5 {
+        members[0].send_text("hello");
+        let start = Instant::now();
+        while notified.load(std::sync::atomic::Ordering::Relaxed) < round {
+            assert!(start.elapsed() < Duration::from_secs(5), "round {round}: the notify was not acted on");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for member in &mut members {
+            assert_eq!(member.read_frame().payload, b"hello");
+        }
+    }
+}

@@ -396,9 +396,10 @@ impl<A: App> Server<A> {
         if !self.ready.is_empty() {
             return Some(Duration::ZERO); // connections with input waiting: only look for new events
         }
-        // A stop or shutdown request whose wake-up was taken by a look for
-        // input during delivery: act on it now rather than at the next event.
-        if self.shutdown.stop_requested() || self.shutdown.shutdown_requested() {
+        // A stop or shutdown request, or a notify, whose wake-up was taken by
+        // a look for input during delivery: act on it now rather than at the
+        // next event (which, for a notify, may be the idle timer's).
+        if self.shutdown.stop_requested() || self.shutdown.shutdown_requested() || self.shutdown.notify_pending() {
             return Some(Duration::ZERO);
         }
         // Drained, but serving the metrics port until the other workers are too: look again soon.

@@ -102,6 +102,11 @@ impl Shutdown {
         })
     }
 
+    /// Whether [`ServerHandle::notify`] was called and not yet looked at.
+    pub fn notify_pending(&self) -> bool {
+        self.control.notified.load(Ordering::Acquire)
+    }
+
     /// Whether [`ServerHandle::notify`] was called since the last look (and now it has been looked at).
     pub fn take_notified(&self) -> bool {
         self.control.notified.load(Ordering::Acquire) && self.control.notified.swap(false, Ordering::AcqRel)
