@@ -12,7 +12,8 @@
 //!   room; one of them sends with K in flight, each message carrying its
 //!   sequence number and send time; counts deliveries per second, checks
 //!   that one member in ten (and the sender) got every message in order, and
-//!   reports fan-out latency.
+//!   reports fan-out latency. `--addr2 HOST:PORT`: every other member joins
+//!   a second node there (rooms across nodes, `--redis`).
 //! - `idle`: `--conns N --pid P`: opens N connections and reports the
 //!   server's resident memory per connection (from /proc/P/status).
 //!
@@ -29,6 +30,8 @@ use std::time::{Duration, Instant};
 struct Args {
     mode: String,
     addr: SocketAddr,
+    /// A second node (broadcast): every other member joins there.
+    addr2: Option<SocketAddr>,
     path: String,
     conns: usize,
     inflight: usize,
@@ -44,6 +47,7 @@ fn parse_args() -> Args {
     let mut args = Args {
         mode: "echo".into(),
         addr: "127.0.0.1:10000".parse().unwrap(),
+        addr2: None,
         path: String::new(),
         conns: 100,
         inflight: 16,
@@ -60,6 +64,7 @@ fn parse_args() -> Args {
         match flag.as_str() {
             "--mode" => args.mode = value(),
             "--addr" => args.addr = value().parse().expect("--addr HOST:PORT"),
+            "--addr2" => args.addr2 = Some(value().parse().expect("--addr2 HOST:PORT")),
             "--path" => args.path = value(),
             "--conns" => args.conns = value().parse().unwrap(),
             "--inflight" => args.inflight = value().parse().unwrap(),
@@ -350,7 +355,12 @@ fn broadcast(args: &Args) {
     let mut connections = Vec::new();
     for i in 0..args.conns {
         let path = format!("{}?room=bench&nick=m{i}", args.path);
-        let (mut stream, inbuf, _) = open(args.addr, &path, false);
+        // With two nodes, the odd members are on the second (the sender, member 0, on the first).
+        let addr = match args.addr2 {
+            Some(second) if i % 2 == 1 => second,
+            _ => args.addr,
+        };
+        let (mut stream, inbuf, _) = open(addr, &path, false);
         poll.registry().register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE).unwrap();
         connections.push(Conn { stream, inbuf, out: Vec::new(), out_pos: 0, skip: 0, received: 0, next_seq: 0 });
     }
@@ -364,19 +374,41 @@ fn broadcast(args: &Args) {
         }
         client_frame(OpCode::Text, text.as_bytes(), 0)
     };
-    // Skip the welcome and join events: wait until every member has heard the last join.
+    // Skip the welcome and join events: wait until every member has its
+    // welcome (across nodes a welcome waits for Redis) and the joins have
+    // stopped coming (300 ms without a frame; 2 s at least, 60 s at most).
     let mut scratch = vec![0u8; 256 * 1024];
     let mut events = Events::with_capacity(4096);
-    let settle = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < settle {
+    let start = Instant::now();
+    let mut welcomed = vec![false; connections.len()];
+    let mut last_frame = Instant::now();
+    loop {
+        let quiet = last_frame.elapsed() >= Duration::from_millis(300);
+        let all = welcomed.iter().all(|w| *w);
+        if (all && quiet && start.elapsed() >= Duration::from_secs(2)) || start.elapsed() >= Duration::from_secs(60) {
+            break;
+        }
         poll.poll(&mut events, Some(Duration::from_millis(50))).unwrap();
         for event in events.iter() {
-            let conn = &mut connections[event.token().0];
+            let i = event.token().0;
+            let conn = &mut connections[i];
             let _ = read_all(conn, &mut scratch);
-            drain_frames(conn, &rules, |_| {});
+            drain_frames(conn, &rules, |payload| {
+                last_frame = Instant::now();
+                let welcome: &[u8] = b"\"type\":\"welcome\"";
+                if payload.windows(welcome.len()).any(|w| w == welcome) {
+                    welcomed[i] = true;
+                }
+            });
             conn.received = 0;
         }
     }
+    eprintln!(
+        "settled in {:?}: {} of {} welcomed",
+        start.elapsed(),
+        welcomed.iter().filter(|w| **w).count(),
+        welcomed.len()
+    );
     let mut seq = 0u64;
     for _ in 0..args.inflight {
         seq += 1;
