@@ -600,3 +600,32 @@ fn a_hidden_tab_counts_unread_messages_in_its_title_until_it_is_shown() {
     wait_for_line(&browser, "four");
     assert_eq!(browser.eval(title, json!([])), json!("rust-chat: den"));
 }
+
+#[test]
+fn two_nodes_through_one_redis_are_one_chat_a_tab_on_each() {
+    let Some(browser) = Browser::start("two_nodes_through_one_redis_are_one_chat_a_tab_on_each") else { return };
+    let Some(redis) = common::redis::RedisServer::start(None) else { return };
+    let nodes = [Spawned::start(&["--redis", &redis.url()]), Spawned::start(&["--redis", &redis.url()])];
+    let tab_a = browser.window();
+    browser.goto(&format!("http://{}/?nick=max&room=den", nodes[0].addr));
+    browser.wait_for("tab A online", ONLINE, PATIENCE);
+    let tab_b = browser.new_tab();
+    browser.goto(&format!("http://{}/?nick=nia&room=den", nodes[1].addr));
+    browser.wait_for("tab B online", ONLINE, PATIENCE);
+    assert!(text_of(&browser, "members").contains("max"), "B's welcome lists A's member");
+    browser.switch_to(&tab_a);
+    wait_for_line(&browser, "nia joined den");
+    type_line(&browser, "hello from node A");
+    browser.switch_to(&tab_b);
+    wait_for_line(&browser, "hello from node A");
+    type_line(&browser, "and back from node B");
+    browser.switch_to(&tab_a);
+    wait_for_line(&browser, "and back from node B");
+    // One order: both tabs show the two messages the same way round.
+    let order =
+        |browser: &Browser| shown_texts(browser).into_iter().filter(|t| t.contains("from node")).collect::<Vec<_>>();
+    let a = order(&browser);
+    browser.switch_to(&tab_b);
+    assert_eq!(order(&browser), a);
+    assert_eq!(a.len(), 2, "{a:?}");
+}
