@@ -88,7 +88,7 @@ import re
 src = open("src/broker/redis.rs").read()
 life = re.search(r'macro_rules! epoch_or_new_life \{\s*\(\) => \{\s*r"(.*?)"\s*\};', src, re.S).group(1)
 publish = re.search(r'pub const PUBLISH_SCRIPT: &str = concat!\(\s*epoch_or_new_life!\(\),\s*r"(.*?)"\s*\);', src, re.S).group(1)
-print(life + publish)
+print(life + publish, end="")
 PY
 )
 echo "## redis-benchmark, the same machine (requests/s, 50 clients, pipelined 16 deep):"
@@ -97,5 +97,9 @@ redis-benchmark -p "$REDIS_PORT" --csv -n 200000 -c 50 -P 16 -t set 2>/dev/null 
 redis-benchmark -p "$REDIS_PORT" --csv -n 200000 -c 50 -P 16 publish 'rc:{bench}:msg' 'a 64-byte message xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx' 2>/dev/null | rps PUBLISH
 redis-benchmark -p "$REDIS_PORT" --csv -n 200000 -c 50 -P 16 eval "$SCRIPT" 3 'rc:{bench}:epoch' 'rc:{bench}:seq' 'rc:{bench}:log' 'rc:{bench}:msg' \
   '{"nick":"m0","room":"bench","seq":0,"text":"b 1 2 xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx","time":0,"type":"message"}' 100 2>/dev/null \
-  | rps "one room's publishing script (INCR + XADD + PUBLISH)"
+  | rps "one room's publishing script (INCR + XADD + PUBLISH), EVAL"
+SHA=$(redis-cli -p "$REDIS_PORT" script load "$SCRIPT")
+redis-benchmark -p "$REDIS_PORT" --csv -n 200000 -c 50 -P 16 evalsha "$SHA" 3 'rc:{bench}:epoch' 'rc:{bench}:seq' 'rc:{bench}:log' 'rc:{bench}:msg' \
+  '{"nick":"m0","room":"bench","seq":0,"text":"b 1 2 xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx","time":0,"type":"message"}' 100 2>/dev/null \
+  | rps "the same by SHA1 (EVALSHA, as the nodes send it)"
 stop_all

@@ -168,6 +168,9 @@ pub fn echo_and_chat_workers(
     // With --redis: the link's news wakes the first worker, which takes it in for all.
     if let (Some(redis), Some(first)) = (config.redis, running.handles().first()) {
         let first = first.clone();
+        let mut redis = redis;
+        redis.preload = broker::redis::script_loads();
+        redis.preload.extend(chat::cluster::script_loads());
         let link = server::redis::Link::<chat::cluster::Tag>::start(redis, Box::new(move || first.notify()))
             .map_err(server::StartError::Io)?;
         shared.span_nodes(Box::new(link));

@@ -98,7 +98,8 @@ impl Node {
         let wake = Box::new(move || {
             let _ = tx.send(());
         });
-        let link = Link::start(LinkConfig::new(server.addr), wake).unwrap();
+        let link =
+            Link::start(LinkConfig { preload: redis::script_loads(), ..LinkConfig::new(server.addr) }, wake).unwrap();
         let node = Node { link, woken: Mutex::new(woken), got: Mutex::new(Vec::new()), next_tag: 0.into() };
         node.wait("the link up", |got| {
             let at = got.iter().position(|i| *i == Incoming::Up)?;

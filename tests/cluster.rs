@@ -227,3 +227,25 @@ fn a_node_killed_outright_is_gone_from_its_rooms_within_the_lease() {
     let (_, welcome) = ChatClient::join(b.addr, "room=den&nick=alice");
     assert_eq!(welcome["nick"], "alice", "her nickname is free again");
 }
+
+#[test]
+fn a_node_that_shuts_down_says_goodbye_at_once() {
+    let Some(redis) = RedisServer::start(None) else { return };
+    let (a, b) = (node(&redis), node(&redis));
+    let mut alice = member(&a, "room=den&nick=alice");
+    let mut bob = member(&b, "room=den&nick=bob");
+    alice.until("join");
+    a.signal("TERM");
+    assert_eq!(alice.raw.read_close().close_code(), Some(1001));
+    alice.raw.send_close(1001, "");
+    let stopped = Instant::now();
+    let leave = bob.until("leave");
+    assert_eq!(leave["nick"], "alice");
+    assert!(stopped.elapsed() < Duration::from_secs(3), "not the lease's 20 s: {:?}", stopped.elapsed());
+    // Her nickname is free at once too.
+    let (_, welcome) = ChatClient::join(b.addr, "room=den&nick=alice");
+    assert_eq!(welcome["nick"], "alice");
+    let mut a = a;
+    assert_eq!(a.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(!common::plain(&a.log()).contains("WARN"), "a clean stop warns of nothing:\n{}", a.log());
+}

@@ -168,7 +168,7 @@ struct Node {
 
 impl Node {
     fn start(addr: SocketAddr) -> Node {
-        Node::with(LinkConfig::new(addr))
+        Node::with(LinkConfig { preload: redis::script_loads(), ..LinkConfig::new(addr) })
     }
 
     fn with(config: LinkConfig) -> Node {
@@ -333,7 +333,8 @@ fn a_link_that_starts_before_redis_connects_when_it_comes() {
 #[test]
 fn commands_past_the_bound_on_waiting_ones_are_answered_busy_at_once() {
     let Some(server) = RedisServer::start(None) else { return };
-    let mut node = Node::with(LinkConfig { max_waiting: 3, ..LinkConfig::new(server.addr) });
+    let mut node =
+        Node::with(LinkConfig { max_waiting: 3, preload: redis::script_loads(), ..LinkConfig::new(server.addr) });
     node.wait("up", PATIENCE, |n| n.has(&Incoming::Up));
     // BLPOP on an empty list holds the connection's replies for a second.
     node.link.command(0, [&b"BLPOP"[..], b"nothing", b"1"].map(<[u8]>::to_vec).to_vec());
@@ -352,7 +353,8 @@ fn commands_past_the_bound_on_waiting_ones_are_answered_busy_at_once() {
 fn a_link_whose_outbox_is_full_stops_reading_and_loses_nothing() {
     let Some(server) = RedisServer::start(None) else { return };
     let room = TopicKeys::of("big");
-    let mut node = Node::with(LinkConfig { max_outbox: 10, ..LinkConfig::new(server.addr) });
+    let mut node =
+        Node::with(LinkConfig { max_outbox: 10, preload: redis::script_loads(), ..LinkConfig::new(server.addr) });
     node.link.subscribe(room.channel.as_bytes());
     node.wait("subscribed", PATIENCE, |n| n.subscribed(&room.channel));
     node.got.clear();
@@ -372,4 +374,28 @@ fn a_link_whose_outbox_is_full_stops_reading_and_loses_nothing() {
     node.wait("every message", PATIENCE, |n| n.messages(&room.channel).len() == COUNT);
     let seqs: Vec<u64> = node.messages(&room.channel).iter().map(|(seq, _)| *seq).collect();
     assert_eq!(seqs, (1..=COUNT as u64).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_link_loads_its_scripts_again_when_redis_forgot_them() {
+    let Some(server) = RedisServer::start(None) else { return };
+    let room = TopicKeys::of("den");
+    let mut node = Node::start(server.addr);
+    node.wait("up", PATIENCE, |n| n.has(&Incoming::Up));
+    node.link.command(1, redis::publish_command(&room, b"one", 100));
+    node.wait("a reply", PATIENCE, |n| n.replies().len() == 1);
+    assert_eq!(redis::published(node.replies()[0].1.as_ref().unwrap()).unwrap().seq, 1, "by SHA1, preloaded");
+    // An operator flushes the script cache: the next call fails (and is
+    // refused to its caller), and the link loads the scripts again.
+    assert_eq!(server.command(&[b"SCRIPT", b"FLUSH"]), Value::SimpleString(b"OK".to_vec()));
+    node.link.command(2, redis::publish_command(&room, b"two", 100));
+    node.wait("a reply", PATIENCE, |n| n.replies().len() == 2);
+    assert!(matches!(&node.replies()[1].1, Ok(Value::Error(why)) if why.starts_with("NOSCRIPT")));
+    node.link.command(3, redis::publish_command(&room, b"three", 100));
+    node.wait("a reply", PATIENCE, |n| n.replies().len() == 3);
+    assert_eq!(
+        redis::published(node.replies()[2].1.as_ref().unwrap()).unwrap().seq,
+        2,
+        "loaded again; 'two' was not published"
+    );
 }

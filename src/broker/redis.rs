@@ -98,14 +98,40 @@ impl TopicKeys {
 }
 
 /// Queues a publish of `payload` on `topic`, keeping about `history` messages.
+///
+/// The script's text goes with the command (`EVAL`), so this works on any
+/// connection; [`publish_command`] is the same by the script's SHA1.
 pub fn publish<T>(resp: &mut Resp<T>, tag: T, topic: &TopicKeys, payload: &[u8], history: usize) {
-    queue(resp, tag, &publish_command(topic, payload, history));
+    let bound = history.max(1).to_string();
+    let command =
+        eval(b"EVAL", PUBLISH_SCRIPT.as_bytes(), topic, &[topic.channel.as_bytes(), payload, bound.as_bytes()]);
+    queue(resp, tag, &command);
 }
 
-/// The command of [`publish`], for a driver that queues it itself (a [`Link`](super::link::Link)).
+/// The command of [`publish`] by the script's SHA1 (`EVALSHA`), for a
+/// connection that has loaded [`script_loads`] (a link's `preload`): 40
+/// bytes on the wire instead of the script, and no hashing of it in Redis.
 pub fn publish_command(topic: &TopicKeys, payload: &[u8], history: usize) -> Vec<Vec<u8>> {
+    static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sha = SHA.get_or_init(|| sha1_hex(PUBLISH_SCRIPT));
     let bound = history.max(1).to_string();
-    eval(PUBLISH_SCRIPT, topic, &[topic.channel.as_bytes(), payload, bound.as_bytes()])
+    eval(b"EVALSHA", sha.as_bytes(), topic, &[topic.channel.as_bytes(), payload, bound.as_bytes()])
+}
+
+/// `SCRIPT LOAD` of both scripts, for a link's `preload`.
+pub fn script_loads() -> Vec<Vec<Vec<u8>>> {
+    [PUBLISH_SCRIPT, HISTORY_SCRIPT].iter().map(|script| script_load(script)).collect()
+}
+
+/// `SCRIPT LOAD script`.
+pub fn script_load(script: &str) -> Vec<Vec<u8>> {
+    vec![b"SCRIPT".to_vec(), b"LOAD".to_vec(), script.as_bytes().to_vec()]
+}
+
+/// A script's SHA1 in hex, as Redis names it for `EVALSHA`.
+pub fn sha1_hex(script: &str) -> String {
+    use sha1::{Digest, Sha1};
+    Sha1::digest(script.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What a publish gave back: the message's number and the topic's epoch.
@@ -179,18 +205,26 @@ pub enum Since<'a> {
 }
 
 /// Queues a read of `topic`'s history: at most `count` messages.
+/// (`EVAL`, like [`publish`]; [`history_command`] is the same by SHA1.)
 pub fn history<T>(resp: &mut Resp<T>, tag: T, topic: &TopicKeys, since: Since<'_>, count: usize) {
-    queue(resp, tag, &history_command(topic, since, count));
+    let command = history_args(since, count, |argv| eval(b"EVAL", HISTORY_SCRIPT.as_bytes(), topic, argv));
+    queue(resp, tag, &command);
 }
 
-/// The command of [`history`], for a driver that queues it itself.
+/// The command of [`history`] by the script's SHA1, for a connection that has loaded [`script_loads`].
 pub fn history_command(topic: &TopicKeys, since: Since<'_>, count: usize) -> Vec<Vec<u8>> {
+    static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sha = SHA.get_or_init(|| sha1_hex(HISTORY_SCRIPT));
+    history_args(since, count, |argv| eval(b"EVALSHA", sha.as_bytes(), topic, argv))
+}
+
+fn history_args(since: Since<'_>, count: usize, command: impl FnOnce(&[&[u8]]) -> Vec<Vec<u8>>) -> Vec<Vec<u8>> {
     let (since, epoch) = match since {
         Since::After { seq, epoch } => (seq.to_string(), epoch),
         Since::Last => ("-".to_string(), ""),
     };
     let count = count.max(1).to_string();
-    eval(HISTORY_SCRIPT, topic, &[since.as_bytes(), count.as_bytes(), epoch.as_bytes()])
+    command(&[since.as_bytes(), count.as_bytes(), epoch.as_bytes()])
 }
 
 fn queue<T>(resp: &mut Resp<T>, tag: T, command: &[Vec<u8>]) {
@@ -198,9 +232,9 @@ fn queue<T>(resp: &mut Resp<T>, tag: T, command: &[Vec<u8>]) {
     resp.command(tag, &args);
 }
 
-/// `EVAL script 3 epoch seq log argv...`: one of the scripts above on `topic`'s keys.
-fn eval(script: &str, topic: &TopicKeys, argv: &[&[u8]]) -> Vec<Vec<u8>> {
-    let mut args: Vec<Vec<u8>> = vec![b"EVAL".to_vec(), script.as_bytes().to_vec(), b"3".to_vec()];
+/// `EVAL script 3 epoch seq log argv...` (or `EVALSHA sha ...`): one of the scripts above on `topic`'s keys.
+fn eval(verb: &[u8], script: &[u8], topic: &TopicKeys, argv: &[&[u8]]) -> Vec<Vec<u8>> {
+    let mut args: Vec<Vec<u8>> = vec![verb.to_vec(), script.to_vec(), b"3".to_vec()];
     args.extend([topic.epoch.as_bytes(), topic.seq.as_bytes(), topic.log.as_bytes()].map(<[u8]>::to_vec));
     args.extend(argv.iter().map(|arg| arg.to_vec()));
     args
@@ -260,6 +294,16 @@ mod tests {
         let odd = TopicKeys::of("a}b");
         assert!(!odd.seq.contains("a}b"), "{}", odd.seq);
         assert_ne!(TopicKeys::of("a}b").seq, TopicKeys::of("a\\u{7d}b").seq);
+    }
+
+    #[test]
+    fn a_scripts_sha1_is_the_name_redis_gives_it() {
+        // `redis-cli SCRIPT LOAD "return 1"` answers this.
+        assert_eq!(sha1_hex("return 1"), "e0e1f9fabfc9d4800c877a703b823ac0578ff8db");
+        let command = publish_command(&TopicKeys::of("den"), b"x", 10);
+        assert_eq!(command[0], b"EVALSHA");
+        assert_eq!(command[1], sha1_hex(PUBLISH_SCRIPT).into_bytes());
+        assert_eq!(script_loads()[0], [&b"SCRIPT"[..], b"LOAD", PUBLISH_SCRIPT.as_bytes()]);
     }
 
     #[test]

@@ -177,9 +177,38 @@ end
 return gone
 "#;
 
-/// `EVAL script 0 argv...`.
-fn script(script: &str, argv: &[&str]) -> Vec<Vec<u8>> {
-    let mut command = vec![b"EVAL".to_vec(), script.as_bytes().to_vec(), b"0".to_vec()];
+/// A presence script and its SHA1 (worked out once).
+struct Script {
+    text: &'static str,
+    sha: std::sync::OnceLock<String>,
+}
+
+impl Script {
+    const fn new(text: &'static str) -> Script {
+        Script { text, sha: std::sync::OnceLock::new() }
+    }
+
+    fn sha(&self) -> &str {
+        self.sha.get_or_init(|| redis::sha1_hex(self.text))
+    }
+}
+
+static CLAIM: Script = Script::new(CLAIM_SCRIPT);
+static RELEASE: Script = Script::new(RELEASE_SCRIPT);
+static RENAME: Script = Script::new(RENAME_SCRIPT);
+static WHO: Script = Script::new(WHO_SCRIPT);
+static ROOMS: Script = Script::new(ROOMS_SCRIPT);
+static TICK_: Script = Script::new(TICK_SCRIPT);
+
+/// The presence scripts, for a link's `preload` (with the broker's own).
+pub fn script_loads() -> Vec<Vec<Vec<u8>>> {
+    [&CLAIM, &RELEASE, &RENAME, &WHO, &ROOMS, &TICK_].iter().map(|script| redis::script_load(script.text)).collect()
+}
+
+/// `EVALSHA sha 0 argv...`: one of the presence scripts (loaded by the link).
+fn script(script: &Script, argv: &[&str]) -> Vec<Vec<u8>> {
+    let sha = script.sha().to_string();
+    let mut command = vec![b"EVALSHA".to_vec(), sha.into_bytes(), b"0".to_vec()];
     command.extend(argv.iter().map(|arg| arg.as_bytes().to_vec()));
     command
 }
@@ -289,7 +318,7 @@ impl Node {
     /// ran out out of their rooms (every [`TICK`], and when the link is up).
     pub(crate) fn tick(&self, link: &ClusterLink) {
         let lease = LEASE.as_millis().to_string();
-        link.command(Tag(Kind::Quiet), script(TICK_SCRIPT, &[&self.id, &lease]));
+        link.command(Tag(Kind::Quiet), script(&TICK_, &[&self.id, &lease]));
     }
 
     /// Carries out what a call of the chat left for the cluster.
@@ -318,27 +347,27 @@ impl Node {
             }
             Outgoing::Release { nick, room, free } => {
                 let free = if free { "1" } else { "0" };
-                link.command(Tag(Kind::Quiet), script(RELEASE_SCRIPT, &[&self.id, &nick, &room, free]));
+                link.command(Tag(Kind::Quiet), script(&RELEASE, &[&self.id, &nick, &room, free]));
             }
             Outgoing::Rename { conn, old, wanted } => {
                 if !link.is_up() {
                     return unavailable(chat, conn, out);
                 }
                 let Some(room) = chat.room_of(conn) else { return };
-                let command = script(RENAME_SCRIPT, &[&self.id, &old, &wanted, room]);
+                let command = script(&RENAME, &[&self.id, &old, &wanted, room]);
                 link.command(Tag(Kind::Rename { conn, old, new: wanted }), command);
             }
             Outgoing::Who { conn, room } => {
                 if !link.is_up() {
                     return unavailable(chat, conn, out);
                 }
-                link.command(Tag(Kind::Who { conn, room: room.clone() }), script(WHO_SCRIPT, &[&room]));
+                link.command(Tag(Kind::Who { conn, room: room.clone() }), script(&WHO, &[&room]));
             }
             Outgoing::Rooms(conn) => {
                 if !link.is_up() {
                     return unavailable(chat, conn, out);
                 }
-                link.command(Tag(Kind::Rooms(conn)), script(ROOMS_SCRIPT, &[]));
+                link.command(Tag(Kind::Rooms(conn)), script(&ROOMS, &[]));
             }
             Outgoing::RoomGone(room) => {
                 if let Some(gone) = self.rooms.remove(room.as_str()) {
@@ -385,7 +414,7 @@ impl Node {
                 let Some(join) = entry.joins.iter_mut().find(|join| join.conn == conn) else {
                     // It left before the reply: what was claimed for it is let go.
                     if let Some((nick, _)) = claimed {
-                        link.command(Tag(Kind::Quiet), script(RELEASE_SCRIPT, &[&id, &nick, &room, "1"]));
+                        link.command(Tag(Kind::Quiet), script(&RELEASE, &[&id, &nick, &room, "1"]));
                     }
                     return;
                 };
@@ -608,11 +637,11 @@ fn ask_all(entry: &mut NodeRoom, room: &Arc<str>, link: &ClusterLink, history_le
         join.claiming = true;
         let (wanted, announce) = (matches!(claim, Claim::Want(_)), !matches!(claim, Claim::Keep));
         let tag = Tag(Kind::Claim { room: Arc::clone(room), conn: join.conn, wanted, announce });
-        link.command(tag, script(CLAIM_SCRIPT, &[id, mode, nick, room]));
+        link.command(tag, script(&CLAIM, &[id, mode, nick, room]));
     }
     for join in entry.joins.iter_mut().filter(|join| join.claim.is_none() && !join.asked) {
         (join.asked, join.ready, join.members) = (true, None, None);
-        link.command(Tag(Kind::Members { room: Arc::clone(room), conn: join.conn }), script(WHO_SCRIPT, &[room]));
+        link.command(Tag(Kind::Members { room: Arc::clone(room), conn: join.conn }), script(&WHO, &[room]));
         let since = match &join.resume {
             Some((seq, epoch)) => Since::After { seq: *seq, epoch },
             None => Since::Last,

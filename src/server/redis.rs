@@ -65,6 +65,11 @@ pub struct LinkConfig {
     pub retry_max: Duration,
     /// How long a connection may take to be made.
     pub connect_timeout: Duration,
+    /// Commands sent first on every new command connection (after `SELECT`),
+    /// their replies not handed back: `SCRIPT LOAD`s, so that callers can use
+    /// `EVALSHA`. They are sent again whenever a reply says `NOSCRIPT` (the
+    /// script cache was flushed).
+    pub preload: Vec<Vec<Vec<u8>>>,
 }
 
 impl LinkConfig {
@@ -82,6 +87,7 @@ impl LinkConfig {
             retry_min: Duration::from_millis(100),
             retry_max: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(2),
+            preload: Vec::new(),
         }
     }
 }
@@ -219,6 +225,8 @@ enum Tag<T> {
     Caller(T),
     /// The `SELECT` sent on connecting.
     Select,
+    /// A command of [`LinkConfig::preload`].
+    Preload,
 }
 
 /// What the subscriber connection's replies answer.
@@ -306,8 +314,7 @@ impl<T: Send + 'static> Driver<T> {
                 io |= event.token() != WAKER;
             }
             if !self.take_jobs() {
-                self.fail("the link stopped".into());
-                self.hand_over();
+                self.finish();
                 return;
             }
             if (io || matches!(self.state, State::Up { .. }))
@@ -317,6 +324,30 @@ impl<T: Send + 'static> Driver<T> {
             }
             self.on_time(Instant::now());
             self.hand_over();
+        }
+    }
+
+    /// The link is stopping: what was given to it before is written (for a
+    /// second at most, so that a node's last `leave` events and releases
+    /// reach Redis as it shuts down); replies are not waited for.
+    fn finish(&mut self) {
+        let State::Up { commands, .. } = &mut self.state else { return };
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut events = Events::with_capacity(4);
+        while !commands.resp.output().is_empty() {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            match commands.stream.write(commands.resp.output()) {
+                Ok(0) => return,
+                Ok(n) => commands.resp.written(n),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    let _ = self.poll.poll(&mut events, Some(deadline - now));
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
         }
     }
 
@@ -371,7 +402,16 @@ impl<T: Send + 'static> Driver<T> {
         let mut paused = !pump(commands, &mut self.buf, room, &mut events)?;
         for event in events.drain(..) {
             match event {
-                Event::Reply(Tag::Caller(tag), value) => self.pending.push(Incoming::Reply(tag, Ok(value))),
+                Event::Reply(Tag::Caller(tag), value) => {
+                    if matches!(&value, Value::Error(why) if why.starts_with("NOSCRIPT")) {
+                        preload(commands, &self.config.preload);
+                    }
+                    self.pending.push(Incoming::Reply(tag, Ok(value)));
+                }
+                Event::Reply(Tag::Preload, Value::Error(why)) => {
+                    tracing::warn!(addr = %self.config.addr, "redis: a script did not load: {why}");
+                }
+                Event::Reply(Tag::Preload, _) => {}
                 Event::Reply(Tag::Select, Value::Error(why)) => return Err(Broken(format!("SELECT failed: {why}"))),
                 Event::Reply(Tag::Select, _) | Event::Message { .. } => {}
             }
@@ -485,6 +525,7 @@ impl<T: Send + 'static> Driver<T> {
         if self.config.db != 0 {
             commands.resp.command(Tag::Select, &[b"SELECT", self.config.db.to_string().as_bytes()]);
         }
+        preload(&mut commands, &self.config.preload);
         self.state = State::Connecting { commands, subscriber, deadline: now + self.config.connect_timeout };
         Ok(())
     }
@@ -503,6 +544,14 @@ impl<T: Send + 'static> Driver<T> {
         if was_empty {
             (self.shared.notify)();
         }
+    }
+}
+
+/// Queues the preload commands (their replies are dropped).
+fn preload<T>(commands: &mut Socket<Tag<T>>, preload: &[Vec<Vec<u8>>]) {
+    for command in preload {
+        let args: Vec<&[u8]> = command.iter().map(Vec::as_slice).collect();
+        commands.resp.command(Tag::Preload, &args);
     }
 }
 
