@@ -249,3 +249,37 @@ fn a_node_that_shuts_down_says_goodbye_at_once() {
     assert_eq!(a.wait_exit(Duration::from_secs(10)), Some(0));
     assert!(!common::plain(&a.log()).contains("WARN"), "a clean stop warns of nothing:\n{}", a.log());
 }
+
+#[test]
+fn members_who_left_while_redis_was_down_are_gone_from_the_cluster_when_it_is_back() {
+    let Some(mut redis) = RedisServer::start(None) else { return };
+    let (a, b) = (node(&redis), node(&redis));
+    let mut alice = member(&a, "room=den&nick=alice");
+    let bob = member(&a, "room=den&nick=bob");
+    let mut carol = member(&b, "room=den&nick=carol");
+    alice.until("join");
+    alice.until("join");
+    carol.say("/who");
+    assert_eq!(carol.until("who")["members"], serde_json::json!(["alice", "bob", "carol"]));
+    redis.stop();
+    drop(bob); // gone while nobody can tell Redis
+    assert_eq!(alice.until("leave")["nick"], "bob", "his own node's members hear at once");
+    std::thread::sleep(Duration::from_secs(1));
+    redis.start_again();
+    // Carol's node hears of it once Redis is back, and the cluster no longer lists him.
+    carol.raw.stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(carol.until("leave")["nick"], "bob");
+    let start = Instant::now();
+    loop {
+        carol.say("/who");
+        let event = carol.event();
+        if event["type"] == "who" {
+            assert_eq!(event["members"], serde_json::json!(["alice", "carol"]));
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{event}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, welcome) = ChatClient::join(b.addr, "room=den&nick=bob");
+    assert_eq!(welcome["nick"], "bob", "his nickname is free");
+}

@@ -98,6 +98,44 @@ end
 return 1
 ";
 
+/// After an outage (ARGV: node, then nick, room, nick, room, ...: the
+/// node's members now): what Redis holds of this node is made what it is.
+/// Members that left meanwhile are taken out (their `leave` events
+/// published, their nicknames freed); the others are put back, unless
+/// another live node's member took a nickname meanwhile.
+const SYNC_SCRIPT: &str = r#"
+local node = ARGV[1]
+local now = {}
+for i = 2, #ARGV, 2 do now[ARGV[i]] = ARGV[i + 1] end
+local old = redis.call('HGETALL', 'rc:members:' .. node)
+for i = 1, #old, 2 do
+  local nick, room = old[i], old[i + 1]
+  if now[nick] ~= room then
+    if redis.call('HGET', 'rc:who:' .. room, nick) == node then
+      redis.call('HDEL', 'rc:who:' .. room, nick)
+      -- From this node: its own members heard of it when it happened.
+      redis.call('PUBLISH', 'rc:{' .. room .. '}:msg', '* 0 ' .. node .. ' {"nick":"' .. nick .. '","room":"' .. room .. '","type":"leave"}')
+    end
+    if now[nick] == nil then
+      local key = 'rc:nick:' .. string.lower(nick)
+      if redis.call('GET', key) == node then redis.call('DEL', key) end
+      redis.call('HDEL', 'rc:members:' .. node, nick)
+    end
+  end
+end
+for nick, room in pairs(now) do
+  local key = 'rc:nick:' .. string.lower(nick)
+  local holder = redis.call('GET', key)
+  if not holder or holder == node or redis.call('EXISTS', 'rc:node:' .. holder) == 0 then
+    redis.call('SET', key, node)
+    redis.call('HSET', 'rc:who:' .. room, nick, node)
+    redis.call('HSET', 'rc:members:' .. node, nick, room)
+    redis.call('SADD', 'rc:rooms', room)
+  end
+end
+return 1
+"#;
+
 /// `/nick` (ARGV: node, old, new, room): 1 if renamed, 0 if another node's member has it.
 const RENAME_SCRIPT: &str = r"
 local node, old, new, room = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -199,10 +237,14 @@ static RENAME: Script = Script::new(RENAME_SCRIPT);
 static WHO: Script = Script::new(WHO_SCRIPT);
 static ROOMS: Script = Script::new(ROOMS_SCRIPT);
 static TICK_: Script = Script::new(TICK_SCRIPT);
+static SYNC: Script = Script::new(SYNC_SCRIPT);
 
 /// The presence scripts, for a link's `preload` (with the broker's own).
 pub fn script_loads() -> Vec<Vec<Vec<u8>>> {
-    [&CLAIM, &RELEASE, &RENAME, &WHO, &ROOMS, &TICK_].iter().map(|script| redis::script_load(script.text)).collect()
+    [&CLAIM, &RELEASE, &RENAME, &WHO, &ROOMS, &TICK_, &SYNC]
+        .iter()
+        .map(|script| redis::script_load(script.text))
+        .collect()
 }
 
 /// `EVALSHA sha 0 argv...`: one of the presence scripts (loaded by the link).
@@ -550,7 +592,16 @@ impl Node {
                 take_live(entry, &room, link, out, got.epoch.to_string(), got.seq, event.into());
                 settle(entry, &room, chat, out);
             }
-            Incoming::Up => self.tick(link),
+            Incoming::Up => {
+                self.tick(link);
+                // What happened while Redis was away (members who left, whose
+                // releases failed) is put right.
+                let mut argv = vec![id.as_str()];
+                for (nick, room) in chat.members_here() {
+                    argv.extend([nick, room]);
+                }
+                link.command(Tag(Kind::Quiet), script(&SYNC, &argv));
+            }
             Incoming::Down => {
                 for entry in self.rooms.values_mut() {
                     entry.subscribed = false;

@@ -776,6 +776,12 @@ impl Chat {
         Some(events::welcome(&member.nick, room, members, position, history))
     }
 
+    /// Every member's (nickname, room), but those whose nickname is not yet
+    /// settled (a guest's, before the cluster gives it one).
+    pub(crate) fn members_here(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.members.values().filter(|m| !m.nick.starts_with('~')).map(|m| (m.nick.as_str(), m.room.as_str()))
+    }
+
     /// The room of `conn`, if it is a member.
     pub(crate) fn room_of(&self, conn: ConnId) -> Option<&str> {
         self.members.get(&conn).map(|member| member.room.as_str())
