@@ -469,6 +469,27 @@ mod tests {
     }
 
     #[test]
+    fn redis_is_a_redis_url_with_a_port_and_a_database_or_their_defaults() {
+        let redis = |url: &str| match parse_args(["--redis".to_string(), url.to_string()]) {
+            Ok(Command::Run(config, _)) => Ok(config.redis.map(|r| (r.addr.to_string(), r.db))),
+            Ok(Command::Print(_)) => Err("printed".to_string()),
+            Err(err) => Err(err),
+        };
+        assert_eq!(redis("redis://127.0.0.1:6380/2"), Ok(Some(("127.0.0.1:6380".into(), 2))));
+        assert_eq!(redis("redis://127.0.0.1"), Ok(Some(("127.0.0.1:6379".into(), 0))));
+        assert_eq!(redis("redis://127.0.0.1:7000/"), Ok(Some(("127.0.0.1:7000".into(), 0))));
+        assert_eq!(redis("redis://[::1]:6379"), Ok(Some(("[::1]:6379".into(), 0))));
+        assert!(redis("rediss://127.0.0.1").unwrap_err().contains("not supported yet"));
+        assert!(redis("redis://user:pw@127.0.0.1").unwrap_err().contains("passwords"));
+        assert!(redis("http://127.0.0.1:6379").unwrap_err().contains("--redis"));
+        assert!(redis("redis://127.0.0.1/x").is_err());
+        assert_eq!(
+            parse_args(Vec::<String>::new()).map(|c| matches!(c, Command::Run(c, _) if c.redis.is_none())),
+            Ok(true)
+        );
+    }
+
+    #[test]
     fn workers_are_a_count_or_auto() {
         let workers = |args: &[&str]| match parse_args(args.iter().map(|s| s.to_string())) {
             Ok(Command::Run(_, n)) => Ok(n),
