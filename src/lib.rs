@@ -169,7 +169,10 @@ pub fn echo_and_chat_workers(
     if let (Some(redis), Some(first)) = (config.redis, running.handles().first()) {
         let first = first.clone();
         let mut redis = redis;
-        redis.preload = broker::redis::script_loads();
+        // Named, so that an operator's CLIENT LIST shows which process a connection is.
+        let name = format!("rust-chat:{}", std::process::id());
+        redis.preload = vec![vec![b"CLIENT".to_vec(), b"SETNAME".to_vec(), name.into_bytes()]];
+        redis.preload.extend(broker::redis::script_loads());
         redis.preload.extend(chat::cluster::script_loads());
         let link = server::redis::Link::<chat::cluster::Tag>::start(redis, Box::new(move || first.notify()))
             .map_err(server::StartError::Io)?;

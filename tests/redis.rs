@@ -333,8 +333,7 @@ fn a_link_that_starts_before_redis_connects_when_it_comes() {
 #[test]
 fn commands_past_the_bound_on_waiting_ones_are_answered_busy_at_once() {
     let Some(server) = RedisServer::start(None) else { return };
-    let mut node =
-        Node::with(LinkConfig { max_waiting: 3, preload: redis::script_loads(), ..LinkConfig::new(server.addr) });
+    let mut node = Node::with(LinkConfig { max_waiting: 3, ..LinkConfig::new(server.addr) });
     node.wait("up", PATIENCE, |n| n.has(&Incoming::Up));
     // BLPOP on an empty list holds the connection's replies for a second.
     node.link.command(0, [&b"BLPOP"[..], b"nothing", b"1"].map(<[u8]>::to_vec).to_vec());

@@ -192,6 +192,7 @@ return out
 /// events are published, their nicknames freed. Returns how many it took out.
 const TICK_SCRIPT: &str = r#"
 local node = ARGV[1]
+local held = redis.call('EXISTS', 'rc:node:' .. node)
 redis.call('SET', 'rc:node:' .. node, '1', 'PX', ARGV[2])
 redis.call('SADD', 'rc:nodes', node)
 local gone = 0
@@ -212,7 +213,7 @@ for _, other in ipairs(redis.call('SMEMBERS', 'rc:nodes')) do
     redis.call('SREM', 'rc:nodes', other)
   end
 end
-return gone
+return {gone, held}
 "#;
 
 /// A presence script and its SHA1 (worked out once).
@@ -273,6 +274,8 @@ enum Kind {
     Rooms(ConnId),
     /// Nothing to do with the reply.
     Quiet,
+    /// The lease's renewal.
+    Tick,
     /// A member's message.
     Say(ConnId),
     /// A `join`, `leave` or `nick` event.
@@ -358,9 +361,28 @@ impl Node {
 
     /// Renews this node's lease and takes the members of nodes whose lease
     /// ran out out of their rooms (every [`TICK`], and when the link is up).
-    pub(crate) fn tick(&self, link: &ClusterLink) {
+    ///
+    /// Also sends again what newcomers wait for if it failed (a Redis error
+    /// other than an outage is not retried at once, which could spin).
+    pub(crate) fn tick(&mut self, chat: &Chat, link: &ClusterLink) {
         let lease = LEASE.as_millis().to_string();
-        link.command(Tag(Kind::Quiet), script(&TICK_, &[&self.id, &lease]));
+        link.command(Tag(Kind::Tick), script(&TICK_, &[&self.id, &lease]));
+        let (history_len, id) = (self.history_len, self.id.clone());
+        for (room, entry) in &mut self.rooms {
+            if entry.subscribed {
+                ask_all(entry, room, link, history_len, &id, chat);
+            }
+        }
+    }
+
+    /// Puts what Redis holds of this node's members right (after an outage,
+    /// or when its lease had run out and others reaped it).
+    fn sync(&self, chat: &Chat, link: &ClusterLink) {
+        let mut argv = vec![self.id.as_str()];
+        for (nick, room) in chat.members_here() {
+            argv.extend([nick, room]);
+        }
+        link.command(Tag(Kind::Quiet), script(&SYNC, &argv));
     }
 
     /// Carries out what a call of the chat left for the cluster.
@@ -452,14 +474,26 @@ impl Node {
         match incoming {
             Incoming::Reply(Tag(Kind::Claim { room, conn, wanted, announce: tell }), reply) => {
                 let claimed = reply.ok().and_then(|value| claimed(&value));
-                let Some(entry) = self.rooms.get_mut(&room) else { return };
-                let Some(join) = entry.joins.iter_mut().find(|join| join.conn == conn) else {
-                    // It left before the reply: what was claimed for it is let go.
+                let pending = self.rooms.get_mut(&room).and_then(|entry| {
+                    let at = entry.joins.iter().position(|join| join.conn == conn)?;
+                    Some((entry, at))
+                });
+                let Some((entry, at)) = pending.filter(|_| chat.is_in(conn, &room)) else {
+                    // It left (or moved on) before the reply: what was claimed
+                    // for it here is let go (its nickname too, if it left).
+                    if let Some(entry) = self.rooms.get_mut(&room) {
+                        entry.joins.retain(|join| join.conn != conn);
+                    }
                     if let Some((nick, _)) = claimed {
-                        link.command(Tag(Kind::Quiet), script(&RELEASE, &[&id, &nick, &room, "1"]));
+                        let left = if chat.is_member_id(conn) { "0" } else { "1" };
+                        if left == "0" {
+                            chat.set_nick(conn, &nick);
+                        }
+                        link.command(Tag(Kind::Quiet), script(&RELEASE, &[&id, &nick, &room, left]));
                     }
                     return;
                 };
+                let Some(join) = entry.joins.get_mut(at) else { return };
                 join.claiming = false;
                 let Some((nick, got)) = claimed else { return };
                 join.claim = None;
@@ -484,6 +518,12 @@ impl Node {
             }
             Incoming::Reply(Tag(Kind::Rename { conn, old, new }), reply) => {
                 let renamed = reply.ok().and_then(|value| crate::broker::resp::as_int(&value));
+                if renamed == Some(1) && !chat.is_member_id(conn) {
+                    // It left before the reply: the new name is let go.
+                    let room = chat.room_of(conn).unwrap_or_default().to_string();
+                    link.command(Tag(Kind::Quiet), script(&RELEASE, &[&id, &new, &room, "1"]));
+                    return;
+                }
                 match renamed {
                     Some(1) if chat.set_nick(conn, &new) => {
                         if let Some(room) = chat.room_of(conn) {
@@ -546,20 +586,28 @@ impl Node {
             Incoming::Reply(Tag(Kind::CatchUp { room }), reply) => {
                 let Some(entry) = self.rooms.get_mut(&room) else { return };
                 entry.catching_up = false;
-                if let Some(kept) = reply.ok().and_then(|value| redis::kept(&value).ok()) {
-                    if entry.epoch.as_deref() != Some(kept.epoch.as_str()) {
-                        entry.epoch = Some(kept.epoch.clone());
-                        entry.delivered = Some(0);
+                // Failed (Redis went away, or erred): tried again when the
+                // room is subscribed again or the next message shows the gap,
+                // not at once (which, with Redis down, would spin).
+                let Some(kept) = reply.ok().and_then(|value| redis::kept(&value).ok()) else { return };
+                if entry.epoch.as_deref() != Some(kept.epoch.as_str()) {
+                    // A new life of the room: what is held of the old one is dropped.
+                    entry.epoch = Some(kept.epoch.clone());
+                    entry.delivered = Some(0);
+                    entry.recent.clear();
+                    entry.held.retain(|(epoch, ..)| *epoch == kept.epoch);
+                }
+                // Handed out in their order, from the first the stream still
+                // holds: what it no longer holds is gone (members see the numbers jump).
+                for (seq, event) in &kept.messages {
+                    if entry.delivered.is_some_and(|d| *seq > d)
+                        && let Some(event) = numbered(event, *seq)
+                    {
+                        deliver(entry, &room, out, *seq, event.into());
                     }
-                    for (seq, event) in &kept.messages {
-                        if let Some(event) = numbered(event, *seq) {
-                            take_live(entry, &room, link, out, kept.epoch.clone(), *seq, event.into());
-                        }
-                    }
-                    // What the stream no longer holds is gone: go on from its last.
-                    if !entry.catching_up && entry.delivered.is_some_and(|d| d < kept.last) {
-                        entry.delivered = Some(kept.last);
-                    }
+                }
+                if entry.delivered.is_some_and(|d| d < kept.last) {
+                    entry.delivered = Some(kept.last);
                 }
                 release(entry, &room, link, out);
                 settle(entry, &room, chat, out);
@@ -593,14 +641,21 @@ impl Node {
                 settle(entry, &room, chat, out);
             }
             Incoming::Up => {
-                self.tick(link);
+                self.tick(chat, link);
                 // What happened while Redis was away (members who left, whose
                 // releases failed) is put right.
-                let mut argv = vec![id.as_str()];
-                for (nick, room) in chat.members_here() {
-                    argv.extend([nick, room]);
+                self.sync(chat, link);
+            }
+            Incoming::Reply(Tag(Kind::Tick), reply) => {
+                // The lease had run out (a stall longer than it): the other
+                // nodes may have reaped this one's members, who are back now.
+                let held = reply.ok().and_then(|value| match value {
+                    Value::Array(parts) => parts.get(1).and_then(as_int),
+                    _ => None,
+                });
+                if held == Some(0) {
+                    self.sync(chat, link);
                 }
-                link.command(Tag(Kind::Quiet), script(&SYNC, &argv));
             }
             Incoming::Down => {
                 for entry in self.rooms.values_mut() {
@@ -723,10 +778,7 @@ fn take_live(
     event: Arc<str>,
 ) {
     let Some(delivered) = entry.delivered.filter(|_| !entry.catching_up) else {
-        if entry.held.len() == MAX_HELD {
-            entry.held.pop_front();
-        }
-        entry.held.push_back((epoch, seq, event));
+        hold(entry, epoch, seq, event);
         return;
     };
     let delivered = if entry.epoch.as_deref() == Some(epoch.as_str()) {
@@ -742,10 +794,24 @@ fn take_live(
     }
     if seq > delivered + 1 {
         entry.delivered = Some(delivered);
-        entry.held.push_back((epoch, seq, event));
+        hold(entry, epoch, seq, event);
         catch_up(entry, room, link, 1000);
         return;
     }
+    deliver(entry, room, out, seq, event);
+}
+
+/// Keeps a live message until it can go (the oldest go past [`MAX_HELD`]:
+/// a catch-up reads them back).
+fn hold(entry: &mut NodeRoom, epoch: String, seq: u64, event: Arc<str>) {
+    while entry.held.len() >= MAX_HELD {
+        entry.held.pop_front();
+    }
+    entry.held.push_back((epoch, seq, event));
+}
+
+/// Hands message `seq` to the room's members here.
+fn deliver(entry: &mut NodeRoom, room: &Arc<str>, out: &mut Vec<Effect>, seq: u64, event: Arc<str>) {
     out.push(Effect::Publish { topic: Arc::clone(room), opcode: OpCode::Text, bytes: event.as_bytes().into() });
     entry.delivered = Some(seq);
     if entry.recent.len() >= 1000 {
@@ -757,7 +823,9 @@ fn take_live(
 /// Hands out the held messages that can go now.
 fn release(entry: &mut NodeRoom, room: &Arc<str>, link: &ClusterLink, out: &mut Vec<Effect>) {
     let held = std::mem::take(&mut entry.held);
-    for (epoch, seq, event) in held {
+    // Held messages of a life the room has left (its keys were lost) are dropped.
+    let current = entry.epoch.clone();
+    for (epoch, seq, event) in held.into_iter().filter(|(epoch, ..)| current.as_ref().is_none_or(|c| c == epoch)) {
         take_live(entry, room, link, out, epoch, seq, event);
     }
 }

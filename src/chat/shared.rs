@@ -280,9 +280,10 @@ impl App for SharedChat {
         self.expiries.close_due(hub, now);
         if self.tick_at.is_some_and(|at| at <= now) {
             self.tick_at = Some(now + super::cluster::TICK);
-            let state = self.shared.lock();
-            if let (Some(link), Some(node)) = (self.shared.link.get(), state.node.as_ref()) {
-                node.tick(&**link);
+            let mut state = self.shared.lock();
+            let State { chat, node, .. } = &mut *state;
+            if let (Some(link), Some(node)) = (self.shared.link.get(), node.as_mut()) {
+                node.tick(chat, &**link);
             }
         }
     }

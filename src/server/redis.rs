@@ -299,6 +299,9 @@ impl<T: Send + 'static> Driver<T> {
             let timeout = match &self.state {
                 State::Down { retry_at } => Some(retry_at.saturating_duration_since(now)),
                 State::Connecting { deadline, .. } => Some(deadline.saturating_duration_since(now)),
+                // Stopped reading for a full outbox: look again soon even if
+                // the take's wake-up raced the pause.
+                State::Up { .. } if self.shared.paused.load(Ordering::Acquire) => Some(Duration::from_millis(10)),
                 State::Up { .. } => None,
             };
             if let Err(err) = self.poll.poll(&mut events, timeout)
@@ -413,7 +416,8 @@ impl<T: Send + 'static> Driver<T> {
                 }
                 Event::Reply(Tag::Preload, _) => {}
                 Event::Reply(Tag::Select, Value::Error(why)) => return Err(Broken(format!("SELECT failed: {why}"))),
-                Event::Reply(Tag::Select, _) | Event::Message { .. } => {}
+                Event::Reply(Tag::Select, _) => self.backoff = self.config.retry_min,
+                Event::Message { .. } => {}
             }
         }
         let mut events = Vec::new();
@@ -459,7 +463,11 @@ impl<T: Send + 'static> Driver<T> {
             subscribe(&mut subscriber, channel.clone());
         }
         self.state = State::Up { commands, subscriber };
-        self.backoff = self.config.retry_min;
+        // (With a database to select, the backoff starts again once SELECT
+        // answered: a wrong one must not make the link flap at full speed.)
+        if self.config.db == 0 {
+            self.backoff = self.config.retry_min;
+        }
         self.shared.up.store(true, Ordering::Release);
         match self.down_since.take() {
             Some(since) if self.warned => {
