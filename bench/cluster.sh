@@ -12,16 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-RUNS=${RUNS:-3}
-SECONDS_EACH=${SECONDS_EACH:-5}
-OUT=target/bench
-mkdir -p "$OUT"
-cargo build --release --quiet
-(cd bench && cargo build --release --quiet)
-LOADGEN=bench/target/release/loadgen
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-
-pids=()
+. bench/common.sh
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$OUT/redis"; }
 trap cleanup EXIT
 

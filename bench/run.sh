@@ -17,19 +17,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-RUNS=${RUNS:-3}
-SECONDS_EACH=${SECONDS_EACH:-5}
 SCENARIOS=("$@")
 [ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(echo broadcast bulk latency idle deflate)
-OUT=target/bench
-mkdir -p "$OUT"
-
-cargo build --release --quiet
-(cd bench && cargo build --release --quiet)
-LOADGEN=bench/target/release/loadgen
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-
-pids=()
+. bench/common.sh
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 

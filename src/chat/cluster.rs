@@ -393,8 +393,12 @@ impl Node {
                 if !link.is_up() {
                     return unavailable(chat, from, out);
                 }
-                let keys = TopicKeys::of(&room);
-                link.command(Tag(Kind::Say(from)), redis::publish_command(&keys, event.as_bytes(), self.history_len));
+                // The room's keys as the node keeps them (it has members there), not made again per message.
+                let command = match self.rooms.get(room.as_str()) {
+                    Some(entry) => redis::publish_command(&entry.keys, event.as_bytes(), self.history_len),
+                    None => redis::publish_command(&TopicKeys::of(&room), event.as_bytes(), self.history_len),
+                };
+                link.command(Tag(Kind::Say(from)), command);
             }
             Outgoing::Announce { room, event } => announce(link, &self.id, &room, &event, out),
             Outgoing::Welcome { conn, room, resume, claim, errors } => {
