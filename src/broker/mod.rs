@@ -31,6 +31,10 @@
 //! to Redis offers its users (the server's `server::redis::Link` drives the
 //! sockets, on a thread of its own, so that no event loop waits on Redis).
 //!
+//! On one node, a topic's history can outlive the process: [`store`] is
+//! what a durable store is given and gives back (group commit, one batch in
+//! flight), and the server's `server::store::DiskStore` writes it to disk.
+//!
 //! The chat across workers (`chat::shared`) sends everything it does through
 //! a broker: a room's messages are publications on the room's topic, and
 //! what is for one connection (its welcome, a subscription, a close) is sent
@@ -40,6 +44,7 @@ mod local;
 pub mod redis;
 mod remote;
 pub mod resp;
+pub mod store;
 
 pub use local::{LocalBroker, Wake};
 pub use remote::{Incoming, Remote, RemoteError};

@@ -33,6 +33,7 @@ mod delivery;
 mod metrics;
 pub mod redis;
 mod shutdown;
+pub mod store;
 mod timers;
 mod tls;
 mod workers;
