@@ -25,6 +25,9 @@ mkdir -p "$OUT"
 run_once() { # scenario seconds loadgen-args... -> "instructions count"
   local scenario=$1 seconds=$2; shift 2
   local log="$OUT/$scenario.log"
+  # An empty data directory each run (ignored by a binary from before the store).
+  export RUST_CHAT_DATA_DIR="$OUT/data-$scenario"
+  rm -rf "$RUST_CHAT_DATA_DIR"
   valgrind --tool=callgrind --callgrind-out-file="$OUT/$scenario.out" "$BINARY" --bind 127.0.0.1:0 \
     --rate-limit 0 --max-room-members 100000 ${SERVER_ARGS:-} >"$OUT/$scenario.stdout" 2>"$log" &
   local pid=$!

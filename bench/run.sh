@@ -27,6 +27,10 @@ trap cleanup EXIT
 start_server() {
   local name=$1; shift
   local log="$OUT/$name.log"
+  # Each server its own, empty data directory (an environment variable, which
+  # a baseline binary from before the store ignores).
+  export RUST_CHAT_DATA_DIR="$OUT/data-$name-$RANDOM"
+  rm -rf "$RUST_CHAT_DATA_DIR"
   case "$name" in
     rust-chat-baseline) taskset -c 0 "$BASELINE" --bind 127.0.0.1:0 --rate-limit 0 \
                   --max-room-members 100000 --max-connections 100000 "$@" >"$log" 2>&1 & ;;

@@ -46,7 +46,7 @@ if [ "${AUTOBAHN_TLS:-}" = 1 ]; then
 fi
 
 # Port 0: the kernel picks a free port; the server prints the URL it got.
-./target/release/rust-chat --bind 127.0.0.1:0 --deflate-threshold 0 --workers "${AUTOBAHN_WORKERS:-1}" \
+./target/release/rust-chat --bind 127.0.0.1:0 --no-persist --deflate-threshold 0 --workers "${AUTOBAHN_WORKERS:-1}" \
   "${TLS_ARGS[@]}" >"$OUT/server.log" 2>&1 &
 SERVER_PID=$!
 FORWARD_PID=

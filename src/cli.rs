@@ -171,6 +171,18 @@ struct Options {
     #[arg(long, value_name = "URL", env = "RUST_CHAT_REDIS", value_parser = redis_url, help_heading = "Cluster")]
     redis: Option<(SocketAddr, u32)>,
 
+    /// Where this node keeps its rooms (numbering, epochs, history), so that a restart loses nothing acknowledged; unused with --redis [default: ./rust-chat-data]
+    #[arg(long, value_name = "DIR", env = "RUST_CHAT_DATA_DIR", help_heading = "Storage")]
+    data_dir: Option<PathBuf>,
+
+    /// Keep rooms in memory only: a restart forgets them and their history
+    #[arg(long, env = "RUST_CHAT_NO_PERSIST", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Storage")]
+    no_persist: bool,
+
+    /// When a commit is forced onto the disk: batch (every group commit, before its messages are shown), always (the same, and batches are never joined), never (once a second: a crash may lose the last second) [default: batch]
+    #[arg(long, value_name = "WHEN", env = "RUST_CHAT_FSYNC", value_parser = fsync, help_heading = "Storage")]
+    fsync: Option<rust_chat::broker::store::Fsync>,
+
     /// Messages each room keeps for newcomers [default: 100]
     #[arg(long, value_name = "N", env = "RUST_CHAT_HISTORY", help_heading = "Chat")]
     history: Option<usize>,
@@ -361,6 +373,14 @@ impl Options {
             None if self.require_token => return Err("--require-token needs --jwt-secret or --jwt-secret-file".into()),
             None => None,
         };
+        if !self.no_persist {
+            let mut store = rust_chat::server::store::StoreConfig::default_dir();
+            if let Some(dir) = self.data_dir {
+                store.dir = dir;
+            }
+            store.fsync = self.fsync.unwrap_or_default();
+            config.store = Some(store);
+        }
         let chat = &mut config.chat;
         set(&mut chat.history_len, self.history);
         set(&mut chat.history_bytes, self.history_bytes);
@@ -410,6 +430,10 @@ fn redis_url(text: &str) -> Result<(SocketAddr, u32), String> {
         };
     let addr = with_port.to_socket_addrs().map_err(|err| format!("'{text}': {err}"))?.next().ok_or_else(bad)?;
     Ok((addr, db))
+}
+
+fn fsync(text: &str) -> Result<rust_chat::broker::store::Fsync, String> {
+    text.parse()
 }
 
 fn workers(text: &str) -> Result<usize, String> {
@@ -506,7 +530,25 @@ mod tests {
 
     #[test]
     fn no_flags_is_the_default_config() {
-        assert_eq!(run(&[]).unwrap(), Config::default());
+        // With the binary's own default: a store in ./rust-chat-data.
+        let store = Some(rust_chat::server::store::StoreConfig::default_dir());
+        assert_eq!(run(&[]).unwrap(), Config { store, ..Config::default() });
+    }
+
+    #[test]
+    fn the_store_flags() {
+        use rust_chat::broker::store::Fsync;
+        let store = |args: &[&str]| run(args).unwrap().store.map(|store| (store.dir, store.fsync));
+        assert_eq!(store(&[]), Some((PathBuf::from("rust-chat-data"), Fsync::Batch)));
+        assert_eq!(
+            store(&["--data-dir", "/var/lib/chat", "--fsync", "never"]),
+            Some(("/var/lib/chat".into(), Fsync::Never))
+        );
+        assert_eq!(store(&["--fsync=always"]).map(|(_, fsync)| fsync), Some(Fsync::Always));
+        assert_eq!(store(&["--no-persist"]), None);
+        assert_eq!(store(&["--data-dir", "x", "--no-persist"]), None, "--no-persist wins");
+        let err = run(&["--fsync", "sometimes"]).unwrap_err();
+        assert!(err.contains("--fsync") && err.contains("always, batch, never"), "{err}");
     }
 
     #[test]

@@ -19,6 +19,10 @@ pub struct Config {
     /// Rooms across nodes (`--redis`): where Redis is. Default `None`: the
     /// rooms are this process's own, and no Redis is needed.
     pub redis: Option<crate::server::redis::LinkConfig>,
+    /// The node's durable store (the binary's default: `./rust-chat-data`).
+    /// Default `None` here: rooms live in memory only. Unused with `redis`,
+    /// which is then the store.
+    pub store: Option<crate::server::store::StoreConfig>,
 }
 
 impl Default for Config {
@@ -26,7 +30,7 @@ impl Default for Config {
     /// on the main port (the library's own default leaves every path to the application).
     fn default() -> Config {
         let server = ServerConfig { metrics: crate::server::MetricsEndpoint::MainPort, ..ServerConfig::default() };
-        Config { server, chat: ChatConfig::default(), redis: None }
+        Config { server, chat: ChatConfig::default(), redis: None, store: None }
     }
 }
 

@@ -127,6 +127,44 @@ pub fn echo_and_chat(chat: chat::ChatConfig) -> EchoAndChat {
     app::Both(echo::Echo, chat::Chat::new(chat))
 }
 
+/// The node's store as `config` asks for it, opened: none with `--redis`
+/// (Redis is the store then) or without [`Config::store`]. The store wakes
+/// the loop whose handle is put into the cell it comes with.
+type Opened = (Box<dyn broker::store::Store>, broker::store::Loaded, std::sync::Arc<std::sync::OnceLock<ServerHandle>>);
+
+fn open_store(config: &Config) -> Result<Option<Opened>, server::StartError> {
+    let Some(store) = config.store.as_ref().filter(|_| config.redis.is_none()) else { return Ok(None) };
+    let cell = std::sync::Arc::new(std::sync::OnceLock::<ServerHandle>::new());
+    let to_wake = std::sync::Arc::clone(&cell);
+    let wake: broker::Wake = Box::new(move || {
+        if let Some(handle) = to_wake.get() {
+            handle.notify();
+        }
+    });
+    let options = broker::store::StoreOptions { fsync: store.fsync, keep_per_room: config.chat.history_len };
+    let (disk, loaded) =
+        server::store::DiskStore::open(&store.dir, options, wake).map_err(server::StartError::Store)?;
+    Ok(Some((Box::new(disk), loaded, cell)))
+}
+
+/// The binary's application on one event loop, bound to `config.server.bind`:
+/// with [`Config::store`] its rooms come back from the store and every
+/// message is committed to it before it is shown.
+pub fn bind_echo_and_chat(config: Config) -> Result<Server<EchoAndChat>, server::StartError> {
+    let opened = open_store(&config)?;
+    let mut app = echo_and_chat(config.chat);
+    let cell = opened.map(|(store, loaded, cell)| {
+        app.1.persist(store, loaded);
+        cell
+    });
+    let server = Server::bind(config.server, app)?;
+    if let Some(cell) = cell {
+        // Before the loop runs, so before any batch can be done.
+        let _ = cell.set(server.handle());
+    }
+    Ok(server)
+}
+
 /// The binary's application as `workers` event loops serve it: one chat for
 /// all of them ([`chat::shared`]), the echo endpoint in each.
 pub type SharedEchoAndChat = app::Both<echo::Echo, chat::shared::SharedChat>;
@@ -143,6 +181,7 @@ pub fn echo_and_chat_workers(
     signals: bool,
 ) -> Result<(server::Workers, std::sync::Arc<chat::shared::Shared>), server::StartError> {
     let workers = workers.max(1);
+    let opened = open_store(&config)?;
     let broker = std::sync::Arc::new(broker::LocalBroker::new(workers, 0));
     let shared = chat::shared::Shared::with_broker(config.chat, workers, broker.clone());
     let mut each = config.server;
@@ -165,6 +204,11 @@ pub fn echo_and_chat_workers(
         })
         .collect();
     broker.set_wakers(wakers);
+    // With a store: its batches wake the first worker, which shows them for all.
+    if let (Some((store, loaded, cell)), Some(first)) = (opened, running.handles().first()) {
+        let _ = cell.set(first.clone());
+        shared.persist(store, loaded);
+    }
     // With --redis: the link's news wakes the first worker, which takes it in for all.
     if let (Some(redis), Some(first)) = (config.redis, running.handles().first()) {
         let first = first.clone();

@@ -4,8 +4,8 @@
 mod cli;
 
 use cli::Command;
-use rust_chat::server::{Exit, Server, WorkerError};
-use rust_chat::{Config, echo_and_chat, echo_and_chat_workers};
+use rust_chat::server::{Exit, StartError, WorkerError};
+use rust_chat::{Config, bind_echo_and_chat, echo_and_chat_workers};
 use std::process::ExitCode;
 
 /// Logs go to standard error, at the level RUST_LOG asks for (info by default).
@@ -38,12 +38,9 @@ fn main() -> ExitCode {
     if workers > 1 || config.redis.is_some() {
         return serve_workers(config, workers, (ws, http));
     }
-    let mut server = match Server::bind(config.server, echo_and_chat(config.chat)) {
+    let mut server = match bind_echo_and_chat(config) {
         Ok(server) => server,
-        Err(err) => {
-            eprintln!("rust-chat: cannot start: {err}");
-            return ExitCode::FAILURE;
-        }
+        Err(err) => return cannot_start(&err),
     };
     if let Err(err) = server.shutdown_on_signals() {
         eprintln!("rust-chat: cannot install signal handlers: {err}");
@@ -61,6 +58,16 @@ fn main() -> ExitCode {
             eprintln!("rust-chat: event loop failed: {err}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Says why the server could not start. A data directory that cannot be
+/// used is the operator's to mend, like a bad flag: exit 2; anything else 1.
+fn cannot_start(err: &StartError) -> ExitCode {
+    eprintln!("rust-chat: cannot start: {err}");
+    match err {
+        StartError::Store(_) => ExitCode::from(2),
+        _ => ExitCode::FAILURE,
     }
 }
 
@@ -88,10 +95,7 @@ fn serve_workers(config: Config, workers: usize, (ws, http): (&str, &str)) -> Ex
     let config_redis = config.redis.as_ref().map(|redis| (redis.addr, redis.db));
     let (running, _chat) = match echo_and_chat_workers(config, workers, true) {
         Ok(started) => started,
-        Err(err) => {
-            eprintln!("rust-chat: cannot start: {err}");
-            return ExitCode::FAILURE;
-        }
+        Err(err) => return cannot_start(&err),
     };
     let addr = running.local_addr();
     announce(&format!(

@@ -51,8 +51,19 @@ impl History {
 
     /// Keeps `event` (message `seq` of `room`), dropping what no longer fits.
     pub fn push(&mut self, room: &str, seq: u64, event: Arc<str>) {
+        self.push_evicting(room, seq, event, &mut Vec::new());
+    }
+
+    /// As [`History::push`], and says in `evicted` which messages (room,
+    /// seq) the bound on all rooms' bytes pushed out, or that this one was
+    /// not kept at all (a room's own count drops its oldest without a word:
+    /// the store trims by the same count).
+    pub fn push_evicting(&mut self, room: &str, seq: u64, event: Arc<str>, evicted: &mut Vec<(Arc<str>, u64)>) {
         let entry = Entry { seq, event };
         if self.per_room == 0 || entry.cost() > self.max_bytes {
+            if self.per_room > 0 {
+                evicted.push((Arc::from(room), seq));
+            }
             return;
         }
         let name: Arc<str> = match self.rooms.get_key_value(room) {
@@ -71,7 +82,10 @@ impl History {
         kept.push_back(entry);
         self.order.push_back((name, seq));
         while self.bytes > self.max_bytes {
-            self.drop_oldest();
+            match self.drop_oldest() {
+                Some(gone) => evicted.push(gone),
+                None => break,
+            }
         }
         if self.order.len() > 2 * self.held + 64 {
             let rooms = &self.rooms;
@@ -79,8 +93,8 @@ impl History {
         }
     }
 
-    /// Drops the oldest message held, in whichever room it is.
-    fn drop_oldest(&mut self) {
+    /// Drops the oldest message held, in whichever room it is, and says which.
+    fn drop_oldest(&mut self) -> Option<(Arc<str>, u64)> {
         while let Some((room, seq)) = self.order.pop_front() {
             let Some(kept) = self.rooms.get_mut(&room) else { continue };
             if kept.front().is_some_and(|oldest| oldest.seq == seq)
@@ -91,9 +105,15 @@ impl History {
                 if kept.is_empty() {
                     self.rooms.remove(&room);
                 }
-                return;
+                return Some((room, seq));
             }
         }
+        None
+    }
+
+    /// Whether `room` holds any message.
+    pub fn holds_any(&self, room: &str) -> bool {
+        self.rooms.get(room).is_some_and(|kept| !kept.is_empty())
     }
 
     /// The messages `room` holds, oldest first.

@@ -16,6 +16,7 @@ mod config;
 pub mod events;
 mod history;
 mod page;
+mod persist;
 pub mod shared;
 pub mod token;
 
@@ -44,7 +45,13 @@ const MAX_PREFIX: usize = "/me ".len();
 #[derive(Debug)]
 struct Room {
     members: Vec<ConnId>,
+    /// The number of its last message shown (with a store: committed).
     seq: u64,
+    /// With a store: the number of its last message handed to the store
+    /// (`seq` plus those being written).
+    assigned: u64,
+    /// With a store: its messages said but not yet numbered.
+    pending: u32,
     /// Made when the room (and so its sequence) starts: a room removed and
     /// made again, or a restarted server, has a new one, so that a client
     /// resuming with a sequence number can tell a new count from a gap.
@@ -53,7 +60,7 @@ struct Room {
 
 impl Room {
     fn new() -> Room {
-        Room { members: Vec::new(), seq: 0, epoch: new_epoch() }
+        Room { members: Vec::new(), seq: 0, assigned: 0, pending: 0, epoch: new_epoch() }
     }
 }
 
@@ -172,6 +179,8 @@ pub struct Chat {
     cluster: bool,
     /// What a call left for the cluster layer (`cluster` only).
     pub(crate) outgoing: Vec<Outgoing>,
+    /// The node's durable store, if it has one (see [`persist`]).
+    persist: Option<Box<persist::Persist>>,
 }
 
 /// What the chat hands the cluster layer (`chat::cluster`) when its rooms
@@ -288,6 +297,9 @@ impl App for Chat {
             "Times a member used up its burst and its input was paused.",
             self.rate_limited,
         );
+        if let Some(persist) = &self.persist {
+            persist.report(report);
+        }
     }
 
     fn on_open(&mut self, conn: &mut ChatConn, ctx: &mut Context<'_>) {
@@ -323,6 +335,20 @@ impl App for Chat {
     fn on_close(&mut self, _: ChatConn, _: &Closed, ctx: &mut Context<'_>) {
         self.disconnect(ctx);
     }
+
+    /// With a store: what it committed goes out (the store woke the loop).
+    fn on_notify(&mut self, hub: &mut crate::app::Hub, _: Instant) {
+        let mut effects = Vec::new();
+        self.take_committed(&mut effects);
+        for effect in effects {
+            hub.apply(effect);
+        }
+    }
+
+    /// With a store: the turn's messages go to it as one batch.
+    fn on_turn_end(&mut self) {
+        self.flush_store();
+    }
 }
 
 impl Chat {
@@ -345,6 +371,7 @@ impl Chat {
             rate_limited: 0,
             cluster: false,
             outgoing: Vec::new(),
+            persist: None,
         }
     }
 
@@ -565,6 +592,9 @@ impl Chat {
             ctx.send_text(&events::error(code::MESSAGE_TOO_LONG, &message));
             return;
         }
+        if !self.cluster && self.said(text, action, ctx) {
+            return;
+        }
         let Some(member) = self.members.get(&ctx.id()) else { return };
         let Some(room) = self.rooms.get_mut(&member.room) else { return };
         room.seq += 1;
@@ -706,7 +736,11 @@ impl Chat {
         let id = ctx.id();
         let Some(nick) = self.members.get(&id).map(|m| m.nick.clone()) else { return };
         self.announce(name, events::join(name, &nick), ctx);
-        let room = self.rooms.entry(name.to_string()).or_insert_with(Room::new);
+        if !self.rooms.contains_key(name) {
+            let room = self.wake_room(name).unwrap_or_else(Room::new);
+            self.rooms.insert(name.to_string(), room);
+        }
+        let Some(room) = self.rooms.get_mut(name) else { return };
         room.members.push(id);
         if self.cluster {
             let resume = resume.map(|resume| (resume.since, resume.epoch.into()));
@@ -740,6 +774,9 @@ impl Chat {
         let id = ctx.id();
         room.members.retain(|member| *member != id);
         if room.members.is_empty() && name != LOBBY {
+            if self.make_dormant(name) {
+                return;
+            }
             self.rooms.remove(name);
             self.history.forget(name);
             if self.cluster {

@@ -49,6 +49,8 @@ pub struct Shared {
     max_message: usize,
     /// The link to Redis, with `--redis` (see [`Shared::span_nodes`]).
     link: OnceLock<Box<ClusterLink>>,
+    /// Set once the chat keeps its rooms in a store ([`Shared::persist`]).
+    persists: std::sync::atomic::AtomicBool,
 }
 
 struct State {
@@ -78,7 +80,15 @@ impl Shared {
         let verifier = chat.verifier();
         let subscribed = (0..workers).map(|_| HashMap::new()).collect();
         let state = State { chat, node: None, incoming: Vec::new(), subscribed };
-        Arc::new(Shared { state: Mutex::new(state), verifier, broker, workers, max_message, link: OnceLock::new() })
+        Arc::new(Shared {
+            state: Mutex::new(state),
+            verifier,
+            broker,
+            workers,
+            max_message,
+            link: OnceLock::new(),
+            persists: false.into(),
+        })
     }
 
     /// Makes this chat one node of a chat across nodes (`--redis`; see
@@ -91,6 +101,32 @@ impl Shared {
         if self.link.set(link).is_ok() {
             state.chat.span_nodes();
             state.node = Some(Node::new(state.chat.config().history_len));
+        }
+    }
+
+    /// Keeps the chat's rooms in `store` from now on, starting from what it
+    /// held (see [`Chat::persist`]); the store must wake some worker (the
+    /// first's `ServerHandle::notify`) when a batch is done. Call it before
+    /// the workers serve, and not with [`Shared::span_nodes`].
+    pub fn persist(&self, store: Box<dyn crate::broker::store::Store>, loaded: crate::broker::store::Loaded) {
+        let mut state = self.lock();
+        if self.link.get().is_none() && !state.chat.persists() {
+            state.chat.persist(store, loaded);
+            self.persists.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Whether the chat keeps its rooms in a store.
+    fn persists(&self) -> bool {
+        self.persists.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Shows what the store committed, refuses what it could not (under the chat's lock).
+    fn committed(&self, state: &mut State) {
+        let mut effects = Vec::new();
+        state.chat.take_committed(&mut effects);
+        for effect in effects {
+            self.route(state, effect);
         }
     }
 
@@ -265,6 +301,9 @@ impl App for SharedChat {
     /// burst of messages is one wake and one turn for each of them, so they
     /// write their members' queues once for the lot, as a single loop does).
     fn on_turn_end(&mut self) {
+        if self.shared.persists() {
+            self.shared.lock().chat.flush_store();
+        }
         self.shared.broker.wake(self.worker);
     }
 
@@ -294,6 +333,10 @@ impl App for SharedChat {
         if self.shared.link.get().is_some() {
             let mut state = self.shared.lock();
             self.shared.cluster(&mut state);
+        }
+        if self.shared.persists() {
+            let mut state = self.shared.lock();
+            self.shared.committed(&mut state);
         }
         self.shared.broker.take(self.worker, &mut self.taken);
         for delivery in self.taken.drain(..) {

@@ -140,6 +140,8 @@ pub enum StartError {
     Config(String),
     /// Binding the address or setting up the poller failed.
     Io(io::Error),
+    /// The data directory cannot be used (corrupt, unreadable, taken).
+    Store(String),
 }
 
 impl std::fmt::Display for StartError {
@@ -147,6 +149,7 @@ impl std::fmt::Display for StartError {
         match self {
             StartError::Config(err) => write!(f, "invalid configuration: {err}"),
             StartError::Io(err) => write!(f, "{err}"),
+            StartError::Store(err) => write!(f, "{err}"),
         }
     }
 }

@@ -42,6 +42,22 @@ const CACHE_BYTES: usize = 16 << 20;
 /// With [`Fsync::Never`]: how often what was committed is put on the disk.
 const LAZY_SYNC: Duration = Duration::from_secs(1);
 
+/// Where a node keeps its store, and how (`--data-dir`, `--fsync`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// The data directory (made if missing); the store is its `chat.redb`.
+    pub dir: PathBuf,
+    /// When to fsync.
+    pub fsync: Fsync,
+}
+
+impl StoreConfig {
+    /// The binary's default: `./rust-chat-data`, an fsync per batch.
+    pub fn default_dir() -> StoreConfig {
+        StoreConfig { dir: PathBuf::from("rust-chat-data"), fsync: Fsync::Batch }
+    }
+}
+
 /// The store's thread, and the outcomes it left. See the [module](self).
 pub struct DiskStore {
     /// To the thread; taken (so closed) when the store is dropped.
@@ -231,6 +247,10 @@ fn write(db: &Database, batches: &[Batch], keep: usize, lazy: bool) -> Result<()
                 rooms.remove(name)?;
                 messages.retain_in((name, 0)..=(name, u64::MAX), |_, _| false)?;
             }
+            // Drops are of messages shown before this batch: before its own.
+            for (room, seq) in &batch.drop {
+                messages.remove((&**room, *seq))?;
+            }
             for room in &batch.rooms {
                 rooms.insert(&*room.name, (&*room.epoch, room.seq))?;
             }
@@ -241,9 +261,6 @@ fn write(db: &Database, batches: &[Batch], keep: usize, lazy: bool) -> Result<()
                     Some((_, seq)) => *seq = (*seq).max(record.seq),
                     None => last.push((&record.room, record.seq)),
                 }
-            }
-            for (room, seq) in &batch.drop {
-                messages.remove((&**room, *seq))?;
             }
             for (room, seq) in last {
                 if let Some(end) = seq.checked_sub(keep as u64).filter(|end| *end > 0) {

@@ -416,6 +416,9 @@ pub struct Spawned {
     pub child: Child,
     pub addr: SocketAddr,
     log: std::path::PathBuf,
+    /// Its own data directory (RUST_CHAT_DATA_DIR), so that servers started
+    /// at once do not share one store; removed on drop.
+    data: std::path::PathBuf,
 }
 
 impl Spawned {
@@ -466,6 +469,7 @@ impl Spawned {
         static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = std::env::temp_dir().join(format!("rust-chat-test-{}-{n}.log", std::process::id()));
+        let data = std::env::temp_dir().join(format!("rust-chat-test-{}-{n}-data", std::process::id()));
         let mut command = match files {
             Some(files) => {
                 let mut c = Command::new("sh");
@@ -476,6 +480,7 @@ impl Spawned {
         };
         let mut child = command
             .args(args)
+            .env("RUST_CHAT_DATA_DIR", &data)
             .envs(env.iter().copied())
             .env("RUST_LOG", log_level)
             .stdout(Stdio::piped())
@@ -485,7 +490,7 @@ impl Spawned {
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let addr = line.split("://").nth(1).and_then(|rest| rest.split('/').next()).expect("the URL").parse().unwrap();
-        Spawned { child, addr, log }
+        Spawned { child, addr, log, data }
     }
 
     /// (current, peak) resident memory of the server process, in KiB.
@@ -532,5 +537,6 @@ impl Drop for Spawned {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.log);
+        let _ = std::fs::remove_dir_all(&self.data);
     }
 }

@@ -1,0 +1,372 @@
+//! The chat on a node's durable store (issue 20; the store's side is
+//! [`broker::store`](crate::broker::store)): a message is shown, its
+//! sender's own copy included, only once the batch holding it is committed.
+//!
+//! A message said is not numbered at once: it waits in `pending`. At the end
+//! of the loop's turn, if no batch is being written, everything pending is
+//! numbered (from each room's `assigned`), written as the room will see it,
+//! and handed to the store as one batch (group commit: one transaction, one
+//! fsync, for the whole turn). When the store says the batch is on the disk
+//! its messages go into the memory history and out to their rooms (the
+//! sender's copy, with its `seq`, is its acknowledgement), and the next
+//! batch goes. When it says the batch failed (a full disk, an I/O error),
+//! nothing of it was kept: each room's numbering goes back to its last
+//! committed message, and each sender is told `unavailable`.
+//!
+//! A room with no members keeps its numbering while its history holds a
+//! message (it is *dormant*: not counted by `--max-rooms`, not listed), so a
+//! client that comes back, or the server after a restart, goes on from the
+//! same `seq` in the same `epoch`. The disk holds what the memory history
+//! holds: what the bound on all rooms' bytes pushes out is dropped from the
+//! disk in the next batch, and a dormant room whose last message went is
+//! forgotten there too.
+
+use super::{Chat, LOBBY, Room, code, events, is_valid_name};
+use crate::app::{ConnId, Context, Effect};
+use crate::broker::store::{Batch, Committed, Loaded, Record, RoomState, Store};
+use crate::protocol::OpCode;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How many messages may wait for the disk before their senders' input is
+/// paused (then each sender's next message waits in TCP).
+pub const MAX_PENDING: usize = 16_384;
+
+/// How many bytes of text may wait for the disk before senders are paused.
+pub const MAX_PENDING_BYTES: usize = 16 << 20;
+
+/// How long a sender's input pauses while the store is behind; it is read
+/// again then, and paused again if the store is still behind.
+const BEHIND_PAUSE: Duration = Duration::from_millis(10);
+
+/// The chat's part of a store. See the [module](self).
+pub(super) struct Persist {
+    store: Box<dyn Store>,
+    /// Said since the last batch went, not yet numbered, in order.
+    pending: Vec<Said>,
+    /// The texts' bytes in `pending`.
+    pending_bytes: usize,
+    /// The batch being written.
+    in_flight: Option<InFlight>,
+    next_id: u64,
+    /// What the memory history pushed out, to drop from the disk next.
+    drops: Vec<(Arc<str>, u64)>,
+    /// Rooms to forget on the disk next.
+    forgets: Vec<Arc<str>>,
+    /// Rooms without members whose numbering is kept (see the module).
+    dormant: HashMap<String, Room>,
+    /// Outcomes taken from the store (kept for its capacity).
+    outcomes: Vec<Committed>,
+    /// Batches committed and failed, messages refused, pauses: for the metrics.
+    committed: u64,
+    failed: u64,
+    refused: u64,
+    behind: u64,
+}
+
+impl std::fmt::Debug for Persist {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Persist")
+            .field("pending", &self.pending.len())
+            .field("in_flight", &self.in_flight.as_ref().map(|flight| flight.messages.len()))
+            .field("dormant", &self.dormant.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A message said, before it has a number.
+#[derive(Debug)]
+struct Said {
+    from: ConnId,
+    room: Arc<str>,
+    nick: Box<str>,
+    text: Box<str>,
+    time: u64,
+    action: bool,
+}
+
+/// A batch being written: what to show once it is committed.
+#[derive(Debug)]
+struct InFlight {
+    id: u64,
+    /// Each message with its sender.
+    messages: Vec<(ConnId, Record)>,
+    /// Given back to be tried again if the batch fails.
+    drops: Vec<(Arc<str>, u64)>,
+    forgets: Vec<Arc<str>>,
+}
+
+impl Persist {
+    /// Whether so much waits that senders should be slowed down.
+    fn is_behind(&self) -> bool {
+        self.pending.len() >= MAX_PENDING || self.pending_bytes >= MAX_PENDING_BYTES
+    }
+
+    /// The messages waiting for the disk (pending and being written).
+    fn waiting(&self) -> usize {
+        self.pending.len() + self.in_flight.as_ref().map_or(0, |flight| flight.messages.len())
+    }
+
+    /// The store's numbers for the metrics.
+    pub(super) fn report(&self, report: &mut crate::app::stats::Report) {
+        report.counter("rust_chat_store_commits", "Batches of messages the store committed.", self.committed);
+        report.counter(
+            "rust_chat_store_failures",
+            "Batches the store could not commit (their messages were refused with unavailable).",
+            self.failed,
+        );
+        report.counter("rust_chat_store_refused", "Messages refused because the store failed.", self.refused);
+        report.counter(
+            "rust_chat_store_behind",
+            "Times a sender's input was paused because too much waited for the disk.",
+            self.behind,
+        );
+        report.gauge("rust_chat_store_waiting", "Messages waiting for the disk now.", self.waiting() as i64);
+        report.gauge(
+            "rust_chat_dormant_rooms",
+            "Rooms without members whose history is kept.",
+            self.dormant.len() as i64,
+        );
+    }
+}
+
+impl Chat {
+    /// Keeps this chat's rooms in `store` from now on, starting from what it
+    /// held (`loaded`): rooms, their numbering and epochs, their history.
+    /// Call it before anyone joins (and not with rooms across nodes).
+    pub fn persist(&mut self, store: Box<dyn Store>, loaded: Loaded) {
+        let mut persist = Persist {
+            store,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            in_flight: None,
+            next_id: 1,
+            drops: Vec::new(),
+            forgets: Vec::new(),
+            dormant: HashMap::new(),
+            outcomes: Vec::new(),
+            committed: 0,
+            failed: 0,
+            refused: 0,
+            behind: 0,
+        };
+        for (state, records) in loaded.rooms {
+            let name = state.name.to_string();
+            let lobby = name == LOBBY;
+            if !is_valid_name(&name) || name != name.to_ascii_lowercase() || (records.is_empty() && !lobby) {
+                // No room of ours, or one with nothing left to resume from.
+                persist.forgets.push(state.name);
+                continue;
+            }
+            let room = Room { seq: state.seq, assigned: state.seq, epoch: state.epoch, ..Room::new() };
+            for record in records.into_iter().filter(|record| record.seq <= state.seq) {
+                self.history.push_evicting(&name, record.seq, record.event, &mut persist.drops);
+            }
+            if lobby {
+                self.rooms.insert(name, room);
+            } else {
+                persist.dormant.insert(name, room);
+            }
+        }
+        tracing::info!(
+            rooms = persist.dormant.len() + 1,
+            messages = self.history.bytes(),
+            "store: rooms restored (messages is their history's bytes)"
+        );
+        self.persist = Some(Box::new(persist));
+        // Rooms the restored history could not hold go at once.
+        let gone: Vec<(Arc<str>, u64)> = self.persist.as_ref().map(|p| p.drops.clone()).unwrap_or_default();
+        self.settle(gone.iter().map(|(room, _)| &**room));
+    }
+
+    /// Whether this chat keeps its rooms in a store.
+    pub fn persists(&self) -> bool {
+        self.persist.is_some()
+    }
+
+    /// `say` with a store: the message waits for the end of the turn. The
+    /// sender's input pauses while the store is behind.
+    pub(super) fn said(&mut self, text: &str, action: bool, ctx: &mut Context<'_>) -> bool {
+        let Some(persist) = self.persist.as_mut() else { return false };
+        let Some(member) = self.members.get(&ctx.id()) else { return true };
+        let Some(room) = self.rooms.get_mut(&member.room) else { return true };
+        room.pending += 1;
+        let said = Said {
+            from: ctx.id(),
+            room: Arc::from(member.room.as_str()),
+            nick: member.nick.as_str().into(),
+            text: text.into(),
+            time: ctx.unix_time_ms(),
+            action,
+        };
+        persist.pending_bytes += said.text.len();
+        persist.pending.push(said);
+        if persist.is_behind() {
+            persist.behind += 1;
+            ctx.pause_reading_until(ctx.now() + BEHIND_PAUSE);
+        }
+        true
+    }
+
+    /// The room `name`, with or without members.
+    fn any_room(&mut self, name: &str) -> Option<&mut Room> {
+        match self.rooms.get_mut(name) {
+            Some(room) => Some(room),
+            None => self.persist.as_mut()?.dormant.get_mut(name),
+        }
+    }
+
+    /// With a store: the room `name` has lost its last member. It stays
+    /// dormant while it has something to resume from; returns `false` if
+    /// there is no store (the room is then removed).
+    pub(super) fn make_dormant(&mut self, name: &str) -> bool {
+        if self.persist.is_none() {
+            return false;
+        }
+        if let (Some(room), Some(persist)) = (self.rooms.remove(name), self.persist.as_mut()) {
+            persist.dormant.insert(name.to_string(), room);
+        }
+        self.settle(std::iter::once(name));
+        true
+    }
+
+    /// A dormant room being entered again, with its numbering.
+    pub(super) fn wake_room(&mut self, name: &str) -> Option<Room> {
+        self.persist.as_mut()?.dormant.remove(name)
+    }
+
+    /// Forgets the dormant rooms among `names` that have nothing left: no
+    /// history, nothing waiting for the disk.
+    fn settle<'a>(&mut self, names: impl Iterator<Item = &'a str>) {
+        let Some(persist) = self.persist.as_mut() else { return };
+        for name in names {
+            let Some(room) = persist.dormant.get(name) else { continue };
+            if self.history.holds_any(name) || room.pending > 0 || room.assigned > room.seq {
+                continue;
+            }
+            let ever = room.seq > 0;
+            persist.dormant.remove(name);
+            if ever {
+                // Its last messages were pushed out: the drops are covered by the forget.
+                persist.drops.retain(|(room, _)| &**room != name);
+                persist.forgets.push(Arc::from(name));
+            }
+        }
+    }
+
+    /// The end of the loop's turn: if no batch is being written, number
+    /// what is pending and hand it to the store as one batch.
+    pub fn flush_store(&mut self) {
+        let Some(persist) = self.persist.as_mut() else { return };
+        if persist.in_flight.is_some()
+            || (persist.pending.is_empty() && persist.drops.is_empty() && persist.forgets.is_empty())
+        {
+            return;
+        }
+        let pending = std::mem::take(&mut persist.pending);
+        persist.pending_bytes = 0;
+        let mut messages = Vec::with_capacity(pending.len());
+        let mut states: Vec<RoomState> = Vec::new();
+        let mut index: HashMap<Arc<str>, usize> = HashMap::new();
+        for said in pending {
+            let Some(room) = self.any_room(&said.room) else { continue };
+            room.pending = room.pending.saturating_sub(1);
+            room.assigned += 1;
+            let seq = room.assigned;
+            let event = events::message(&said.room, &said.nick, &said.text, said.time, seq, said.action);
+            match index.get(&said.room) {
+                Some(&at) => {
+                    if let Some(state) = states.get_mut(at) {
+                        state.seq = seq;
+                    }
+                }
+                None => {
+                    index.insert(Arc::clone(&said.room), states.len());
+                    states.push(RoomState { name: Arc::clone(&said.room), epoch: room.epoch.clone(), seq });
+                }
+            }
+            messages.push((said.from, Record { room: said.room, seq, event: Arc::from(event) }));
+        }
+        let Some(persist) = self.persist.as_mut() else { return };
+        let id = persist.next_id;
+        persist.next_id += 1;
+        let (drops, forgets) = (std::mem::take(&mut persist.drops), std::mem::take(&mut persist.forgets));
+        let batch = Batch {
+            id,
+            rooms: states,
+            records: messages.iter().map(|(_, record)| record.clone()).collect(),
+            drop: drops.clone(),
+            forget: forgets.clone(),
+        };
+        persist.in_flight = Some(InFlight { id, messages, drops, forgets });
+        persist.store.commit(batch);
+    }
+
+    /// Takes in what the store has finished: the messages of a committed
+    /// batch go into the history and to their rooms (as `effects`); those
+    /// of a failed one are refused (`unavailable` to each sender).
+    pub fn take_committed(&mut self, effects: &mut Vec<Effect>) {
+        let Some(persist) = self.persist.as_mut() else { return };
+        let mut outcomes = std::mem::take(&mut persist.outcomes);
+        persist.store.take(&mut outcomes);
+        for outcome in outcomes.drain(..) {
+            let Some(persist) = self.persist.as_mut() else { break };
+            let Some(flight) = persist.in_flight.take_if(|flight| flight.id == outcome.id) else { continue };
+            match outcome.result {
+                Ok(()) => self.show(flight, effects),
+                Err(why) => self.refuse(flight, &why, effects),
+            }
+        }
+        if let Some(persist) = self.persist.as_mut() {
+            persist.outcomes = outcomes;
+        }
+    }
+
+    /// A committed batch: into the history, out to the rooms.
+    fn show(&mut self, flight: InFlight, effects: &mut Vec<Effect>) {
+        let mut evicted = Vec::new();
+        for (_, record) in flight.messages {
+            if let Some(room) = self.any_room(&record.room) {
+                room.seq = room.seq.max(record.seq);
+            }
+            self.history.push_evicting(&record.room, record.seq, Arc::clone(&record.event), &mut evicted);
+            let bytes: Arc<str> = record.event;
+            effects.push(Effect::Publish { topic: record.room, opcode: OpCode::Text, bytes: bytes.into() });
+        }
+        if let Some(persist) = self.persist.as_mut() {
+            persist.committed += 1;
+            persist.drops.extend(evicted.iter().cloned());
+        }
+        self.settle(evicted.iter().map(|(room, _)| &**room));
+    }
+
+    /// A failed batch: nothing of it is on the disk, none of it is shown.
+    fn refuse(&mut self, flight: InFlight, why: &str, effects: &mut Vec<Effect>) {
+        let error = events::error(code::UNAVAILABLE, "the server could not store this message; it was not sent");
+        let error: Arc<[u8]> = Arc::from(error.into_bytes());
+        let mut rooms = Vec::new();
+        for (from, record) in &flight.messages {
+            if !rooms.contains(&record.room) {
+                rooms.push(Arc::clone(&record.room));
+            }
+            effects.push(Effect::Send { to: *from, opcode: OpCode::Text, bytes: Arc::clone(&error) });
+        }
+        for name in &rooms {
+            if let Some(room) = self.any_room(name) {
+                // Nothing after `seq` was numbered but this batch's messages.
+                room.assigned = room.seq;
+            }
+        }
+        let Some(persist) = self.persist.as_mut() else { return };
+        persist.failed += 1;
+        persist.refused += flight.messages.len() as u64;
+        tracing::warn!(messages = flight.messages.len(), "store: a batch failed, its messages were refused: {why}");
+        persist.drops.extend(flight.drops);
+        persist.forgets.extend(flight.forgets);
+        self.settle(rooms.iter().map(|room| &**room));
+    }
+}
+
+#[cfg(test)]
+mod tests;
