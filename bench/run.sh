@@ -10,7 +10,8 @@
 #                             # A/B: this build against an earlier binary
 #                             # (e.g. the previous commit's), instead of the peer
 #
-# Scenarios: echo, broadcast, bulk, latency, idle, deflate (rust-chat only,
+# Scenarios: echo, broadcast, bulk, latency, idle, persist (rust-chat only: a
+# chat room with --no-persist and each --fsync, issue 20), deflate (rust-chat only,
 # with and without compression). The server is pinned to core 0 and the load
 # generator to core 1 (taskset). Every run is bounded in time; servers are
 # stopped at the end.
@@ -56,6 +57,13 @@ run_one() { # scenario server -> one JSON line
     bulk)      start_server "$server"; load --mode echo --conns 10 --inflight 4 --size 65536 --label "$server" ;;
     latency)   start_server "$server"; load --mode latency --size 32 --label "$server" ;;
     idle)      start_server "$server"; load --mode idle --conns "${IDLE_CONNS:-10000}" --pid "$SERVER_PID" --label "$server" ;;
+    persist)   # A chat room of 10 members; the sender keeps 64 (PERSIST_INFLIGHT) messages in flight, each
+               # sent again when its own copy (its acknowledgement) comes back.
+               case "$server" in
+                 rust-chat-no-persist) start_server "$server" --no-persist ;;
+                 rust-chat-fsync-*) start_server "$server" --fsync "${server#rust-chat-fsync-}" ;;
+               esac
+               load --mode broadcast --conns 10 --inflight "${PERSIST_INFLIGHT:-64}" --size 64 --label "$server" ;;
     deflate)   case "$server" in
                  rust-chat-deflate) start_server rust-chat; load --mode echo --conns 100 --inflight 16 --size 1024 --deflate --label "$server" ;;
                  *) start_server "$server"; load --mode echo --conns 100 --inflight 16 --size 1024 --label "$server" ;;
@@ -67,6 +75,7 @@ run_one() { # scenario server -> one JSON line
 for scenario in "${SCENARIOS[@]}"; do
   case "$scenario" in
     deflate) pair=(rust-chat rust-chat-deflate) ;;
+    persist) pair=(rust-chat-no-persist rust-chat-fsync-batch rust-chat-fsync-always rust-chat-fsync-never) ;;
     *) if [ -n "${BASELINE:-}" ]; then pair=(rust-chat rust-chat-baseline); else pair=(rust-chat tungstenite); fi ;;
   esac
   : >"$OUT/$scenario.jsonl"
@@ -79,7 +88,17 @@ for scenario in "${SCENARIOS[@]}"; do
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 metric = {"echo": "msgs_per_sec", "bulk": "mb_per_sec", "broadcast": "deliveries_per_sec",
-          "latency": "rtt_p50_us", "idle": "kib_per_conn", "deflate": "msgs_per_sec"}[sys.argv[2]]
+          "latency": "rtt_p50_us", "idle": "kib_per_conn", "deflate": "msgs_per_sec",
+          "persist": "msgs_per_sec"}[sys.argv[2]]
+if sys.argv[2] == "persist":
+    # Messages the room received per second (each member got every one), and their p99.
+    for r in rows:
+        r["msgs_per_sec"] = r["deliveries_per_sec"] / r["members"]
+    p99 = {}
+    for r in rows:
+        p99.setdefault(r["label"], []).append(r["latency_p99_us"])
+    for k, v in p99.items():
+        print(f"## persist {k}: latency_p99_us median {statistics.median(v):.4g} (min {min(v):.4g}, max {max(v):.4g})")
 by = {}
 for r in rows:
     by.setdefault(r["label"], []).append(r[metric])
@@ -91,5 +110,9 @@ for k in labels:
 if len(labels) == 2:
     a, b = labels
     print(f"## {sys.argv[2]} ratio {a}/{b}: {med[a] / med[b]:.2f}")
+elif len(labels) > 2:
+    first = labels[0]
+    for k in labels[1:]:
+        print(f"## {sys.argv[2]} ratio {k}/{first}: {med[k] / med[first]:.2f}")
 PY
 done

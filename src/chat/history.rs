@@ -55,15 +55,20 @@ impl History {
     }
 
     /// As [`History::push`], and says in `evicted` which messages (room,
-    /// seq) the bound on all rooms' bytes pushed out, or that this one was
-    /// not kept at all (a room's own count drops its oldest without a word:
-    /// the store trims by the same count).
+    /// seq) the bound on all rooms' bytes pushed out: each is the oldest its
+    /// room held, so a room's history is always a contiguous run of its
+    /// latest messages. (A room's own count drops its oldest without a word:
+    /// the store trims by the same count.)
     pub fn push_evicting(&mut self, room: &str, seq: u64, event: Arc<str>, evicted: &mut Vec<(Arc<str>, u64)>) {
         let entry = Entry { seq, event };
-        if self.per_room == 0 || entry.cost() > self.max_bytes {
-            if self.per_room > 0 {
-                evicted.push((Arc::from(room), seq));
-            }
+        if self.per_room == 0 {
+            return;
+        }
+        if entry.cost() > self.max_bytes {
+            // Larger than all history together: not kept, and neither is
+            // anything older in its room (the history would have a gap).
+            self.forget(room);
+            evicted.push((Arc::from(room), seq));
             return;
         }
         let name: Arc<str> = match self.rooms.get_key_value(room) {
@@ -188,9 +193,15 @@ mod tests {
         // A room that goes takes its bytes with it.
         history.forget("b");
         assert_eq!(history.bytes(), entry);
-        // A message larger than everything allowed is not kept at all.
-        history.push("a", 3, Arc::from("x".repeat(4 * entry)));
-        assert_eq!(history.bytes(), entry);
+        // A message larger than everything allowed is not kept at all, and
+        // its room keeps nothing older (no gap before what comes next).
+        let mut evicted = Vec::new();
+        history.push_evicting("a", 3, Arc::from("x".repeat(4 * entry)), &mut evicted);
+        assert_eq!(history.bytes(), 0);
+        assert_eq!(evicted, [(Arc::<str>::from("a"), 3)]);
+        history.push_evicting("a", 4, text('e'), &mut evicted);
+        assert!(history.after("a", 2, 4).is_none(), "3 is not held: no resume across it");
+        assert_eq!(history.after("a", 3, 4).map(Iterator::count), Some(1));
     }
 
     #[test]

@@ -80,7 +80,7 @@ impl std::fmt::Debug for Persist {
 struct Said {
     from: ConnId,
     room: Arc<str>,
-    nick: Box<str>,
+    nick: Arc<str>,
     text: Box<str>,
     time: u64,
     action: bool,
@@ -92,6 +92,8 @@ struct InFlight {
     id: u64,
     /// Each message with its sender.
     messages: Vec<(ConnId, Record)>,
+    /// Each room's last number in it.
+    rooms: Vec<(Arc<str>, u64)>,
     /// Given back to be tried again if the batch fails.
     drops: Vec<(Arc<str>, u64)>,
     forgets: Vec<Arc<str>>,
@@ -192,14 +194,17 @@ impl Chat {
         let Some(member) = self.members.get(&ctx.id()) else { return true };
         let Some(room) = self.rooms.get_mut(&member.room) else { return true };
         room.pending += 1;
-        let said = Said {
-            from: ctx.id(),
-            room: Arc::from(member.room.as_str()),
-            nick: member.nick.as_str().into(),
-            text: text.into(),
-            time: ctx.unix_time_ms(),
-            action,
+        // A busy room's messages come one after another: share their names.
+        let last = persist.pending.last();
+        let room = match last.filter(|last| *last.room == *member.room) {
+            Some(last) => Arc::clone(&last.room),
+            None => Arc::from(member.room.as_str()),
         };
+        let nick = match last.filter(|last| *last.nick == *member.nick) {
+            Some(last) => Arc::clone(&last.nick),
+            None => Arc::from(member.nick.as_str()),
+        };
+        let said = Said { from: ctx.id(), room, nick, text: text.into(), time: ctx.unix_time_ms(), action };
         persist.pending_bytes += said.text.len();
         persist.pending.push(said);
         if persist.is_behind() {
@@ -269,29 +274,38 @@ impl Chat {
         let mut messages = Vec::with_capacity(pending.len());
         let mut states: Vec<RoomState> = Vec::new();
         let mut index: HashMap<Arc<str>, usize> = HashMap::new();
-        for said in pending {
+        let mut pending = pending.into_iter().peekable();
+        // A stretch of messages to one room at a time: one look-up for each stretch.
+        while let Some(said) = pending.next() {
             let Some(room) = self.any_room(&said.room) else { continue };
-            room.pending = room.pending.saturating_sub(1);
-            room.assigned += 1;
+            let name = Arc::clone(&said.room);
+            let mut next = Some(said);
+            while let Some(said) = next {
+                room.pending = room.pending.saturating_sub(1);
+                room.assigned += 1;
+                let seq = room.assigned;
+                let event = events::message(&said.room, &said.nick, &said.text, said.time, seq, said.action);
+                messages.push((said.from, Record { room: said.room, seq, event: Arc::from(event) }));
+                next = pending.next_if(|next| Arc::ptr_eq(&next.room, &name) || *next.room == *name);
+            }
             let seq = room.assigned;
-            let event = events::message(&said.room, &said.nick, &said.text, said.time, seq, said.action);
-            match index.get(&said.room) {
+            match index.get(&name) {
                 Some(&at) => {
                     if let Some(state) = states.get_mut(at) {
                         state.seq = seq;
                     }
                 }
                 None => {
-                    index.insert(Arc::clone(&said.room), states.len());
-                    states.push(RoomState { name: Arc::clone(&said.room), epoch: room.epoch.clone(), seq });
+                    index.insert(Arc::clone(&name), states.len());
+                    states.push(RoomState { name, epoch: room.epoch.clone(), seq });
                 }
             }
-            messages.push((said.from, Record { room: said.room, seq, event: Arc::from(event) }));
         }
         let Some(persist) = self.persist.as_mut() else { return };
         let id = persist.next_id;
         persist.next_id += 1;
         let (drops, forgets) = (std::mem::take(&mut persist.drops), std::mem::take(&mut persist.forgets));
+        let rooms = states.iter().map(|state| (Arc::clone(&state.name), state.seq)).collect();
         let batch = Batch {
             id,
             rooms: states,
@@ -299,7 +313,7 @@ impl Chat {
             drop: drops.clone(),
             forget: forgets.clone(),
         };
-        persist.in_flight = Some(InFlight { id, messages, drops, forgets });
+        persist.in_flight = Some(InFlight { id, messages, rooms, drops, forgets });
         persist.store.commit(batch);
     }
 
@@ -326,10 +340,12 @@ impl Chat {
     /// A committed batch: into the history, out to the rooms.
     fn show(&mut self, flight: InFlight, effects: &mut Vec<Effect>) {
         let mut evicted = Vec::new();
-        for (_, record) in flight.messages {
-            if let Some(room) = self.any_room(&record.room) {
-                room.seq = room.seq.max(record.seq);
+        for (name, seq) in &flight.rooms {
+            if let Some(room) = self.any_room(name) {
+                room.seq = room.seq.max(*seq);
             }
+        }
+        for (_, record) in flight.messages {
             self.history.push_evicting(&record.room, record.seq, Arc::clone(&record.event), &mut evicted);
             let bytes: Arc<str> = record.event;
             effects.push(Effect::Publish { topic: record.room, opcode: OpCode::Text, bytes: bytes.into() });
@@ -345,11 +361,8 @@ impl Chat {
     fn refuse(&mut self, flight: InFlight, why: &str, effects: &mut Vec<Effect>) {
         let error = events::error(code::UNAVAILABLE, "the server could not store this message; it was not sent");
         let error: Arc<[u8]> = Arc::from(error.into_bytes());
-        let mut rooms = Vec::new();
-        for (from, record) in &flight.messages {
-            if !rooms.contains(&record.room) {
-                rooms.push(Arc::clone(&record.room));
-            }
+        let rooms: Vec<Arc<str>> = flight.rooms.iter().map(|(name, _)| Arc::clone(name)).collect();
+        for (from, _) in &flight.messages {
             effects.push(Effect::Send { to: *from, opcode: OpCode::Text, bytes: Arc::clone(&error) });
         }
         for name in &rooms {

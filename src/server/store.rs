@@ -27,10 +27,16 @@ use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// name → (epoch, last seq).
-const ROOMS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("rooms");
-/// (room, seq) → the message's event.
-const MESSAGES: TableDefinition<(&str, u64), &str> = TableDefinition::new("messages");
+/// name → (epoch, last seq, floor): the room's numbering, and the number
+/// up to which (floor included) its messages were dropped.
+const ROOMS: TableDefinition<&str, (&str, u64, u64)> = TableDefinition::new("rooms");
+/// (room, seq of its first message) → a run of the room's messages, numbered
+/// on from that one (see [`encode_run`]). A batch writes one run per room, so
+/// a busy turn costs one insert per room, not one per message.
+const RUNS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("runs");
+
+/// The runs table, open in a write transaction.
+type Runs<'txn> = redb::Table<'txn, (&'static str, u64), &'static [u8]>;
 
 /// The file in the data directory.
 pub const FILE_NAME: &str = "chat.redb";
@@ -128,36 +134,86 @@ fn open_file(path: &Path) -> Result<Database, String> {
 }
 
 /// Every room and its messages; also trims rooms that hold more than `keep`
-/// (a smaller `--history` than the last run's) and drops messages of no room.
+/// (a smaller `--history` than the last run's) and drops runs of no room.
 fn load(db: &Database, keep: usize) -> Result<Loaded, redb::Error> {
     let txn = db.begin_write()?;
     let mut loaded = Loaded::default();
     {
-        let rooms = txn.open_table(ROOMS)?;
-        let mut messages = txn.open_table(MESSAGES)?;
+        let mut rooms = txn.open_table(ROOMS)?;
+        let mut runs = txn.open_table(RUNS)?;
+        let mut floors = Vec::new();
         for entry in rooms.iter()? {
             let (name, value) = entry?;
-            let (epoch, seq) = value.value();
+            let (epoch, seq, floor) = value.value();
             let state = RoomState { name: Arc::from(name.value()), epoch: epoch.into(), seq };
             loaded.rooms.push((state, Vec::new()));
+            floors.push(floor);
         }
-        drop(rooms);
-        for (state, records) in &mut loaded.rooms {
+        for ((state, records), floor) in loaded.rooms.iter_mut().zip(floors) {
             let name = &*state.name;
-            // Older than the last `keep`, or (a file from elsewhere) past the room's last.
-            let first = state.seq.saturating_sub(keep as u64);
-            messages.retain_in((name, 0)..=(name, u64::MAX), |(_, seq), _| seq > first && seq <= state.seq)?;
-            for entry in messages.range((name, 0)..=(name, u64::MAX))? {
-                let (key, event) = entry?;
-                let seq = key.value().1;
-                records.push(Record { room: Arc::clone(&state.name), seq, event: Arc::from(event.value()) });
+            let lowest = lowest_kept(state.seq, floor, keep);
+            if lowest - 1 > floor {
+                // A smaller `--history` than last time: what it trims stays trimmed.
+                rooms.insert(name, (&*state.epoch, state.seq, lowest - 1))?;
+            }
+            trim(&mut runs, name, lowest)?;
+            for entry in runs.range((name, 0)..=(name, u64::MAX))? {
+                let (key, run) = entry?;
+                let first = key.value().1;
+                for (seq, event) in (first..).zip(decode_run(run.value())) {
+                    // Older than what is kept, or (a file from elsewhere) past the room's last.
+                    if seq >= lowest && seq <= state.seq {
+                        records.push(Record { room: Arc::clone(&state.name), seq, event: Arc::from(event) });
+                    }
+                }
             }
         }
         let known: std::collections::HashSet<&str> = loaded.rooms.iter().map(|(state, _)| &*state.name).collect();
-        messages.retain(|(room, _), _| known.contains(room))?;
+        runs.retain(|(room, _), _| known.contains(room))?;
     }
     txn.commit()?;
     Ok(loaded)
+}
+
+/// The first message a room keeps: one of its last `keep`, above its floor.
+fn lowest_kept(seq: u64, floor: u64, keep: usize) -> u64 {
+    (seq + 1).saturating_sub(keep as u64).max(floor + 1).max(1)
+}
+
+/// Removes the runs of `room` that end before `lowest` (a run that holds
+/// `lowest` stays whole; its older part is skipped when it is read).
+fn trim(runs: &mut Runs<'_>, room: &str, lowest: u64) -> Result<(), redb::Error> {
+    let mut firsts = Vec::new();
+    for entry in runs.range((room, 0)..=(room, lowest))? {
+        firsts.push(entry?.0.value().1);
+    }
+    // Of the runs that start at or below `lowest`, all but the last end before it.
+    firsts.pop();
+    for first in firsts {
+        runs.remove((room, first))?;
+    }
+    Ok(())
+}
+
+/// A run of events as one value: each event's length (4 bytes, little-endian), then its bytes.
+fn encode_run<'a>(events: impl Iterator<Item = &'a str>, into: &mut Vec<u8>) {
+    into.clear();
+    for event in events {
+        into.extend_from_slice(&(event.len() as u32).to_le_bytes());
+        into.extend_from_slice(event.as_bytes());
+    }
+}
+
+/// The events of a run, as far as they are whole and UTF-8 (a damaged run
+/// ends where the damage starts).
+fn decode_run(mut run: &[u8]) -> impl Iterator<Item = &str> {
+    std::iter::from_fn(move || {
+        let (len, rest) = run.split_first_chunk::<4>()?;
+        let len = u32::from_le_bytes(*len) as usize;
+        let event = std::str::from_utf8(rest.get(..len)?).ok()?;
+        run = rest.get(len..)?;
+        Some(event)
+    })
 }
 
 /// The thread's side.
@@ -240,32 +296,60 @@ fn write(db: &Database, batches: &[Batch], keep: usize, lazy: bool) -> Result<()
         .map_err(|err| redb::Error::Corrupted(err.to_string()))?;
     {
         let mut rooms = txn.open_table(ROOMS)?;
-        let mut messages = txn.open_table(MESSAGES)?;
+        let mut runs = txn.open_table(RUNS)?;
+        let mut bytes = Vec::new();
         for batch in batches {
             for name in &batch.forget {
                 let name = &**name;
                 rooms.remove(name)?;
-                messages.retain_in((name, 0)..=(name, u64::MAX), |_, _| false)?;
+                runs.retain_in((name, 0)..=(name, u64::MAX), |_, _| false)?;
             }
-            // Drops are of messages shown before this batch: before its own.
+            // Each room the batch touches, as it will be: name, (epoch, seq, floor).
+            let mut states: Vec<(&str, (String, u64, u64))> = Vec::new();
+            let touched = batch.drop.iter().map(|(room, _)| &**room).chain(batch.rooms.iter().map(|room| &*room.name));
+            for name in touched {
+                if states.iter().any(|(room, _)| *room == name) {
+                    continue;
+                }
+                let now = rooms.get(name)?.map(|value| {
+                    let (epoch, seq, floor) = value.value();
+                    (epoch.to_string(), seq, floor)
+                });
+                states.push((name, now.unwrap_or_default()));
+            }
+            // Drops are of messages shown before this batch, each the oldest its room held.
             for (room, seq) in &batch.drop {
-                messages.remove((&**room, *seq))?;
+                if let Some((_, state)) = states.iter_mut().find(|(name, _)| *name == &**room) {
+                    state.2 = state.2.max(*seq);
+                }
             }
             for room in &batch.rooms {
-                rooms.insert(&*room.name, (&*room.epoch, room.seq))?;
-            }
-            let mut last: Vec<(&str, u64)> = Vec::new();
-            for record in &batch.records {
-                messages.insert((&*record.room, record.seq), &*record.event)?;
-                match last.iter_mut().find(|(room, _)| *room == &*record.room) {
-                    Some((_, seq)) => *seq = (*seq).max(record.seq),
-                    None => last.push((&record.room, record.seq)),
+                if let Some((_, state)) = states.iter_mut().find(|(name, _)| *name == &*room.name) {
+                    state.0 = room.epoch.to_string();
+                    state.1 = state.1.max(room.seq);
                 }
             }
-            for (room, seq) in last {
-                if let Some(end) = seq.checked_sub(keep as u64).filter(|end| *end > 0) {
-                    messages.retain_in((room, 0)..=(room, end), |_, _| false)?;
+            // One run per room and contiguous stretch of numbers.
+            let mut records = batch.records.iter().peekable();
+            while let Some(first) = records.next() {
+                let mut events = vec![&*first.event];
+                let mut last = first.seq;
+                while let Some(next) = records.next_if(|next| next.room == first.room && next.seq == last + 1) {
+                    events.push(&*next.event);
+                    last = next.seq;
                 }
+                encode_run(events.into_iter(), &mut bytes);
+                runs.insert((&*first.room, first.seq), bytes.as_slice())?;
+            }
+            for (name, (epoch, seq, floor)) in &states {
+                if epoch.is_empty() {
+                    // Only drops, for a room the disk no longer holds.
+                    continue;
+                }
+                // The floor rises with the trimming: what a run still holds below it is never read.
+                let lowest = lowest_kept(*seq, *floor, keep);
+                rooms.insert(*name, (epoch.as_str(), *seq, lowest - 1))?;
+                trim(&mut runs, name, lowest)?;
             }
         }
     }
