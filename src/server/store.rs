@@ -2,9 +2,10 @@
 //! [`broker::store`](crate::broker::store), on a thread of its own.
 //!
 //! One [redb](https://docs.rs/redb) file, `DIR/chat.redb`, with two tables:
-//! `rooms` (name → epoch, last seq) and `messages` ((room, seq) → event).
-//! Each batch is one write transaction: its rooms, its messages, and the
-//! trimming of each room it touches to its last `keep_per_room` messages,
+//! `rooms` (name → epoch, last seq, floor) and `runs` ((room, first seq) →
+//! that room's messages of one batch, numbered on from the first). Each
+//! batch is one write transaction: its rooms, one run per room it touches,
+//! and the trimming of each such room to its last `keep_per_room` messages,
 //! so the file never holds more than the history the chat promises, and a
 //! crash leaves either the whole batch or none of it. redb is a
 //! copy-on-write B-tree with checksummed commits: an interrupted commit is
@@ -329,8 +330,13 @@ fn write(db: &Database, batches: &[Batch], keep: usize, lazy: bool) -> Result<()
                     state.1 = state.1.max(room.seq);
                 }
             }
-            // One run per room and contiguous stretch of numbers.
-            let mut records = batch.records.iter().peekable();
+            // One run per room and contiguous stretch of numbers: the batch's
+            // messages are in the order they were said, rooms interleaved, so
+            // each room's are brought together first (a stable sort keeps
+            // their order within the room).
+            let mut order: Vec<&Record> = batch.records.iter().collect();
+            order.sort_by(|a, b| a.room.cmp(&b.room));
+            let mut records = order.into_iter().peekable();
             while let Some(first) = records.next() {
                 let mut events = vec![&*first.event];
                 let mut last = first.seq;

@@ -1,6 +1,7 @@
 //! The disk store against real files in a temporary directory.
 
 use super::*;
+use redb::ReadableDatabase;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A fresh directory under the system's temporary one, removed when dropped.
@@ -180,4 +181,38 @@ fn a_second_store_on_the_same_directory_is_refused_while_the_first_is_open() {
     assert!(open(&dir.0, options(Fsync::Batch, 100)).is_err(), "two writers on one file");
     drop(store);
     assert!(open(&dir.0, options(Fsync::Batch, 100)).is_ok(), "free again once the first has stopped");
+}
+
+#[test]
+fn a_batch_of_rooms_said_in_turn_writes_one_run_per_room() {
+    let dir = TempDir::new("interleaved");
+    let (store, _, _) = open(&dir.0, options(Fsync::Batch, 100)).unwrap();
+    // As a loop turn gathers them: rooms in turn, each room's numbers rising.
+    let names = ["a", "b", "c"];
+    let records = (1..=20u64).flat_map(|seq| names.iter().map(move |name| record(name, seq))).collect();
+    let rooms = names.iter().map(|name| room(name, "e1", 20)).collect();
+    store.commit(Batch { id: 1, rooms, records, ..Batch::default() });
+    assert!(outcomes(&store, 1)[0].result.is_ok());
+    drop(store);
+    {
+        let db = Database::open(dir.0.join(FILE_NAME)).unwrap();
+        let txn = db.begin_read().unwrap();
+        let runs = txn.open_table(RUNS).unwrap();
+        let keys: Vec<(String, u64)> = runs
+            .iter()
+            .unwrap()
+            .map(|entry| {
+                let (key, _) = entry.unwrap();
+                let (room, first) = key.value();
+                (room.to_string(), first)
+            })
+            .collect();
+        assert_eq!(keys, [("a".into(), 1), ("b".into(), 1), ("c".into(), 1)], "one run per room, not per message");
+    }
+    let (_store, loaded, _) = open(&dir.0, options(Fsync::Batch, 100)).unwrap();
+    for name in names {
+        assert_eq!(seqs(&loaded, name), (1..=20).collect::<Vec<_>>());
+        let (_, records) = loaded.rooms.iter().find(|(state, _)| &*state.name == name).unwrap();
+        assert_eq!(&*records[19].event, format!("{name}:20"));
+    }
 }
