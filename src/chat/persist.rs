@@ -304,7 +304,10 @@ impl Chat {
         let Some(persist) = self.persist.as_mut() else { return };
         let id = persist.next_id;
         persist.next_id += 1;
-        let (drops, forgets) = (std::mem::take(&mut persist.drops), std::mem::take(&mut persist.forgets));
+        let (mut drops, forgets) = (std::mem::take(&mut persist.drops), std::mem::take(&mut persist.forgets));
+        // A drop beside a forget of its room is of the room's old life (given back by a failed
+        // batch): the forget covers it, and on the disk it would raise a new room's floor.
+        drops.retain(|(room, _)| !forgets.contains(room));
         let rooms = states.iter().map(|state| (Arc::clone(&state.name), state.seq)).collect();
         let batch = Batch {
             id,
@@ -354,7 +357,9 @@ impl Chat {
             persist.committed += 1;
             persist.drops.extend(evicted.iter().cloned());
         }
-        self.settle(evicted.iter().map(|(room, _)| &**room));
+        // A room left while its messages waited for the disk may have nothing left now.
+        let names = flight.rooms.iter().map(|(room, _)| &**room);
+        self.settle(evicted.iter().map(|(room, _)| &**room).chain(names));
     }
 
     /// A failed batch: nothing of it is on the disk, none of it is shown.

@@ -88,11 +88,20 @@ impl DiskStore {
         std::fs::create_dir_all(dir).map_err(|err| format!("cannot make data directory {}: {err}", dir.display()))?;
         let path = dir.join(FILE_NAME);
         let db = open_file(&path)?;
-        let loaded =
-            load(&db, options.keep_per_room).map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load(&db, options.keep_per_room)))
+            .unwrap_or_else(|_| Err(redb::Error::Corrupted("a damaged value".to_string())))
+            .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
         let done = Arc::new(Mutex::new(Vec::new()));
         let (jobs, queue) = mpsc::channel();
-        let writer = Writer { path, db: Some(db), options, done: Arc::clone(&done), wake, dirty: false };
+        let writer = Writer {
+            path,
+            db: Some(db),
+            options,
+            done: Arc::clone(&done),
+            wake,
+            dirty: false,
+            synced: std::time::Instant::now(),
+        };
         let thread = std::thread::Builder::new()
             .name("rust-chat-store".into())
             .spawn(move || writer.run(queue))
@@ -146,6 +155,12 @@ fn load(db: &Database, keep: usize) -> Result<Loaded, redb::Error> {
         for entry in rooms.iter()? {
             let (name, value) = entry?;
             let (epoch, seq, floor) = value.value();
+            if seq == u64::MAX {
+                // A number no store of ours writes (it could not be counted on from): a damaged file.
+                return Err(redb::Error::Corrupted(format!("room {:?} has seq {seq}", name.value())));
+            }
+            // Everything up to the floor was dropped; past the last seq there is nothing to drop.
+            let floor = floor.min(seq);
             let state = RoomState { name: Arc::from(name.value()), epoch: epoch.into(), seq };
             loaded.rooms.push((state, Vec::new()));
             floors.push(floor);
@@ -161,7 +176,7 @@ fn load(db: &Database, keep: usize) -> Result<Loaded, redb::Error> {
             for entry in runs.range((name, 0)..=(name, u64::MAX))? {
                 let (key, run) = entry?;
                 let first = key.value().1;
-                for (seq, event) in (first..).zip(decode_run(run.value())) {
+                for (seq, event) in (first..=u64::MAX).zip(decode_run(run.value())) {
                     // Older than what is kept, or (a file from elsewhere) past the room's last.
                     if seq >= lowest && seq <= state.seq {
                         records.push(Record { room: Arc::clone(&state.name), seq, event: Arc::from(event) });
@@ -227,6 +242,8 @@ struct Writer {
     wake: Wake,
     /// Committed without an fsync since the last one ([`Fsync::Never`]).
     dirty: bool,
+    /// When that last one was.
+    synced: std::time::Instant,
 }
 
 impl Writer {
@@ -250,7 +267,13 @@ impl Writer {
             if self.options.fsync != Fsync::Always {
                 batches.extend(queue.try_iter());
             }
-            let result = self.write(&batches);
+            // A panic in the writer (redb meeting a damaged page, say) fails the batch, not the chat.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.write(&batches)))
+                .unwrap_or_else(|_| Err("the store's writer panicked".to_string()));
+            if self.dirty && self.synced.elapsed() >= LAZY_SYNC {
+                // Busy enough never to wait a second for a batch: sync as often anyway.
+                self.sync();
+            }
             if let Err(err) = &result {
                 tracing::warn!(path = %self.path.display(), "store: a commit failed, its messages were refused: {err}");
             }
@@ -285,7 +308,7 @@ impl Writer {
         let Some(db) = &self.db else { return };
         let synced = || -> Result<(), redb::Error> { Ok(db.begin_write()?.commit()?) };
         match synced() {
-            Ok(()) => self.dirty = false,
+            Ok(()) => (self.dirty, self.synced) = (false, std::time::Instant::now()),
             Err(err) => tracing::warn!(path = %self.path.display(), "store: an fsync failed: {err}"),
         }
     }

@@ -216,3 +216,17 @@ fn a_batch_of_rooms_said_in_turn_writes_one_run_per_room() {
         assert_eq!(&*records[19].event, format!("{name}:20"));
     }
 }
+
+#[test]
+fn a_room_numbered_to_the_end_of_u64_is_a_damaged_file_not_a_wrapped_count() {
+    let dir = TempDir::new("damaged-seq");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    {
+        let db = Database::create(dir.0.join(FILE_NAME)).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(ROOMS).unwrap().insert("lobby", ("e1", u64::MAX, 0)).unwrap();
+        txn.commit().unwrap();
+    }
+    let err = open(&dir.0, options(Fsync::Batch, 100)).map(|_| ()).expect_err("refused");
+    assert!(err.contains("cannot read") && err.contains("seq"), "{err}");
+}
