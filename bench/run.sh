@@ -11,7 +11,8 @@
 #                             # (e.g. the previous commit's), instead of the peer
 #
 # Scenarios: echo, broadcast, bulk, latency, idle, persist (rust-chat only: a
-# chat room with --no-persist and each --fsync, issue 20), deflate (rust-chat only,
+# chat room with --no-persist and each --fsync, issue 20; with BASELINE, also
+# that binary's --fsync batch), deflate (rust-chat only,
 # with and without compression). The server is pinned to core 0 and the load
 # generator to core 1 (taskset). Every run is bounded in time; servers are
 # stopped at the end.
@@ -33,7 +34,7 @@ start_server() {
   export RUST_CHAT_DATA_DIR="$OUT/data-$name-$RANDOM"
   rm -rf "$RUST_CHAT_DATA_DIR"
   case "$name" in
-    rust-chat-baseline) taskset -c 0 "$BASELINE" --bind 127.0.0.1:0 --rate-limit 0 \
+    rust-chat-baseline*) taskset -c 0 "$BASELINE" --bind 127.0.0.1:0 --rate-limit 0 \
                   --max-room-members 100000 --max-connections 100000 "$@" >"$log" 2>&1 & ;;
     rust-chat*) taskset -c 0 ./target/release/rust-chat --bind 127.0.0.1:0 --rate-limit 0 \
                   --max-room-members 100000 --max-connections 100000 "$@" >"$log" 2>&1 & ;;
@@ -62,6 +63,7 @@ run_one() { # scenario server -> one JSON line
                case "$server" in
                  rust-chat-no-persist) start_server "$server" --no-persist ;;
                  rust-chat-fsync-*) start_server "$server" --fsync "${server#rust-chat-fsync-}" ;;
+                 rust-chat-baseline-fsync-*) start_server "$server" --fsync "${server#rust-chat-baseline-fsync-}" ;;
                esac
                load --mode broadcast --conns 10 --inflight "${PERSIST_INFLIGHT:-64}" --size 64 --label "$server" ;;
     deflate)   case "$server" in
@@ -75,7 +77,9 @@ run_one() { # scenario server -> one JSON line
 for scenario in "${SCENARIOS[@]}"; do
   case "$scenario" in
     deflate) pair=(rust-chat rust-chat-deflate) ;;
-    persist) pair=(rust-chat-no-persist rust-chat-fsync-batch rust-chat-fsync-always rust-chat-fsync-never) ;;
+    persist) pair=(rust-chat-no-persist rust-chat-fsync-batch rust-chat-fsync-always rust-chat-fsync-never)
+             # With BASELINE: the earlier binary's `--fsync batch` beside this one's.
+             [ -z "${BASELINE:-}" ] || pair+=(rust-chat-baseline-fsync-batch) ;;
     *) if [ -n "${BASELINE:-}" ]; then pair=(rust-chat rust-chat-baseline); else pair=(rust-chat tungstenite); fi ;;
   esac
   : >"$OUT/$scenario.jsonl"

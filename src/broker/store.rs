@@ -88,7 +88,9 @@ pub struct Batch {
     pub rooms: Vec<RoomState>,
     /// New messages, in order within each room. After them each room they
     /// touch keeps only its last `keep_per_room` (see [`StoreOptions`]).
-    pub records: Vec<Record>,
+    /// Shared with the application, which shows them once they are
+    /// committed (so a batch is handed over without copying its messages).
+    pub records: Arc<Vec<Record>>,
     /// Messages to drop (room, seq): those the application's own bound on
     /// all rooms together pushed out.
     pub drop: Vec<(Arc<str>, u64)>,

@@ -63,6 +63,22 @@ pub fn message(room: &str, nick: &str, text: &str, time_ms: u64, seq: u64, actio
     String::from_utf8(event).unwrap_or_default()
 }
 
+/// A `message` event made by [`message`], numbered `seq` instead (the
+/// store's rare path: a failed batch gives its numbers back, and messages
+/// said after it are numbered again). The first `,"seq":` is the key's: the
+/// nick before it is escaped (a quote in it is `\"`) and the room name holds
+/// no quotes. `None` if `event` is not one of ours.
+pub fn renumbered(event: &str, seq: u64) -> Option<String> {
+    const KEY: &str = ",\"seq\":";
+    let at = event.find(KEY)? + KEY.len();
+    let rest = event.get(at..)?;
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return None;
+    }
+    Some(format!("{}{seq}{}", event.get(..at)?, rest.get(digits..)?))
+}
+
 /// Appends `text` as a JSON string literal, quoted and escaped.
 fn push_json_string(out: &mut Vec<u8>, text: &str) {
     // Serialising a `&str` into a Vec cannot fail; if it ever did, the event would still be valid JSON.
@@ -188,6 +204,19 @@ mod tests {
             }
             assert_eq!(message("r-1", "n_2", text, 17, 42, action), expected.to_string());
         }
+    }
+
+    #[test]
+    fn a_message_numbered_again_is_the_message_made_with_that_number() {
+        // A nick and a text that spell the key themselves, escaped.
+        for (nick, text) in [("a", "b"), ("x\",\"seq\":7,\"", ",\"seq\":8,\"text\":"), ("n", "")] {
+            for action in [false, true] {
+                let first = message("r", nick, text, 17, 9, action);
+                let again = renumbered(&first, 12345).expect("one of ours");
+                assert_eq!(again, message("r", nick, text, 17, 12345, action));
+            }
+        }
+        assert_eq!(renumbered("{\"type\":\"join\"}", 3), None);
     }
 
     #[test]

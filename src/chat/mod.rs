@@ -47,11 +47,9 @@ struct Room {
     members: Vec<ConnId>,
     /// The number of its last message shown (with a store: committed).
     seq: u64,
-    /// With a store: the number of its last message handed to the store
-    /// (`seq` plus those being written).
+    /// With a store: the number of its last message said (`seq` plus those
+    /// waiting for the disk or being written).
     assigned: u64,
-    /// With a store: its messages said but not yet numbered.
-    pending: u32,
     /// Made when the room (and so its sequence) starts: a room removed and
     /// made again, or a restarted server, has a new one, so that a client
     /// resuming with a sequence number can tell a new count from a gap.
@@ -60,7 +58,7 @@ struct Room {
 
 impl Room {
     fn new() -> Room {
-        Room { members: Vec::new(), seq: 0, assigned: 0, pending: 0, epoch: new_epoch() }
+        Room { members: Vec::new(), seq: 0, assigned: 0, epoch: new_epoch() }
     }
 }
 

@@ -2,16 +2,22 @@
 //! [`broker::store`](crate::broker::store)): a message is shown, its
 //! sender's own copy included, only once the batch holding it is committed.
 //!
-//! A message said is not numbered at once: it waits in `pending`. At the end
-//! of the loop's turn, if no batch is being written, everything pending is
-//! numbered (from each room's `assigned`), written as the room will see it,
-//! and handed to the store as one batch (group commit: one transaction, one
+//! A message said is numbered at once (from its room's `assigned`), made
+//! into the event its room will see, and waits in `pending`. At the end of
+//! the loop's turn, if no batch is being written, everything pending is
+//! handed to the store as one batch (group commit: one transaction, one
 //! fsync, for the whole turn). When the store says the batch is on the disk
 //! its messages go into the memory history and out to their rooms (the
 //! sender's copy, with its `seq`, is its acknowledgement), and the next
 //! batch goes. When it says the batch failed (a full disk, an I/O error),
 //! nothing of it was kept: each room's numbering goes back to its last
-//! committed message, and each sender is told `unavailable`.
+//! committed message, each sender is told `unavailable`, and the room's
+//! messages still pending are numbered again after it.
+//!
+//! While too much waits ([`MAX_PENDING`], [`MAX_PENDING_BYTES`]) senders'
+//! input pauses; past twice that (many senders, each with a read's worth of
+//! messages already in) a message is refused with `unavailable`, so the
+//! memory that waits for the disk stays bounded.
 //!
 //! A room with no members keeps its numbering while its history holds a
 //! message (it is *dormant*: not counted by `--max-rooms`, not listed), so a
@@ -33,7 +39,7 @@ use std::time::Duration;
 /// paused (then each sender's next message waits in TCP).
 pub const MAX_PENDING: usize = 16_384;
 
-/// How many bytes of text may wait for the disk before senders are paused.
+/// How many bytes of events may wait for the disk before senders are paused.
 pub const MAX_PENDING_BYTES: usize = 16 << 20;
 
 /// How long a sender's input pauses while the store is behind; it is read
@@ -43,9 +49,10 @@ const BEHIND_PAUSE: Duration = Duration::from_millis(10);
 /// The chat's part of a store. See the [module](self).
 pub(super) struct Persist {
     store: Box<dyn Store>,
-    /// Said since the last batch went, not yet numbered, in order.
-    pending: Vec<Said>,
-    /// The texts' bytes in `pending`.
+    /// Said since the last batch went, numbered, in order; with their senders.
+    pending: Vec<Record>,
+    pending_from: Vec<ConnId>,
+    /// The events' bytes in `pending`.
     pending_bytes: usize,
     /// The batch being written.
     in_flight: Option<InFlight>,
@@ -69,29 +76,19 @@ impl std::fmt::Debug for Persist {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Persist")
             .field("pending", &self.pending.len())
-            .field("in_flight", &self.in_flight.as_ref().map(|flight| flight.messages.len()))
+            .field("in_flight", &self.in_flight.as_ref().map(|flight| flight.records.len()))
             .field("dormant", &self.dormant.len())
             .finish_non_exhaustive()
     }
-}
-
-/// A message said, before it has a number.
-#[derive(Debug)]
-struct Said {
-    from: ConnId,
-    room: Arc<str>,
-    nick: Arc<str>,
-    text: Box<str>,
-    time: u64,
-    action: bool,
 }
 
 /// A batch being written: what to show once it is committed.
 #[derive(Debug)]
 struct InFlight {
     id: u64,
-    /// Each message with its sender.
-    messages: Vec<(ConnId, Record)>,
+    /// Its messages (shared with the store), and each one's sender.
+    records: Arc<Vec<Record>>,
+    from: Vec<ConnId>,
     /// Each room's last number in it.
     rooms: Vec<(Arc<str>, u64)>,
     /// Given back to be tried again if the batch fails.
@@ -105,9 +102,14 @@ impl Persist {
         self.pending.len() >= MAX_PENDING || self.pending_bytes >= MAX_PENDING_BYTES
     }
 
+    /// Whether so much waits that a message is refused.
+    fn is_full(&self) -> bool {
+        self.pending.len() >= 2 * MAX_PENDING || self.pending_bytes >= 2 * MAX_PENDING_BYTES
+    }
+
     /// The messages waiting for the disk (pending and being written).
     fn waiting(&self) -> usize {
-        self.pending.len() + self.in_flight.as_ref().map_or(0, |flight| flight.messages.len())
+        self.pending.len() + self.in_flight.as_ref().map_or(0, |flight| flight.records.len())
     }
 
     /// The store's numbers for the metrics.
@@ -118,7 +120,11 @@ impl Persist {
             "Batches the store could not commit (their messages were refused with unavailable).",
             self.failed,
         );
-        report.counter("rust_chat_store_refused", "Messages refused because the store failed.", self.refused);
+        report.counter(
+            "rust_chat_store_refused",
+            "Messages refused because the store failed or was too far behind.",
+            self.refused,
+        );
         report.counter(
             "rust_chat_store_behind",
             "Times a sender's input was paused because too much waited for the disk.",
@@ -141,6 +147,7 @@ impl Chat {
         let mut persist = Persist {
             store,
             pending: Vec::new(),
+            pending_from: Vec::new(),
             pending_bytes: 0,
             in_flight: None,
             next_id: 1,
@@ -187,26 +194,31 @@ impl Chat {
         self.persist.is_some()
     }
 
-    /// `say` with a store: the message waits for the end of the turn. The
-    /// sender's input pauses while the store is behind.
+    /// `say` with a store: the message is numbered and waits for the end of
+    /// the turn. The sender's input pauses while the store is behind; past
+    /// twice the bound the message is refused.
     pub(super) fn said(&mut self, text: &str, action: bool, ctx: &mut Context<'_>) -> bool {
         let Some(persist) = self.persist.as_mut() else { return false };
         let Some(member) = self.members.get(&ctx.id()) else { return true };
+        if persist.is_full() {
+            persist.refused += 1;
+            let message = "the server is behind writing messages to its disk; this one was not sent";
+            ctx.send_text(&events::error(code::UNAVAILABLE, message));
+            ctx.pause_reading_until(ctx.now() + BEHIND_PAUSE);
+            return true;
+        }
         let Some(room) = self.rooms.get_mut(&member.room) else { return true };
-        room.pending += 1;
-        // A busy room's messages come one after another: share their names.
-        let last = persist.pending.last();
-        let room = match last.filter(|last| *last.room == *member.room) {
+        room.assigned += 1;
+        let seq = room.assigned;
+        // A busy room's messages come one after another: share its name.
+        let name = match persist.pending.last().filter(|last| *last.room == *member.room) {
             Some(last) => Arc::clone(&last.room),
             None => Arc::from(member.room.as_str()),
         };
-        let nick = match last.filter(|last| *last.nick == *member.nick) {
-            Some(last) => Arc::clone(&last.nick),
-            None => Arc::from(member.nick.as_str()),
-        };
-        let said = Said { from: ctx.id(), room, nick, text: text.into(), time: ctx.unix_time_ms(), action };
-        persist.pending_bytes += said.text.len();
-        persist.pending.push(said);
+        let event: Arc<str> = Arc::from(events::message(&name, &member.nick, text, ctx.unix_time_ms(), seq, action));
+        persist.pending_bytes += event.len();
+        persist.pending.push(Record { room: name, seq, event });
+        persist.pending_from.push(ctx.id());
         if persist.is_behind() {
             persist.behind += 1;
             ctx.pause_reading_until(ctx.now() + BEHIND_PAUSE);
@@ -247,7 +259,7 @@ impl Chat {
         let Some(persist) = self.persist.as_mut() else { return };
         for name in names {
             let Some(room) = persist.dormant.get(name) else { continue };
-            if self.history.holds_any(name) || room.pending > 0 || room.assigned > room.seq {
+            if self.history.holds_any(name) || room.assigned > room.seq {
                 continue;
             }
             let ever = room.seq > 0;
@@ -260,8 +272,8 @@ impl Chat {
         }
     }
 
-    /// The end of the loop's turn: if no batch is being written, number
-    /// what is pending and hand it to the store as one batch.
+    /// The end of the loop's turn: if no batch is being written, hand what
+    /// is pending to the store as one batch.
     pub fn flush_store(&mut self) {
         let Some(persist) = self.persist.as_mut() else { return };
         if persist.in_flight.is_some()
@@ -269,37 +281,35 @@ impl Chat {
         {
             return;
         }
-        let pending = std::mem::take(&mut persist.pending);
+        let records = Arc::new(std::mem::take(&mut persist.pending));
+        let from = std::mem::take(&mut persist.pending_from);
         persist.pending_bytes = 0;
-        let mut messages = Vec::with_capacity(pending.len());
         let mut states: Vec<RoomState> = Vec::new();
         let mut index: HashMap<Arc<str>, usize> = HashMap::new();
-        let mut pending = pending.into_iter().peekable();
         // A stretch of messages to one room at a time: one look-up for each stretch.
-        while let Some(said) = pending.next() {
-            let Some(room) = self.any_room(&said.room) else { continue };
-            let name = Arc::clone(&said.room);
-            let mut next = Some(said);
-            while let Some(said) = next {
-                room.pending = room.pending.saturating_sub(1);
-                room.assigned += 1;
-                let seq = room.assigned;
-                let event = events::message(&said.room, &said.nick, &said.text, said.time, seq, said.action);
-                messages.push((said.from, Record { room: said.room, seq, event: Arc::from(event) }));
-                next = pending.next_if(|next| Arc::ptr_eq(&next.room, &name) || *next.room == *name);
+        let mut last: Option<usize> = None;
+        for record in records.iter() {
+            if let Some(state) = last.and_then(|at| states.get_mut(at)).filter(|state| *state.name == *record.room) {
+                state.seq = record.seq;
+                continue;
             }
-            let seq = room.assigned;
-            match index.get(&name) {
+            last = match index.get(&record.room) {
                 Some(&at) => {
                     if let Some(state) = states.get_mut(at) {
-                        state.seq = seq;
+                        state.seq = record.seq;
                     }
+                    Some(at)
                 }
                 None => {
-                    index.insert(Arc::clone(&name), states.len());
-                    states.push(RoomState { name, epoch: room.epoch.clone(), seq });
+                    // A room with messages waiting is kept (dormant if it has no members).
+                    let Some(room) = self.any_room(&record.room) else { continue };
+                    let state =
+                        RoomState { name: Arc::clone(&record.room), epoch: room.epoch.clone(), seq: record.seq };
+                    index.insert(Arc::clone(&record.room), states.len());
+                    states.push(state);
+                    Some(states.len() - 1)
                 }
-            }
+            };
         }
         let Some(persist) = self.persist.as_mut() else { return };
         let id = persist.next_id;
@@ -309,14 +319,9 @@ impl Chat {
         // batch): the forget covers it, and on the disk it would raise a new room's floor.
         drops.retain(|(room, _)| !forgets.contains(room));
         let rooms = states.iter().map(|state| (Arc::clone(&state.name), state.seq)).collect();
-        let batch = Batch {
-            id,
-            rooms: states,
-            records: messages.iter().map(|(_, record)| record.clone()).collect(),
-            drop: drops.clone(),
-            forget: forgets.clone(),
-        };
-        persist.in_flight = Some(InFlight { id, messages, rooms, drops, forgets });
+        let batch =
+            Batch { id, rooms: states, records: Arc::clone(&records), drop: drops.clone(), forget: forgets.clone() };
+        persist.in_flight = Some(InFlight { id, records, from, rooms, drops, forgets });
         persist.store.commit(batch);
     }
 
@@ -348,10 +353,15 @@ impl Chat {
                 room.seq = room.seq.max(*seq);
             }
         }
-        for (_, record) in flight.messages {
+        effects.reserve(flight.records.len());
+        for record in flight.records.iter() {
             self.history.push_evicting(&record.room, record.seq, Arc::clone(&record.event), &mut evicted);
-            let bytes: Arc<str> = record.event;
-            effects.push(Effect::Publish { topic: record.room, opcode: OpCode::Text, bytes: bytes.into() });
+            let bytes: Arc<str> = Arc::clone(&record.event);
+            effects.push(Effect::Publish {
+                topic: Arc::clone(&record.room),
+                opcode: OpCode::Text,
+                bytes: bytes.into(),
+            });
         }
         if let Some(persist) = self.persist.as_mut() {
             persist.committed += 1;
@@ -367,19 +377,34 @@ impl Chat {
         let error = events::error(code::UNAVAILABLE, "the server could not store this message; it was not sent");
         let error: Arc<[u8]> = Arc::from(error.into_bytes());
         let rooms: Vec<Arc<str>> = flight.rooms.iter().map(|(name, _)| Arc::clone(name)).collect();
-        for (from, _) in &flight.messages {
+        for from in &flight.from {
             effects.push(Effect::Send { to: *from, opcode: OpCode::Text, bytes: Arc::clone(&error) });
         }
         for name in &rooms {
             if let Some(room) = self.any_room(name) {
-                // Nothing after `seq` was numbered but this batch's messages.
+                // Its numbers go back to its last committed message.
                 room.assigned = room.seq;
+            }
+        }
+        // The rooms' messages said since were numbered after this batch's: number them again.
+        if let Some(mut pending) = self.persist.as_mut().map(|persist| std::mem::take(&mut persist.pending)) {
+            let failed: std::collections::HashSet<&Arc<str>> = rooms.iter().collect();
+            for record in pending.iter_mut().filter(|record| failed.contains(&record.room)) {
+                let Some(room) = self.any_room(&record.room) else { continue };
+                room.assigned += 1;
+                record.seq = room.assigned;
+                if let Some(event) = events::renumbered(&record.event, record.seq) {
+                    record.event = Arc::from(event);
+                }
+            }
+            if let Some(persist) = self.persist.as_mut() {
+                persist.pending = pending;
             }
         }
         let Some(persist) = self.persist.as_mut() else { return };
         persist.failed += 1;
-        persist.refused += flight.messages.len() as u64;
-        tracing::warn!(messages = flight.messages.len(), "store: a batch failed, its messages were refused: {why}");
+        persist.refused += flight.records.len() as u64;
+        tracing::warn!(messages = flight.records.len(), "store: a batch failed, its messages were refused: {why}");
         persist.drops.extend(flight.drops);
         persist.forgets.extend(flight.forgets);
         self.settle(rooms.iter().map(|room| &**room));

@@ -23,6 +23,7 @@
 use crate::broker::Wake;
 use crate::broker::store::{Batch, Committed, Fsync, Loaded, Record, RoomState, Store, StoreOptions};
 use redb::{Database, Durability, ReadableTable, TableDefinition};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
@@ -328,36 +329,46 @@ fn write(db: &Database, batches: &[Batch], keep: usize, lazy: bool) -> Result<()
                 rooms.remove(name)?;
                 runs.retain_in((name, 0)..=(name, u64::MAX), |_, _| false)?;
             }
-            // Each room the batch touches, as it will be: name, (epoch, seq, floor).
-            let mut states: Vec<(&str, (String, u64, u64))> = Vec::new();
+            // Each room the batch touches, as it will be: name -> (epoch, seq, floor).
+            let mut states: HashMap<&str, (String, u64, u64)> = HashMap::new();
             let touched = batch.drop.iter().map(|(room, _)| &**room).chain(batch.rooms.iter().map(|room| &*room.name));
             for name in touched {
-                if states.iter().any(|(room, _)| *room == name) {
+                if states.contains_key(name) {
                     continue;
                 }
                 let now = rooms.get(name)?.map(|value| {
                     let (epoch, seq, floor) = value.value();
                     (epoch.to_string(), seq, floor)
                 });
-                states.push((name, now.unwrap_or_default()));
+                states.insert(name, now.unwrap_or_default());
             }
             // Drops are of messages shown before this batch, each the oldest its room held.
             for (room, seq) in &batch.drop {
-                if let Some((_, state)) = states.iter_mut().find(|(name, _)| *name == &**room) {
+                if let Some(state) = states.get_mut(&**room) {
                     state.2 = state.2.max(*seq);
                 }
             }
             for room in &batch.rooms {
-                if let Some((_, state)) = states.iter_mut().find(|(name, _)| *name == &*room.name) {
+                if let Some(state) = states.get_mut(&*room.name) {
                     state.0 = room.epoch.to_string();
                     state.1 = state.1.max(room.seq);
                 }
             }
+            // The first message each room keeps after this batch; the floor rises with it (what a
+            // run still holds below the floor is never read).
+            let lowest: HashMap<&str, u64> =
+                states.iter().map(|(name, (_, seq, floor))| (*name, lowest_kept(*seq, *floor, keep))).collect();
             // One run per room and contiguous stretch of numbers: the batch's
             // messages are in the order they were said, rooms interleaved, so
             // each room's are brought together first (a stable sort keeps
-            // their order within the room).
-            let mut order: Vec<&Record> = batch.records.iter().collect();
+            // their order within the room). Of a room said to faster than it
+            // keeps, only what it keeps is written: the rest would be trimmed
+            // in this same transaction.
+            let mut order: Vec<&Record> = batch
+                .records
+                .iter()
+                .filter(|record| lowest.get(&*record.room).is_none_or(|lowest| record.seq >= *lowest))
+                .collect();
             order.sort_by(|a, b| a.room.cmp(&b.room));
             let mut records = order.into_iter().peekable();
             while let Some(first) = records.next() {
@@ -370,13 +381,12 @@ fn write(db: &Database, batches: &[Batch], keep: usize, lazy: bool) -> Result<()
                 encode_run(events.into_iter(), &mut bytes);
                 runs.insert((&*first.room, first.seq), bytes.as_slice())?;
             }
-            for (name, (epoch, seq, floor)) in &states {
+            for (name, (epoch, seq, _)) in &states {
                 if epoch.is_empty() {
                     // Only drops, for a room the disk no longer holds.
                     continue;
                 }
-                // The floor rises with the trimming: what a run still holds below it is never read.
-                let lowest = lowest_kept(*seq, *floor, keep);
+                let lowest = lowest.get(name).copied().unwrap_or(1);
                 rooms.insert(*name, (epoch.as_str(), *seq, lowest - 1))?;
                 trim(&mut runs, name, lowest)?;
             }

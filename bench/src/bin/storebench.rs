@@ -74,7 +74,7 @@ fn main() {
                         .map(|r| RoomState { name: Arc::from(format!("room{r}")), epoch: "e".into(), seq })
                         .collect();
                     let sent = Instant::now();
-                    store.commit(Batch { id: seq, rooms: states, records, ..Batch::default() });
+                    store.commit(Batch { id: seq, rooms: states, records: Arc::new(records), ..Batch::default() });
                     loop {
                         if woken.swap(false, Ordering::Acquire) {
                             store.take(&mut outcomes);

@@ -271,3 +271,94 @@ fn senders_are_paused_while_too_much_waits_for_the_disk() {
     let (_, effects) = t.commit(Ok(()));
     assert_eq!(published(&effects).len(), MAX_PENDING + 1, "every waiting message shown");
 }
+
+#[test]
+fn past_twice_the_bound_a_message_is_refused_not_kept_waiting() {
+    let mut t = T::new(ChatConfig::default(), Loaded::default());
+    t.join(id(1), "room=r&nick=a");
+    t.say(id(1), "first");
+    t.chat.flush_store(); // in flight, never answered
+    for _ in 0..2 * MAX_PENDING {
+        let effects = t.say(id(1), "m");
+        assert!(sent(&effects, id(1)).is_empty(), "taken while under twice the bound: {effects:?}");
+    }
+    let effects = t.say(id(1), "one too many");
+    let errors = sent(&effects, id(1));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["code"], "unavailable");
+    assert!(effects.iter().any(|e| matches!(e, Effect::Pause { .. })), "and the sender is slowed down");
+    assert_eq!(t.chat.persist.as_ref().unwrap().waiting(), 2 * MAX_PENDING + 1);
+    // What was taken is all shown, numbered without a gap for the refused one.
+    t.commit(Ok(()));
+    let (_, effects) = t.commit(Ok(()));
+    let shown = published(&effects);
+    assert_eq!(shown.len(), 2 * MAX_PENDING);
+    assert_eq!(shown.last().unwrap()["seq"], 2 * MAX_PENDING as u64 + 1);
+    assert_eq!(shown.last().unwrap()["text"], "m");
+    t.say(id(1), "later");
+    let (_, effects) = t.commit(Ok(()));
+    assert_eq!(published(&effects)[0]["seq"], 2 * MAX_PENDING as u64 + 2, "taken again once it caught up");
+}
+
+#[test]
+fn messages_said_while_a_batch_failed_are_numbered_again_after_the_last_committed() {
+    let mut t = T::new(ChatConfig::default(), Loaded::default());
+    t.join(id(1), "room=r&nick=a");
+    t.join(id(2), "room=other&nick=b");
+    t.say(id(1), "kept");
+    t.commit(Ok(()));
+    t.say(id(1), "lost");
+    t.say(id(2), "lost in other");
+    t.chat.flush_store(); // in flight: r 2, other 1
+    t.say(id(1), "waits");
+    t.say(id(1), "waits too");
+    t.say(id(2), "waits in other");
+    let failed = t.fake.answer(Err("disk full".into()));
+    assert_eq!(failed.len(), 1);
+    let mut effects = Vec::new();
+    t.chat.take_committed(&mut effects);
+    assert_eq!(sent(&effects, id(1)).len(), 1, "only the failed one is refused");
+    let (batches, effects) = t.commit(Ok(()));
+    let seqs: Vec<(&str, u64)> = batches[0].records.iter().map(|r| (&*r.room, r.seq)).collect();
+    assert_eq!(seqs, [("r", 2), ("r", 3), ("other", 1)]);
+    let shown: Vec<(String, u64)> = published(&effects)
+        .iter()
+        .map(|e| (e["text"].as_str().unwrap().to_string(), e["seq"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(shown, [("waits".into(), 2), ("waits too".into(), 3), ("waits in other".into(), 1)]);
+    assert_eq!(batches[0].rooms.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 1]);
+    let w = welcome(&t.join(id(3), "room=r"), id(3));
+    let texts: Vec<&str> = w["history"].as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["kept", "waits", "waits too"]);
+    assert_eq!(w["seq"], 3);
+}
+
+#[test]
+fn a_drop_given_back_beside_a_forget_of_its_room_is_not_written() {
+    // Room for two messages of this size in all rooms together.
+    let text = "x".repeat(200);
+    let entry = 200 + 100 + crate::chat::history::ENTRY_OVERHEAD;
+    let mut t = T::new(ChatConfig { history_bytes: 2 * entry, ..ChatConfig::default() }, Loaded::default());
+    t.join(id(1), "room=x&nick=a");
+    t.say(id(1), &text);
+    t.commit(Ok(()));
+    t.join(id(2), "room=y&nick=b");
+    t.say(id(2), &text);
+    t.say(id(2), &text);
+    t.commit(Ok(())); // pushes x's only message out while x has a member: a drop, no forget
+    t.say(id(2), &text);
+    t.chat.flush_store(); // carries the drop of x 1
+    t.leave(id(1)); // x has nothing left: forgotten while the drop is being written
+    assert_eq!(t.fake.answer(Err("disk full".into())).first().map(|b| b.drop.clone()), Some(vec![("x".into(), 1)]));
+    let mut effects = Vec::new();
+    t.chat.take_committed(&mut effects);
+    // x again: a new life, numbered from 1, beside the old life's drop and forget.
+    let w = welcome(&t.join(id(3), "room=x&nick=c"), id(3));
+    assert_eq!(w["seq"], 0);
+    t.say(id(3), "new life");
+    let (batches, effects) = t.commit(Ok(()));
+    let batch = &batches[0];
+    assert!(batch.forget.contains(&Arc::from("x")), "{batch:?}");
+    assert!(batch.drop.iter().all(|(room, _)| &**room != "x"), "the old drop would hide the new x 1: {batch:?}");
+    assert!(published(&effects).iter().any(|e| e["room"] == "x" && e["seq"] == 1));
+}

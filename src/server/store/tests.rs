@@ -51,7 +51,7 @@ fn batch(id: u64, name: &str, seqs: std::ops::RangeInclusive<u64>) -> Batch {
     Batch {
         id,
         rooms: vec![room(name, "e1", last)],
-        records: seqs.map(|seq| record(name, seq)).collect(),
+        records: Arc::new(seqs.map(|seq| record(name, seq)).collect()),
         ..Batch::default()
     }
 }
@@ -102,8 +102,12 @@ fn each_room_keeps_its_last_messages_on_disk_and_the_file_stays_small() {
     // 20 MiB of messages through one room that keeps 10.
     for id in 0..2_000u64 {
         let records = (1..=10).map(|k| Record { room: Arc::from("big"), seq: id * 10 + k, event: Arc::clone(&text) });
-        let batch =
-            Batch { id, rooms: vec![room("big", "e", id * 10 + 10)], records: records.collect(), ..Batch::default() };
+        let batch = Batch {
+            id,
+            rooms: vec![room("big", "e", id * 10 + 10)],
+            records: Arc::new(records.collect()),
+            ..Batch::default()
+        };
         store.commit(batch);
     }
     let done = outcomes(&store, 2_000);
@@ -189,7 +193,7 @@ fn a_batch_of_rooms_said_in_turn_writes_one_run_per_room() {
     let (store, _, _) = open(&dir.0, options(Fsync::Batch, 100)).unwrap();
     // As a loop turn gathers them: rooms in turn, each room's numbers rising.
     let names = ["a", "b", "c"];
-    let records = (1..=20u64).flat_map(|seq| names.iter().map(move |name| record(name, seq))).collect();
+    let records = Arc::new((1..=20u64).flat_map(|seq| names.iter().map(move |name| record(name, seq))).collect());
     let rooms = names.iter().map(|name| room(name, "e1", 20)).collect();
     store.commit(Batch { id: 1, rooms, records, ..Batch::default() });
     assert!(outcomes(&store, 1)[0].result.is_ok());
@@ -229,4 +233,39 @@ fn a_room_numbered_to_the_end_of_u64_is_a_damaged_file_not_a_wrapped_count() {
     }
     let err = open(&dir.0, options(Fsync::Batch, 100)).map(|_| ()).expect_err("refused");
     assert!(err.contains("cannot read") && err.contains("seq"), "{err}");
+}
+
+#[test]
+fn a_room_said_to_faster_than_it_keeps_writes_only_what_it_keeps() {
+    let dir = TempDir::new("busy");
+    let (store, _, _) = open(&dir.0, options(Fsync::Batch, 10)).unwrap();
+    // Two rooms in turn, 500 messages each in one batch; each keeps 10.
+    let names = ["a", "b"];
+    let records = Arc::new((1..=500u64).flat_map(|seq| names.iter().map(move |name| record(name, seq))).collect());
+    let rooms = names.iter().map(|name| room(name, "e1", 500)).collect();
+    store.commit(Batch { id: 1, rooms, records, ..Batch::default() });
+    store.commit(batch(2, "a", 501..=503));
+    assert!(outcomes(&store, 2).iter().all(|c| c.result.is_ok()));
+    drop(store);
+    {
+        let db = Database::open(dir.0.join(FILE_NAME)).unwrap();
+        let txn = db.begin_read().unwrap();
+        let runs = txn.open_table(RUNS).unwrap();
+        let held: Vec<(String, u64, usize)> = runs
+            .iter()
+            .unwrap()
+            .map(|entry| {
+                let (key, run) = entry.unwrap();
+                let (room, first) = key.value();
+                (room.to_string(), first, decode_run(run.value()).count())
+            })
+            .collect();
+        // a: the run from 491 (the 10 it kept then), then 501..=503; b: 491..=500.
+        assert_eq!(held, [("a".into(), 491, 10), ("a".into(), 501, 3), ("b".into(), 491, 10)]);
+        let rooms = txn.open_table(ROOMS).unwrap();
+        assert_eq!(rooms.get("a").unwrap().unwrap().value(), ("e1", 503, 493), "the floor rose with the trimming");
+    }
+    let (_store, loaded, _) = open(&dir.0, options(Fsync::Batch, 10)).unwrap();
+    assert_eq!(seqs(&loaded, "a"), (494..=503).collect::<Vec<_>>());
+    assert_eq!(seqs(&loaded, "b"), (491..=500).collect::<Vec<_>>());
 }
