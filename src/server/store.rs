@@ -23,6 +23,7 @@
 use crate::broker::Wake;
 use crate::broker::store::{Batch, Committed, Fsync, Loaded, Record, RoomState, Store, StoreOptions};
 use redb::{Database, Durability, ReadableTable, TableDefinition};
+use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
@@ -212,6 +213,11 @@ fn trim(runs: &mut Runs<'_>, room: &str, lowest: u64) -> Result<(), redb::Error>
     Ok(())
 }
 
+/// Whether two names are the same room (most often the same `Arc`).
+fn same(a: &Arc<str>, b: &Arc<str>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
+}
+
 /// A run of events as one value: each event's length (4 bytes, little-endian), then its bytes.
 fn encode_run<'a>(events: impl Iterator<Item = &'a str>, into: &mut Vec<u8>) {
     into.clear();
@@ -364,17 +370,29 @@ fn write(db: &Database, batches: &[Batch], keep: usize, lazy: bool) -> Result<()
             // their order within the room). Of a room said to faster than it
             // keeps, only what it keeps is written: the rest would be trimmed
             // in this same transaction.
-            let mut order: Vec<&Record> = batch
-                .records
-                .iter()
-                .filter(|record| lowest.get(&*record.room).is_none_or(|lowest| record.seq >= *lowest))
-                .collect();
-            order.sort_by(|a, b| a.room.cmp(&b.room));
+            // A room's messages come in stretches, all naming it with one `Arc`: one look-up a
+            // stretch, not one a message.
+            let mut stretch: Option<(&Arc<str>, Option<u64>)> = None;
+            let mut order: Vec<&Record> = Vec::with_capacity(batch.records.len().min(keep.saturating_mul(4)));
+            for record in batch.records.iter() {
+                let lowest = match stretch {
+                    Some((room, lowest)) if Arc::ptr_eq(room, &record.room) => lowest,
+                    _ => {
+                        let lowest = lowest.get(&*record.room).copied();
+                        stretch = Some((&record.room, lowest));
+                        lowest
+                    }
+                };
+                if lowest.is_none_or(|lowest| record.seq >= lowest) {
+                    order.push(record);
+                }
+            }
+            order.sort_by(|a, b| if Arc::ptr_eq(&a.room, &b.room) { Ordering::Equal } else { a.room.cmp(&b.room) });
             let mut records = order.into_iter().peekable();
             while let Some(first) = records.next() {
                 let mut events = vec![&*first.event];
                 let mut last = first.seq;
-                while let Some(next) = records.next_if(|next| next.room == first.room && next.seq == last + 1) {
+                while let Some(next) = records.next_if(|next| same(&next.room, &first.room) && next.seq == last + 1) {
                     events.push(&*next.event);
                     last = next.seq;
                 }

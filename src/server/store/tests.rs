@@ -239,9 +239,15 @@ fn a_room_numbered_to_the_end_of_u64_is_a_damaged_file_not_a_wrapped_count() {
 fn a_room_said_to_faster_than_it_keeps_writes_only_what_it_keeps() {
     let dir = TempDir::new("busy");
     let (store, _, _) = open(&dir.0, options(Fsync::Batch, 10)).unwrap();
-    // Two rooms in turn, 500 messages each in one batch; each keeps 10.
+    // Two rooms in turn, five messages at a time, 500 each in one batch; each keeps 10. Room a's
+    // records share one name (as the chat's do), b's each have their own: both are one room.
     let names = ["a", "b"];
-    let records = Arc::new((1..=500u64).flat_map(|seq| names.iter().map(move |name| record(name, seq))).collect());
+    let a: Arc<str> = Arc::from("a");
+    let stretch = |first: u64| {
+        let a = (first..first + 5).map(|seq| Record { room: Arc::clone(&a), ..record("a", seq) });
+        a.chain((first..first + 5).map(|seq| record("b", seq))).collect::<Vec<_>>()
+    };
+    let records = Arc::new((0..100u64).flat_map(|k| stretch(k * 5 + 1)).collect());
     let rooms = names.iter().map(|name| room(name, "e1", 500)).collect();
     store.commit(Batch { id: 1, rooms, records, ..Batch::default() });
     store.commit(batch(2, "a", 501..=503));
