@@ -2,6 +2,7 @@ use super::*;
 use crate::app::Hub;
 use crate::app::topics::{Outbox, RUN_LIMIT};
 use serde_json::Value;
+use std::sync::Arc;
 use std::time::Duration;
 
 fn id(index: usize) -> ConnId {
