@@ -33,149 +33,29 @@
 //! control frame, so an idle connection holds no read buffer at all.
 
 pub mod config;
+mod handler;
 mod input;
 pub mod outgoing;
+mod reading;
+mod timeout;
+mod writing;
 
 pub use config::{ConnectionConfig, DeflateConfig};
+pub(crate) use handler::Asks;
+pub use handler::{Handler, Reply, Route};
 
 use crate::protocol::close_code;
-use crate::protocol::deflate::{Agreement, DeflateState, SharedDeflaters};
-use crate::protocol::frame::{OpCode, RSV1};
-use crate::protocol::handshake::{HttpResponse, Request};
-use crate::protocol::message::{self, Message};
+use crate::protocol::deflate::{Agreement, DeflateState};
+use crate::protocol::frame::OpCode;
+use crate::protocol::handshake::HttpResponse;
+use crate::protocol::message;
 use input::FrameReader;
-use outgoing::{Outgoing, SharedFrame};
-use std::io::{self, Write};
+use outgoing::Outgoing;
 use std::time::Instant;
-
-/// What a connection asks of whoever drives it: how to answer a request,
-/// and what to do when it opens and with each message.
-pub trait Handler {
-    /// A complete `GET` request head arrived: route it.
-    fn route(&mut self, request: &Request<'_, '_>) -> Route;
-
-    /// The upgrade was accepted and its `101` is queued: frames may follow.
-    fn on_open(&mut self, reply: &mut Reply<'_>);
-
-    /// One complete text or binary message arrived.
-    fn on_message(&mut self, message: Message<'_>, reply: &mut Reply<'_>);
-
-    /// The most bytes (once inflated) the next message may have for whoever
-    /// receives it; a longer one is read to its end without being kept, and
-    /// [`on_message_too_long`](Self::on_message_too_long) is called instead
-    /// of `on_message`. Asked at each message's first frame. Beyond
-    /// [`ConnectionConfig::max_message_size`] a message fails the connection
-    /// (1009) whatever this says.
-    fn message_limit(&mut self) -> usize {
-        usize::MAX
-    }
-
-    /// A message passed [`message_limit`](Self::message_limit) and was read past.
-    fn on_message_too_long(&mut self, _reply: &mut Reply<'_>) {}
-}
-
-/// A [`Handler`]'s answer to a request.
-#[derive(Debug)]
-pub enum Route {
-    /// Upgrade to WebSocket, if the request is a valid upgrade (the
-    /// connection answers 400 or 426 if it is not, as RFC 6455 §4.2.1 says).
-    Upgrade,
-    /// Answer with this plain HTTP response and close.
-    Respond(HttpResponse),
-    /// Nothing lives at this path: 404.
-    NotFound,
-}
 
 /// The reason a slow consumer's connection is closed with (1008), as the
 /// application's [`Closed`](crate::app::Closed) and the metrics see it.
 pub const SLOW_CONSUMER: &str = "slow consumer: too much unread data";
-
-/// Where a handler's messages to one connection go: its outgoing queue,
-/// compressed when the connection negotiated permessage-deflate.
-pub struct Reply<'a> {
-    outgoing: &'a mut Outgoing,
-    deflate: Option<&'a mut DeflateState>,
-    threshold: usize,
-    /// What the handler asked of the connection; acted on once it returns.
-    asks: &'a mut Asks,
-}
-
-/// What a handler asked of its connection during one call: usually nothing,
-/// so one null pointer to make and test on every message.
-#[derive(Debug, Default)]
-pub(crate) struct Asks(Option<Box<Asked>>);
-
-/// What a handler asked, when it asked anything.
-#[derive(Debug, Default)]
-struct Asked {
-    /// Start the closing handshake with this code and reason.
-    close: Option<(u16, String)>,
-    /// Process no more input until then.
-    pause_until: Option<Instant>,
-}
-
-impl Asks {
-    fn asked(&mut self) -> &mut Asked {
-        self.0.get_or_insert_with(Box::default)
-    }
-
-    /// Takes the close asked for, if any.
-    pub(crate) fn take_close(&mut self) -> Option<(u16, String)> {
-        self.0.as_mut().and_then(|asked| asked.close.take())
-    }
-}
-
-impl<'a> Reply<'a> {
-    /// A channel to `outgoing`, compressing with `deflate` where it pays, and
-    /// recording into `asks` a close or pause the handler asks for.
-    fn new(
-        outgoing: &'a mut Outgoing,
-        deflate: Option<&'a mut DeflateState>,
-        config: &ConnectionConfig,
-        asks: &'a mut Asks,
-    ) -> Reply<'a> {
-        Reply { outgoing, deflate, threshold: config.deflate.threshold, asks }
-    }
-
-    /// Sends one message as one frame, compressed if the connection agreed
-    /// to permessage-deflate and compression pays for this message.
-    pub fn send(&mut self, opcode: OpCode, payload: &[u8], shared: &mut SharedDeflaters) {
-        if let Some(state) = self.deflate.as_deref_mut() {
-            let mut compressed = Vec::new();
-            if state.compress(payload, self.threshold, shared, &mut compressed) {
-                self.outgoing.push_frame_rsv(opcode, RSV1, &compressed);
-                return;
-            }
-        }
-        self.outgoing.push_frame(opcode, payload);
-    }
-
-    /// Asks the connection to start its closing handshake with `code` and
-    /// `reason` once the handler returns. Messages sent before it still go out.
-    pub fn close(&mut self, code: u16, reason: &str) {
-        self.asks.asked().close.get_or_insert_with(|| (code, reason.to_string()));
-    }
-
-    /// Asks the connection to process no more of its input until `until`
-    /// (flood control): what the peer already sent waits unread, in the
-    /// connection's buffer and then in the socket's, so TCP slows the peer
-    /// down and nothing it sent is lost or reordered. Control frames wait
-    /// too; the idle timeout does not run meanwhile.
-    pub fn pause_reading_until(&mut self, until: Instant) {
-        let asked = self.asks.asked();
-        asked.pause_until = Some(asked.pause_until.map_or(until, |before| before.max(until)));
-    }
-
-    /// The same channel, borrowed for a shorter time (to hand on).
-    pub fn reborrow(&mut self) -> Reply<'_> {
-        Reply {
-            outgoing: &mut *self.outgoing,
-            deflate: self.deflate.as_deref_mut(),
-            threshold: self.threshold,
-            asks: &mut *self.asks,
-        }
-    }
-}
 
 /// Where a connection is in its life [Part 2 §17].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -321,229 +201,10 @@ impl WebSocketClient {
         matches!(self.state, ClientState::Closed { .. })
     }
 
-    /// Bytes waiting in the outgoing queue.
-    pub fn queued(&self) -> usize {
-        self.outgoing.len()
-    }
-
-    /// Whether the outgoing queue has bytes to write (the driver then wants WRITABLE).
-    pub fn wants_write(&self) -> bool {
-        !self.outgoing.is_empty()
-    }
-
-    /// Whether the driver should read more from this connection now. `false`
-    /// while the outgoing queue is over its limit (the peer must read what it
-    /// already has before it may send more: backpressure), and while the
-    /// handler has paused its input (flood control).
-    #[inline]
-    pub fn wants_read(&self, config: &ConnectionConfig) -> bool {
-        self.outgoing.len() <= config.max_outgoing_bytes && !self.is_stopped()
-    }
-
-    /// Whether input processing is paused now (cheap while it is not).
-    #[inline(always)]
-    fn is_stopped(&self) -> bool {
-        self.stop && self.paused_until().is_some()
-    }
-
-    /// Until when the handler paused this connection's input, if it did.
-    #[inline]
-    pub fn paused_until(&self) -> Option<Instant> {
-        match self.state {
-            ClientState::HandshakeResponse { paused_until, .. } | ClientState::Connected { paused_until, .. } => {
-                paused_until
-            }
-            _ => None,
-        }
-    }
-
-    /// Input that arrived while the connection was paused and still waits
-    /// to be processed, in bytes (at most one read's worth).
-    pub fn held_input(&self) -> usize {
-        self.reader.leftover.len()
-    }
-
-    /// What this connection holds for input not yet complete, in bytes: the
-    /// message being reassembled and what is left over between reads. (The
-    /// driver bounds the sum over all connections.)
-    #[inline]
-    pub fn buffered_bytes(&self) -> usize {
-        self.reader.reserved()
-    }
-
-    /// Processes input that waited while the connection was paused, now
-    /// that it no longer is (the driver calls it before reading anew, since
-    /// no new readiness event may come for bytes it already read).
-    pub fn resume<H: Handler>(&mut self, now: Instant, config: &ConnectionConfig, handler: &mut H) {
-        if !self.reader.leftover.is_empty() && self.paused_until().is_none() && !self.is_awaiting_handshake() {
-            self.handle_frames(&mut [], now, config, handler);
-        }
-    }
-
     /// Fails the connection with 1013 ("try again later"): the server holds
     /// as much input in progress as it may, and this connection's would pass it.
     pub fn fail_server_busy(&mut self, now: Instant, config: &ConnectionConfig) {
         self.fail_with(close_code::TRY_AGAIN_LATER, "server busy: too many large messages arriving", now, config);
-    }
-
-    /// Whether everything is said and written: time to shut down our side of TCP.
-    pub fn is_done_writing(&self) -> bool {
-        self.is_closed() && self.outgoing.is_empty()
-    }
-
-    /// Sends one message as one frame, compressed if the connection agreed to
-    /// permessage-deflate and it pays: for messages that do not come from
-    /// its own handler (a delivery to a connection with its own compressor).
-    pub fn send(&mut self, opcode: OpCode, payload: &[u8], shared: &mut SharedDeflaters, config: &ConnectionConfig) {
-        let mut asks = Asks::default();
-        Reply::new(&mut self.outgoing, self.deflate.as_deref_mut(), config, &mut asks).send(opcode, payload, shared);
-    }
-
-    /// Whether a delivery of `size` bytes may be queued: into an empty queue
-    /// always (however large); otherwise while the queue stays within the
-    /// hard cap (`hard_cap`: [`ConnectionConfig::hard_outgoing_cap`]). A connection that
-    /// does not admit a delivery is a slow consumer, to be closed.
-    #[inline]
-    pub fn admits(&self, size: usize, hard_cap: usize) -> bool {
-        let queued = self.outgoing.len();
-        queued == 0 || queued.saturating_add(size) <= hard_cap
-    }
-
-    /// Deliveries were queued at `now`, onto a queue of `before` bytes: a
-    /// queue that had been read back within its cap ends a grace, and one
-    /// now over its cap starts one ([`ConnectionConfig::slow_consumer_grace`]).
-    #[inline]
-    pub fn note_backlog(&mut self, before: usize, now: Instant, config: &ConnectionConfig) {
-        let cap = config.max_outgoing_bytes;
-        if let ClientState::Connected { over_cap_since, .. } = &mut self.state {
-            if before <= cap {
-                *over_cap_since = None;
-            }
-            if self.outgoing.len() > cap && over_cap_since.is_none() {
-                *over_cap_since = Some(now);
-            }
-        }
-    }
-
-    /// Queues bytes shared with other connections (an already framed
-    /// delivery), without copying them.
-    pub fn queue_shared(&mut self, bytes: &SharedFrame) {
-        self.outgoing.push_shared(bytes);
-    }
-
-    /// When the connection next needs [`handle_timeout`](Self::handle_timeout):
-    /// the end of the handshake, the next keepalive Ping, the idle timeout, or
-    /// the end of the close. `None` when no timer applies.
-    #[inline]
-    pub fn poll_timeout(&self, config: &ConnectionConfig) -> Option<Instant> {
-        match self.state {
-            ClientState::AwaitingHandshake { deadline, .. }
-            | ClientState::Closing { deadline }
-            | ClientState::Closed { deadline } => Some(deadline),
-            ClientState::HandshakeResponse { paused_until: Some(until), .. }
-            | ClientState::Connected { paused_until: Some(until), over_cap_since: None } => Some(until),
-            ClientState::Connected { paused_until: Some(until), over_cap_since: Some(since) } => {
-                Some(until.min(since + config.slow_consumer_grace))
-            }
-            ClientState::HandshakeResponse { .. } | ClientState::Connected { .. } => {
-                let ping = (!config.ping_interval.is_zero() && !self.ping_sent)
-                    .then(|| self.last_input + config.ping_interval);
-                let idle = (!config.idle_timeout.is_zero()).then(|| self.last_input + config.idle_timeout);
-                let soonest = match (ping, idle) {
-                    (Some(ping), Some(idle)) => Some(ping.min(idle)),
-                    (ping, idle) => ping.or(idle),
-                };
-                match self.state {
-                    ClientState::Connected { over_cap_since: Some(since), .. } => {
-                        let grace_ends = since + config.slow_consumer_grace;
-                        Some(soonest.map_or(grace_ends, |soonest| soonest.min(grace_ends)))
-                    }
-                    _ => soonest,
-                }
-            }
-        }
-    }
-
-    /// Acts on whatever timer is due at `now`: answers a handshake that took
-    /// too long with 408, ends a pause, pings a quiet connection, closes an
-    /// idle one with 1001, and gives up on a close that is not finishing.
-    pub fn handle_timeout(&mut self, now: Instant, config: &ConnectionConfig) -> TimerAction {
-        if let Some(until) = self.paused_until() {
-            if now >= until {
-                // The pause ends; it did not count as silence.
-                self.set_pause(None);
-                self.last_input = now;
-                self.ping_sent = false;
-            }
-            if !matches!(self.state, ClientState::Connected { over_cap_since: Some(_), .. }) {
-                return TimerAction::Continue;
-            }
-        }
-        match self.state {
-            ClientState::AwaitingHandshake { deadline, .. } if now >= deadline => {
-                let response = HttpResponse {
-                    content_type: "text/plain",
-                    ..HttpResponse::error(408, "the request took too long to arrive")
-                };
-                self.answer_http(&response, now, config);
-            }
-            ClientState::Closing { deadline } | ClientState::Closed { deadline } if now >= deadline => {
-                return TimerAction::Drop;
-            }
-            ClientState::Connected { over_cap_since: Some(since), paused_until }
-                if now >= since + config.slow_consumer_grace =>
-            {
-                if self.outgoing.len() > config.max_outgoing_bytes {
-                    self.close_slow_consumer(SLOW_CONSUMER, now, config);
-                } else {
-                    self.state = ClientState::Connected { over_cap_since: None, paused_until };
-                }
-            }
-            ClientState::HandshakeResponse { paused_until: None, .. }
-            | ClientState::Connected { paused_until: None, .. } => {
-                if !config.idle_timeout.is_zero() && now >= self.last_input + config.idle_timeout {
-                    self.fail_with(close_code::GOING_AWAY, "idle timeout", now, config);
-                } else if !config.ping_interval.is_zero()
-                    && !self.ping_sent
-                    && now >= self.last_input + config.ping_interval
-                {
-                    // §5.5.2: a Ping "may serve either as a keepalive or as a
-                    // means to verify that the remote endpoint is still responsive".
-                    self.outgoing.push_frame(OpCode::Ping, b"");
-                    self.ping_sent = true;
-                }
-            }
-            _ => {}
-        }
-        TimerAction::Continue
-    }
-
-    /// Handles bytes read from the connection (processed in place, see `input.rs`).
-    pub fn handle_input<H: Handler>(
-        &mut self,
-        input: &mut [u8],
-        now: Instant,
-        config: &ConnectionConfig,
-        handler: &mut H,
-    ) {
-        // Any byte from the peer is a sign of life (a Pong, or anything else).
-        self.last_input = now;
-        self.ping_sent = false;
-        if self.is_awaiting_handshake() {
-            self.handle_head(input, now, config, handler);
-        } else {
-            self.handle_frames(input, now, config, handler);
-        }
-    }
-
-    /// The peer closed its side of TCP (read returned 0).
-    pub fn handle_eof(&mut self, now: Instant, config: &ConnectionConfig) {
-        if self.close_info.is_none() {
-            self.close_info = Some(CloseInfo::Abrupt);
-        }
-        if !self.is_closed() {
-            self.enter_closed(now, config);
-        }
     }
 
     /// Starts the closing handshake from our side (§7.1.2): on shutdown, or
@@ -574,23 +235,6 @@ impl WebSocketClient {
         if self.is_awaiting_handshake() {
             self.answer_http(response, now, config);
         }
-    }
-
-    /// Writes as much of the outgoing queue as `writer` takes without blocking.
-    pub fn write_to<W: Write + ?Sized>(&mut self, writer: &mut W) -> io::Result<usize> {
-        let written = self.outgoing.write_to(writer)?;
-        if let ClientState::HandshakeResponse { ends_at, paused_until } = self.state
-            && self.outgoing.written_total() >= ends_at
-        {
-            self.state = ClientState::Connected { over_cap_since: None, paused_until };
-            // Most connections then wait for a while: give the queue's memory back.
-            self.outgoing.release();
-        }
-        if self.ping_sent {
-            // A keepalive went out to a quiet connection: it is idle, so free its queue.
-            self.outgoing.release();
-        }
-        Ok(written)
     }
 
     /// _Fail the WebSocket Connection_ (§7.1.7): send a Close with `code`
@@ -629,37 +273,6 @@ impl WebSocketClient {
         self.outgoing.push(&response.encode());
         self.close_info = Some(CloseInfo::Http(response.status));
         self.enter_closed(now, config);
-    }
-
-    /// Sets or ends the pause of an open connection's input.
-    fn set_pause(&mut self, until: Option<Instant>) {
-        self.stop = until.is_some();
-        match &mut self.state {
-            ClientState::HandshakeResponse { paused_until, .. } | ClientState::Connected { paused_until, .. } => {
-                *paused_until = until;
-            }
-            _ => {}
-        }
-    }
-
-    /// Acts on what a handler asked during a call: a pause, then a close.
-    #[inline(always)]
-    fn act_on(&mut self, asks: Asks, now: Instant, config: &ConnectionConfig) {
-        if let Some(asked) = asks.0 {
-            self.act_on_asked(*asked, now, config);
-        }
-    }
-
-    #[cold]
-    fn act_on_asked(&mut self, asks: Asked, now: Instant, config: &ConnectionConfig) {
-        if let Some(until) = asks.pause_until
-            && until > now
-        {
-            self.set_pause(Some(until));
-        }
-        if let Some((code, reason)) = asks.close {
-            self.close(code, &reason, now, config);
-        }
     }
 
     fn enter_closed(&mut self, now: Instant, config: &ConnectionConfig) {

@@ -1,6 +1,9 @@
 use super::input::MAX_UNIT;
 use super::*;
+use crate::protocol::deflate::SharedDeflaters;
 use crate::protocol::frame::{self, DecodeRules, FrameHeader, WebSocketFrame};
+use crate::protocol::handshake::Request;
+use crate::protocol::message::Message;
 use std::time::Duration;
 
 type Config = ConnectionConfig;
