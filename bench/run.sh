@@ -54,7 +54,10 @@ run_one() { # scenario server -> one JSON line
   local scenario=$1 server=$2
   case "$scenario" in
     echo)      start_server "$server"; load --mode echo --conns 100 --inflight 16 --size 32 --label "$server" ;;
-    broadcast) start_server "$server"; load --mode broadcast --conns 1000 --inflight 32 --size 64 --label "$server" ;;
+    broadcast) # Fan-out like for like: the peer keeps nothing, so rust-chat keeps nothing either
+               # (the store's cost is the persist scenario's; an earlier binary ignores the variable).
+               RUST_CHAT_NO_PERSIST=true start_server "$server"
+               load --mode broadcast --conns 1000 --inflight 32 --size 64 --label "$server" ;;
     bulk)      start_server "$server"; load --mode echo --conns 10 --inflight 4 --size 65536 --label "$server" ;;
     latency)   start_server "$server"; load --mode latency --size 32 --label "$server" ;;
     idle)      start_server "$server"; load --mode idle --conns "${IDLE_CONNS:-10000}" --pid "$SERVER_PID" --label "$server" ;;
