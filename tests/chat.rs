@@ -3,15 +3,8 @@
 mod common;
 
 use common::*;
-use rust_chat::Config;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-fn no_rate_limit() -> Config {
-    config(|c| {
-        c.chat.rate_limit_per_sec = 0;
-    })
-}
 
 #[test]
 fn welcome_join_message_nick_leave() {

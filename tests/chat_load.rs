@@ -3,16 +3,9 @@
 mod common;
 
 use common::*;
-use rust_chat::Config;
 use serde_json::{Value, json};
 use std::io::Write;
 use std::time::{Duration, Instant};
-
-fn no_rate_limit() -> Config {
-    config(|c| {
-        c.chat.rate_limit_per_sec = 0;
-    })
-}
 
 #[test]
 fn a_burst_over_the_rate_arrives_whole_and_in_order_only_later() {

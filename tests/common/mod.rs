@@ -114,6 +114,11 @@ pub fn config(change: impl FnOnce(&mut Config)) -> Config {
     with(Config::default(), change)
 }
 
+/// The default configuration with the chat's rate limit off (tests that send bursts).
+pub fn no_rate_limit() -> Config {
+    config(|c| c.chat.rate_limit_per_sec = 0)
+}
+
 /// `config`, changed by `change`.
 pub fn with(mut config: Config, change: impl FnOnce(&mut Config)) -> Config {
     change(&mut config);
