@@ -6,6 +6,8 @@
 #   bench/callgrind.sh                          # this build: echo and broadcast
 #   bench/callgrind.sh /tmp/old/rust-chat       # another binary, the same way
 #   SERVER_ARGS="--workers 2" bench/callgrind.sh # with more server flags
+#   SCENARIOS=persist SERVER_ARGS="--fsync never" bench/callgrind.sh
+#                                               # the chat on its store
 #
 # The server runs under valgrind while the load generator runs against it;
 # SIGTERM ends the server, and callgrind reports the total. That is done
@@ -55,5 +57,13 @@ print(f"{name}: {i1} instr / {c1} msgs (2 s), {i2} / {c2} (6 s): {(i2 - i1) / (c
 PY
 }
 
-measure echo --mode echo --conns 100 --inflight 16 --size 32
-[ -n "${ONLY_ECHO:-}" ] || measure broadcast --mode broadcast --conns 200 --inflight 8 --size 64
+# SCENARIOS picks (default: echo broadcast); persist is the persist scenario's
+# chat room (10 members, 1024 in flight; per delivery: a tenth of a message).
+for scenario in ${SCENARIOS:-echo broadcast}; do
+  case "$scenario" in
+    echo) measure echo --mode echo --conns 100 --inflight 16 --size 32 ;;
+    broadcast) [ -n "${ONLY_ECHO:-}" ] || measure broadcast --mode broadcast --conns 200 --inflight 8 --size 64 ;;
+    persist) measure persist --mode broadcast --conns 10 --inflight 1024 --size 64 ;;
+    *) echo "unknown scenario: $scenario" >&2; exit 2 ;;
+  esac
+done

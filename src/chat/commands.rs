@@ -160,7 +160,8 @@ impl Chat {
             self.outgoing.push(Outgoing::Say { from: ctx.id(), room: member.room.clone(), event });
             return;
         }
-        let event: Arc<str> = Arc::from(events::message(&member.room, &member.nick, text, time, room.seq, action));
+        let words = (member.room.as_str(), member.nick.as_str(), text);
+        let event = events::shared_message(&mut self.scratch, words, time, room.seq, action);
         self.history.push(&member.room, room.seq, Arc::clone(&event));
         ctx.publish_text(&member.room, &event);
     }

@@ -2,7 +2,8 @@
 //! each with a `"type"`. `docs/protocol.md` shows an example of every event.
 
 use serde_json::{Value, json};
-use std::io::Write as _;
+use std::fmt::Write as _;
+use std::sync::Arc;
 
 /// Machine-readable codes of `error` events.
 pub mod code {
@@ -43,24 +44,62 @@ pub mod code {
 ///
 /// Written directly rather than through a `serde_json::Value` (a map of
 /// owned keys and values, built and dropped for every message on the
-/// busiest path of the chat); the strings go through serde_json's escaping,
-/// and the keys come out in the same (sorted) order as the other events.
+/// busiest path of the chat); the strings are escaped as serde_json escapes
+/// them (a test holds the two byte for byte), and the keys come out in the
+/// same (sorted) order as the other events.
 pub fn message(room: &str, nick: &str, text: &str, time_ms: u64, seq: u64, action: bool) -> String {
-    let mut event = Vec::with_capacity(80 + room.len() + nick.len() + text.len());
+    let mut event = String::with_capacity(80 + room.len() + nick.len() + text.len());
+    write_message(&mut event, room, nick, text, time_ms, seq, action);
+    event
+}
+
+/// [`message`], made in `scratch` (kept from one message to the next, so
+/// the event is allocated once, in its `Arc`, and copied once).
+pub fn shared_message(
+    scratch: &mut String,
+    (room, nick, text): (&str, &str, &str),
+    time_ms: u64,
+    seq: u64,
+    action: bool,
+) -> Arc<str> {
+    scratch.clear();
+    write_message(scratch, room, nick, text, time_ms, seq, action);
+    Arc::from(scratch.as_str())
+}
+
+fn write_message(event: &mut String, room: &str, nick: &str, text: &str, time_ms: u64, seq: u64, action: bool) {
     if action {
-        event.extend_from_slice(b"{\"action\":true,\"nick\":");
+        event.push_str("{\"action\":true,\"nick\":");
     } else {
-        event.extend_from_slice(b"{\"nick\":");
+        event.push_str("{\"nick\":");
     }
-    push_json_string(&mut event, nick);
-    event.extend_from_slice(b",\"room\":");
-    push_json_string(&mut event, room);
-    // Writing numbers into a Vec cannot fail.
-    let _ = write!(event, ",\"seq\":{seq},\"text\":");
-    push_json_string(&mut event, text);
-    let _ = write!(event, ",\"time\":{time_ms},\"type\":\"message\"}}");
-    // Everything written is UTF-8 (the strings were, and serde_json keeps them so).
-    String::from_utf8(event).unwrap_or_default()
+    push_json_string(event, nick);
+    event.push_str(",\"room\":");
+    push_json_string(event, room);
+    event.push_str(",\"seq\":");
+    push_number(event, seq);
+    event.push_str(",\"text\":");
+    push_json_string(event, text);
+    event.push_str(",\"time\":");
+    push_number(event, time_ms);
+    event.push_str(",\"type\":\"message\"}");
+}
+
+/// Appends `n` in decimal (what `write!` does, without its formatting machinery).
+fn push_number(out: &mut String, mut n: u64) {
+    let mut digits = [b'0'; 20];
+    let mut at = digits.len();
+    while let Some(slot) = at.checked_sub(1).and_then(|next| digits.get_mut(next)) {
+        *slot = b'0' + (n % 10) as u8;
+        at -= 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &digit in digits.get(at..).unwrap_or_default() {
+        out.push(char::from(digit));
+    }
 }
 
 /// A `message` event made by [`message`], numbered `seq` instead (the
@@ -79,12 +118,36 @@ pub fn renumbered(event: &str, seq: u64) -> Option<String> {
     Some(format!("{}{seq}{}", event.get(..at)?, rest.get(digits..)?))
 }
 
-/// Appends `text` as a JSON string literal, quoted and escaped.
-fn push_json_string(out: &mut Vec<u8>, text: &str) {
-    // Serialising a `&str` into a Vec cannot fail; if it ever did, the event would still be valid JSON.
-    if serde_json::to_writer(&mut *out, text).is_err() {
-        out.extend_from_slice(b"\"\"");
+/// Appends `text` as a JSON string literal, quoted and escaped as
+/// serde_json escapes it: `"`, `\\` and control characters (`\n`, `\r`,
+/// `\t`, `\b`, `\f`, others `\u00xx`); everything else as it is. Into a
+/// `String`, so the event needs no UTF-8 check afterwards.
+fn push_json_string(out: &mut String, text: &str) {
+    out.push('"');
+    let mut from = 0;
+    for (at, byte) in text.bytes().enumerate() {
+        let short = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        // `at` is an ASCII byte's position: a character boundary.
+        out.push_str(text.get(from..at).unwrap_or_default());
+        if short.is_empty() {
+            let _ = write!(out, "\\u{byte:04x}");
+        } else {
+            out.push_str(short);
+        }
+        from = at + 1;
     }
+    out.push_str(text.get(from..).unwrap_or_default());
+    out.push('"');
 }
 
 /// Where a room's messages stand, for `welcome`: its epoch, its last
@@ -203,6 +266,22 @@ mod tests {
                 expected["action"] = Value::Bool(true);
             }
             assert_eq!(message("r-1", "n_2", text, 17, 42, action), expected.to_string());
+        }
+    }
+
+    #[test]
+    fn every_character_and_number_is_written_as_serde_json_writes_it() {
+        // Each ASCII character alone and between others, and some beyond ASCII.
+        let mut texts: Vec<String> = (0u8..0x80).map(|b| char::from(b).to_string()).collect();
+        texts.extend((0u8..0x80).map(|b| format!("a{}b", char::from(b))));
+        texts.push("\u{7f}\u{80}\u{2028}\u{feff}é😀\"\\\u{0}".to_string());
+        let mut scratch = String::from("left over from the last message");
+        for (text, number) in texts.iter().zip([0, 1, 9, 10, 99, 100, 12_345, u64::MAX].into_iter().cycle()) {
+            let expected =
+                json!({"type": "message", "room": "r", "nick": "n", "text": text, "time": number, "seq": number});
+            let shared = shared_message(&mut scratch, ("r", "n", text), number, number, false);
+            assert_eq!(&*shared, expected.to_string(), "{text:?} {number}");
+            assert_eq!(message("r", "n", text, number, number, false), expected.to_string());
         }
     }
 

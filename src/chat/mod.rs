@@ -94,6 +94,9 @@ pub struct Chat {
     expiries: token::Expiries,
     /// How many times a member used up its burst and its input was paused.
     rate_limited: u64,
+    /// Where a message's event is written before it goes into its `Arc`
+    /// (kept, so that writing it allocates nothing).
+    scratch: String,
     /// Rooms span nodes through Redis (`--redis`): what the room hears, and
     /// the welcome, go through [`Chat::outgoing`] to the cluster layer
     /// instead of straight to the room's topic.
@@ -259,11 +262,7 @@ impl App for Chat {
 
     /// With a store: what it committed goes out (the store woke the loop).
     fn on_notify(&mut self, hub: &mut crate::app::Hub, _: Instant) {
-        let mut effects = Vec::new();
-        self.take_committed(&mut effects);
-        for effect in effects {
-            hub.apply(effect);
-        }
+        self.take_committed(hub);
     }
 
     /// With a store: the turn's messages go to it as one batch.
@@ -290,6 +289,7 @@ impl Chat {
             verifier,
             expiries,
             rate_limited: 0,
+            scratch: String::new(),
             cluster: false,
             outgoing: Vec::new(),
             persist: None,

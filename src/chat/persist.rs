@@ -28,7 +28,7 @@
 //! forgotten there too.
 
 use super::{Chat, LOBBY, Room, code, events, is_valid_name};
-use crate::app::{ConnId, Context, Effect};
+use crate::app::{ConnId, Context, Effect, Hub};
 use crate::broker::store::{Batch, Committed, Loaded, Record, RoomState, Store};
 use crate::protocol::OpCode;
 use std::collections::HashMap;
@@ -94,6 +94,37 @@ struct InFlight {
     /// Given back to be tried again if the batch fails.
     drops: Vec<(Arc<str>, u64)>,
     forgets: Vec<Arc<str>>,
+}
+
+/// Where a batch's outcome goes: straight to this loop's [`Hub`] (one
+/// worker: nothing copied, nothing written down), or written down as
+/// [`Effect`]s for every worker (the shared chat, the tests).
+pub trait Outlet {
+    /// `event` to every member of `room`.
+    fn publish(&mut self, room: &Arc<str>, event: &Arc<str>);
+    /// `bytes` (a text frame's) to the connection `to`.
+    fn send(&mut self, to: ConnId, bytes: &Arc<[u8]>);
+}
+
+impl Outlet for Hub {
+    fn publish(&mut self, room: &Arc<str>, event: &Arc<str>) {
+        self.topics.publish(room, OpCode::Text, event.as_bytes());
+    }
+
+    fn send(&mut self, to: ConnId, bytes: &Arc<[u8]>) {
+        self.topics.send_to(to, OpCode::Text, bytes);
+    }
+}
+
+impl Outlet for Vec<Effect> {
+    fn publish(&mut self, room: &Arc<str>, event: &Arc<str>) {
+        let bytes: Arc<str> = Arc::clone(event);
+        self.push(Effect::Publish { topic: Arc::clone(room), opcode: OpCode::Text, bytes: bytes.into() });
+    }
+
+    fn send(&mut self, to: ConnId, bytes: &Arc<[u8]>) {
+        self.push(Effect::Send { to, opcode: OpCode::Text, bytes: Arc::clone(bytes) });
+    }
 }
 
 impl Persist {
@@ -215,7 +246,8 @@ impl Chat {
             Some(last) => Arc::clone(&last.room),
             None => Arc::from(member.room.as_str()),
         };
-        let event: Arc<str> = Arc::from(events::message(&name, &member.nick, text, ctx.unix_time_ms(), seq, action));
+        let words = (&*name, member.nick.as_str(), text);
+        let event = events::shared_message(&mut self.scratch, words, ctx.unix_time_ms(), seq, action);
         persist.pending_bytes += event.len();
         persist.pending.push(Record { room: name, seq, event });
         persist.pending_from.push(ctx.id());
@@ -281,8 +313,10 @@ impl Chat {
         {
             return;
         }
-        let records = Arc::new(std::mem::take(&mut persist.pending));
-        let from = std::mem::take(&mut persist.pending_from);
+        // The next turn's as many again, without growing from nothing.
+        let (len, from_len) = (persist.pending.len(), persist.pending_from.len());
+        let records = Arc::new(std::mem::replace(&mut persist.pending, Vec::with_capacity(len)));
+        let from = std::mem::replace(&mut persist.pending_from, Vec::with_capacity(from_len));
         persist.pending_bytes = 0;
         let mut states: Vec<RoomState> = Vec::new();
         let mut index: HashMap<Arc<str>, usize> = HashMap::new();
@@ -328,7 +362,7 @@ impl Chat {
     /// Takes in what the store has finished: the messages of a committed
     /// batch go into the history and to their rooms (as `effects`); those
     /// of a failed one are refused (`unavailable` to each sender).
-    pub fn take_committed(&mut self, effects: &mut Vec<Effect>) {
+    pub fn take_committed(&mut self, out: &mut impl Outlet) {
         let Some(persist) = self.persist.as_mut() else { return };
         let mut outcomes = std::mem::take(&mut persist.outcomes);
         persist.store.take(&mut outcomes);
@@ -336,8 +370,8 @@ impl Chat {
             let Some(persist) = self.persist.as_mut() else { break };
             let Some(flight) = persist.in_flight.take_if(|flight| flight.id == outcome.id) else { continue };
             match outcome.result {
-                Ok(()) => self.show(flight, effects),
-                Err(why) => self.refuse(flight, &why, effects),
+                Ok(()) => self.show(flight, out),
+                Err(why) => self.refuse(flight, &why, out),
             }
         }
         if let Some(persist) = self.persist.as_mut() {
@@ -346,22 +380,16 @@ impl Chat {
     }
 
     /// A committed batch: into the history, out to the rooms.
-    fn show(&mut self, flight: InFlight, effects: &mut Vec<Effect>) {
+    fn show(&mut self, flight: InFlight, out: &mut impl Outlet) {
         let mut evicted = Vec::new();
         for (name, seq) in &flight.rooms {
             if let Some(room) = self.any_room(name) {
                 room.seq = room.seq.max(*seq);
             }
         }
-        effects.reserve(flight.records.len());
         for record in flight.records.iter() {
             self.history.push_evicting(&record.room, record.seq, Arc::clone(&record.event), &mut evicted);
-            let bytes: Arc<str> = Arc::clone(&record.event);
-            effects.push(Effect::Publish {
-                topic: Arc::clone(&record.room),
-                opcode: OpCode::Text,
-                bytes: bytes.into(),
-            });
+            out.publish(&record.room, &record.event);
         }
         if let Some(persist) = self.persist.as_mut() {
             persist.committed += 1;
@@ -373,12 +401,12 @@ impl Chat {
     }
 
     /// A failed batch: nothing of it is on the disk, none of it is shown.
-    fn refuse(&mut self, flight: InFlight, why: &str, effects: &mut Vec<Effect>) {
+    fn refuse(&mut self, flight: InFlight, why: &str, out: &mut impl Outlet) {
         let error = events::error(code::UNAVAILABLE, "the server could not store this message; it was not sent");
         let error: Arc<[u8]> = Arc::from(error.into_bytes());
         let rooms: Vec<Arc<str>> = flight.rooms.iter().map(|(name, _)| Arc::clone(name)).collect();
         for from in &flight.from {
-            effects.push(Effect::Send { to: *from, opcode: OpCode::Text, bytes: Arc::clone(&error) });
+            out.send(*from, &error);
         }
         for name in &rooms {
             if let Some(room) = self.any_room(name) {
