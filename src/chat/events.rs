@@ -124,8 +124,12 @@ pub fn renumbered(event: &str, seq: u64) -> Option<String> {
 /// `String`, so the event needs no UTF-8 check afterwards.
 fn push_json_string(out: &mut String, text: &str) {
     out.push('"');
-    let mut from = 0;
-    for (at, byte) in text.bytes().enumerate() {
+    let mut rest = text;
+    loop {
+        // `plain` is an ASCII byte's position (or the end): a character boundary.
+        let plain = plain_len(rest.as_bytes());
+        out.push_str(rest.get(..plain).unwrap_or_default());
+        let Some(&byte) = rest.as_bytes().get(plain) else { break };
         let short = match byte {
             b'"' => "\\\"",
             b'\\' => "\\\\",
@@ -134,20 +138,36 @@ fn push_json_string(out: &mut String, text: &str) {
             b'\t' => "\\t",
             0x08 => "\\b",
             0x0c => "\\f",
-            0..=0x1f => "",
-            _ => continue,
+            _ => "",
         };
-        // `at` is an ASCII byte's position: a character boundary.
-        out.push_str(text.get(from..at).unwrap_or_default());
         if short.is_empty() {
             let _ = write!(out, "\\u{byte:04x}");
         } else {
             out.push_str(short);
         }
-        from = at + 1;
+        rest = rest.get(plain + 1..).unwrap_or_default();
     }
-    out.push_str(text.get(from..).unwrap_or_default());
     out.push('"');
+}
+
+/// How many bytes at the start of `bytes` go into a JSON string as they
+/// are: eight at a time while no byte of the eight needs escaping (a
+/// control character, `"` or `\\`), then one at a time.
+fn plain_len(bytes: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // Whether any byte of `word` is below `n` (at most 0x80), or is zero.
+    let below = |word: u64, n: u64| word.wrapping_sub(ONES * n) & !word & HIGHS != 0;
+    let mut at = 0;
+    for chunk in bytes.chunks_exact(8) {
+        let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        if below(word, 0x20) || below(word ^ (ONES * 0x22), 1) || below(word ^ (ONES * 0x5c), 1) {
+            break;
+        }
+        at += 8;
+    }
+    let tail = bytes.get(at..).unwrap_or_default();
+    at + tail.iter().position(|&b| b < 0x20 || b == b'"' || b == b'\\').unwrap_or(tail.len())
 }
 
 /// Where a room's messages stand, for `welcome`: its epoch, its last
@@ -275,6 +295,15 @@ mod tests {
         let mut texts: Vec<String> = (0u8..0x80).map(|b| char::from(b).to_string()).collect();
         texts.extend((0u8..0x80).map(|b| format!("a{}b", char::from(b))));
         texts.push("\u{7f}\u{80}\u{2028}\u{feff}é😀\"\\\u{0}".to_string());
+        // And at every place of a text longer than the eight bytes looked at together.
+        for b in (0u8..0x80).chain([b'a']) {
+            for at in 0..17 {
+                let mut text: Vec<char> = "abcdefghijklmnopq".chars().collect();
+                text[at] = char::from(b);
+                texts.push(text.into_iter().collect());
+                texts.push(format!("é😀{}\u{80}xxxxxxxxx", char::from(b)));
+            }
+        }
         let mut scratch = String::from("left over from the last message");
         for (text, number) in texts.iter().zip([0, 1, 9, 10, 99, 100, 12_345, u64::MAX].into_iter().cycle()) {
             let expected =
