@@ -8,6 +8,8 @@
 #   SERVER_ARGS="--workers 2" bench/callgrind.sh # with more server flags
 #   SCENARIOS=persist SERVER_ARGS="--fsync never" bench/callgrind.sh
 #                                               # the chat on its store
+#   PEER=1 bench/callgrind.sh bench/target/uws/peer
+#                                               # a peer (it takes only its address)
 #
 # The server runs under valgrind while the load generator runs against it;
 # SIGTERM ends the server, and callgrind reports the total. That is done
@@ -30,8 +32,11 @@ run_once() { # scenario seconds loadgen-args... -> "instructions count"
   # An empty data directory each run (ignored by a binary from before the store).
   export RUST_CHAT_DATA_DIR="$OUT/data-$scenario"
   rm -rf "$RUST_CHAT_DATA_DIR"
-  valgrind --tool=callgrind --callgrind-out-file="$OUT/$scenario.out" "$BINARY" --bind 127.0.0.1:0 \
-    --rate-limit 0 --max-room-members 100000 ${SERVER_ARGS:-} >"$OUT/$scenario.stdout" 2>"$log" &
+  local args=(--bind 127.0.0.1:0 --rate-limit 0 --max-room-members 100000)
+  [ -z "${PEER:-}" ] || args=(127.0.0.1:0)
+  # shellcheck disable=SC2086 # SERVER_ARGS is words
+  valgrind --tool=callgrind --callgrind-out-file="$OUT/$scenario.out" "$BINARY" "${args[@]}" \
+    ${SERVER_ARGS:-} >"$OUT/$scenario.stdout" 2>"$log" &
   local pid=$!
   for _ in $(seq 200); do grep -q 'listening on ws://' "$OUT/$scenario.stdout" && break; sleep 0.1; done
   local addr
@@ -57,13 +62,14 @@ print(f"{name}: {i1} instr / {c1} msgs (2 s), {i2} / {c2} (6 s): {(i2 - i1) / (c
 PY
 }
 
-# SCENARIOS picks (default: echo broadcast); persist is the persist scenario's
+# SCENARIOS picks (default: echo broadcast; also bulk, 64 KiB echoed); persist is the persist scenario's
 # chat room (10 members, 1024 in flight; per delivery: a tenth of a message).
 for scenario in ${SCENARIOS:-echo broadcast}; do
   case "$scenario" in
     echo) measure echo --mode echo --conns 100 --inflight 16 --size 32 ;;
     broadcast) [ -n "${ONLY_ECHO:-}" ] || measure broadcast --mode broadcast --conns 200 --inflight 8 --size 64 ;;
     persist) measure persist --mode broadcast --conns 10 --inflight 1024 --size 64 ;;
+    bulk) measure bulk --mode echo --conns 10 --inflight 4 --size 65536 ;;
     *) echo "unknown scenario: $scenario" >&2; exit 2 ;;
   esac
 done

@@ -9,6 +9,8 @@
 #   BASELINE=/tmp/old/rust-chat bench/run.sh echo broadcast idle
 #                             # A/B: this build against an earlier binary
 #                             # (e.g. the previous commit's), instead of the peer
+#   PEERS="uws tungstenite" bench/run.sh echo
+#                             # other peers: uws is uWebSockets, built by bench/uws.sh
 #
 # Scenarios: echo, broadcast, bulk, latency, idle, persist (rust-chat only: a
 # chat room with --no-persist and each --fsync, issue 20; with BASELINE, also
@@ -39,6 +41,7 @@ start_server() {
     rust-chat*) taskset -c 0 ./target/release/rust-chat --bind 127.0.0.1:0 --rate-limit 0 \
                   --max-room-members 100000 --max-connections 100000 "$@" >"$log" 2>&1 & ;;
     tungstenite) taskset -c 0 bench/target/release/peer 127.0.0.1:0 >"$log" 2>&1 & ;;
+    uws) taskset -c 0 bench/target/uws/peer 127.0.0.1:0 >"$log" 2>&1 & ;;
   esac
   SERVER_PID=$!
   pids+=("$SERVER_PID")
@@ -83,7 +86,7 @@ for scenario in "${SCENARIOS[@]}"; do
     persist) pair=(rust-chat-no-persist rust-chat-fsync-batch rust-chat-fsync-always rust-chat-fsync-never)
              # With BASELINE: the earlier binary's `--fsync batch` beside this one's.
              [ -z "${BASELINE:-}" ] || pair+=(rust-chat-baseline-fsync-batch) ;;
-    *) if [ -n "${BASELINE:-}" ]; then pair=(rust-chat rust-chat-baseline); else pair=(rust-chat tungstenite); fi ;;
+    *) if [ -n "${BASELINE:-}" ]; then pair=(rust-chat rust-chat-baseline); else read -ra pair <<<"rust-chat ${PEERS:-tungstenite}"; fi ;;
   esac
   : >"$OUT/$scenario.jsonl"
   for _ in $(seq "$RUNS"); do

@@ -29,14 +29,21 @@ pub struct OutFrame {
     header_len: usize,
 }
 
+/// Appends `payload` as one unmasked frame to `into`; returns its header's length.
+fn frame_into(into: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) -> usize {
+    let header = FrameHeader::new(opcode, payload.len() as u64);
+    let start = into.len();
+    header.encode(into);
+    let header_len = into.len() - start;
+    into.extend_from_slice(payload);
+    header_len
+}
+
 impl OutFrame {
     /// Frames `payload` as one unmasked, final frame.
     pub fn new(opcode: OpCode, payload: &[u8]) -> OutFrame {
-        let header = FrameHeader::new(opcode, payload.len() as u64);
-        let header_len = header.encoded_len();
-        let mut bytes = Vec::with_capacity(header_len + payload.len());
-        header.encode(&mut bytes);
-        bytes.extend_from_slice(payload);
+        let mut bytes = Vec::with_capacity(payload.len() + 10); // 10: the longest unmasked header
+        let header_len = frame_into(&mut bytes, opcode, payload);
         OutFrame { bytes: Arc::from(bytes), header_len }
     }
 
@@ -47,11 +54,8 @@ impl OutFrame {
             // Large: the allocation is little beside the copy, and the scratch stays small.
             return OutFrame::new(opcode, payload);
         }
-        let header = FrameHeader::new(opcode, payload.len() as u64);
         scratch.clear();
-        header.encode(scratch);
-        let header_len = scratch.len();
-        scratch.extend_from_slice(payload);
+        let header_len = frame_into(scratch, opcode, payload);
         OutFrame { bytes: Arc::from(scratch.as_slice()), header_len }
     }
 
