@@ -17,7 +17,7 @@
 //! | [`config`] | the server's settings ([`ServerConfig`]) |
 //! | `connections.rs` | the connection table, socket reads and writes |
 //! | `accept.rs` | accepting, the connection and handshake limits (503), out of descriptors |
-//! | `timers.rs` | one heap of deadlines, one live entry per connection |
+//! | `timers.rs` | one heap of 8-byte deadlines, one live entry per connection |
 //! | `delivery.rs` | what was published: onto the subscribers' queues, slow consumers closed |
 //! | `shutdown.rs` | signals, the stop handle, the graceful drain |
 //! | `workers.rs` | several loops on one port (`SO_REUSEPORT`), one thread each |
