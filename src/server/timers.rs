@@ -29,24 +29,43 @@ pub(super) struct Timers {
     origin: Instant,
     heap: BinaryHeap<Reverse<u64>>,
     wide: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// The soonest entry's time, kept so that the loop's look at every turn
+    /// is one comparison.
+    soonest: Option<Instant>,
 }
 
 impl Default for Timers {
     fn default() -> Timers {
-        Timers { origin: Instant::now(), heap: BinaryHeap::new(), wide: BinaryHeap::new() }
+        Timers { origin: Instant::now(), heap: BinaryHeap::new(), wide: BinaryHeap::new(), soonest: None }
     }
 }
 
 impl Timers {
     /// Arms `slot`'s timer for `at`, unless its live entry (`armed`) is sooner already.
+    #[inline]
     pub fn arm(&mut self, armed: &mut Option<Instant>, at: Instant, slot: usize) {
-        let since = at.saturating_duration_since(self.origin);
-        let ms = (since.as_nanos().div_ceil(1_000_000)).min(u128::from(MAX_MS)) as u64;
-        let at = self.origin + Duration::from_millis(ms);
+        // Checked before rounding (the common case, once a message: not sooner): rounding up keeps it so.
         if armed.is_some_and(|live| at >= live) {
             return;
         }
+        self.push(armed, at, slot);
+    }
+
+    /// [`Timers::arm`]'s rare part, out of the way of its every-message check.
+    #[inline(never)]
+    fn push(&mut self, armed: &mut Option<Instant>, at: Instant, slot: usize) {
+        let since = at.saturating_duration_since(self.origin);
+        let ms =
+            since.as_secs().saturating_mul(1000).saturating_add(u64::from(since.subsec_nanos().div_ceil(1_000_000)));
+        let ms = ms.min(MAX_MS);
+        let at = self.origin + Duration::from_millis(ms);
+        if *armed == Some(at) {
+            return; // sooner, but within the live entry's millisecond
+        }
         *armed = Some(at);
+        if self.soonest.is_none_or(|soonest| at < soonest) {
+            self.soonest = Some(at);
+        }
         match u64::try_from(slot) {
             Ok(narrow) if narrow <= SLOT_MASK => self.heap.push(Reverse(ms << SLOT_BITS | narrow)),
             _ => self.wide.push(Reverse((at, slot))),
@@ -55,29 +74,29 @@ impl Timers {
 
     /// The soonest entry, live or stale.
     pub fn next(&self) -> Option<Instant> {
-        let narrow = self.heap.peek().map(|Reverse(entry)| self.instant(*entry));
-        let wide = self.wide.peek().map(|Reverse((at, _))| *at);
-        narrow.into_iter().chain(wide).min()
+        self.soonest
     }
 
     /// Takes the soonest entry if it is due at `now`.
     pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, usize)> {
+        if self.soonest.is_none_or(|soonest| soonest > now) {
+            return None;
+        }
         let narrow = self.heap.peek().map(|&Reverse(entry)| (self.instant(entry), (entry & SLOT_MASK) as usize));
         let wide = self.wide.peek().map(|&Reverse(entry)| entry);
-        let (soonest, from_wide) = match (narrow, wide) {
+        let (entry, from_wide) = match (narrow, wide) {
             (Some(narrow), Some(wide)) if wide.0 < narrow.0 => (wide, true),
             (Some(narrow), _) => (narrow, false),
             (None, wide) => (wide?, true),
         };
-        if soonest.0 > now {
-            return None;
-        }
         if from_wide {
             self.wide.pop();
         } else {
             self.heap.pop();
         }
-        Some(soonest)
+        let narrow = self.heap.peek().map(|&Reverse(entry)| self.instant(entry));
+        self.soonest = narrow.into_iter().chain(self.wide.peek().map(|Reverse((at, _))| *at)).min();
+        Some(entry)
     }
 
     fn instant(&self, entry: u64) -> Instant {
@@ -102,9 +121,11 @@ mod tests {
         assert_eq!(timers.next(), Some(t0 + Duration::from_secs(5)));
         assert_eq!(timers.pop_due(t0 + Duration::from_secs(4)), None);
         assert_eq!(timers.pop_due(t0 + Duration::from_secs(5)), Some((t0 + Duration::from_secs(5), 3)));
+        assert_eq!(timers.next(), Some(t0 + Duration::from_secs(10)), "the next soonest, once the first is taken");
         // The superseded entry is still there, and stale: it no longer matches `armed` once re-armed.
         assert_eq!(timers.pop_due(t0 + Duration::from_secs(60)), Some((t0 + Duration::from_secs(10), 3)));
         assert_eq!(timers.pop_due(t0 + Duration::from_secs(60)), None);
+        assert_eq!(timers.next(), None);
     }
 
     #[test]
