@@ -42,7 +42,7 @@ fn frame_into(into: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) -> usize {
 impl OutFrame {
     /// Frames `payload` as one unmasked, final frame.
     pub fn new(opcode: OpCode, payload: &[u8]) -> OutFrame {
-        let mut bytes = Vec::with_capacity(payload.len() + 10); // 10: the longest unmasked header
+        let mut bytes = Vec::with_capacity(payload.len() + crate::protocol::frame::MAX_HEADER_LEN);
         let header_len = frame_into(&mut bytes, opcode, payload);
         OutFrame { bytes: Arc::from(bytes), header_len }
     }

@@ -82,21 +82,24 @@ impl Timers {
         if self.soonest.is_none_or(|soonest| soonest > now) {
             return None;
         }
-        let narrow = self.heap.peek().map(|&Reverse(entry)| (self.instant(entry), (entry & SLOT_MASK) as usize));
-        let wide = self.wide.peek().map(|&Reverse(entry)| entry);
-        let (entry, from_wide) = match (narrow, wide) {
-            (Some(narrow), Some(wide)) if wide.0 < narrow.0 => (wide, true),
-            (Some(narrow), _) => (narrow, false),
-            (None, wide) => (wide?, true),
-        };
+        let (entry, from_wide) = self.top()?;
         if from_wide {
             self.wide.pop();
         } else {
             self.heap.pop();
         }
-        let narrow = self.heap.peek().map(|&Reverse(entry)| self.instant(entry));
-        self.soonest = narrow.into_iter().chain(self.wide.peek().map(|Reverse((at, _))| *at)).min();
+        self.soonest = self.top().map(|((at, _), _)| at);
         Some(entry)
+    }
+
+    /// The soonest entry of the two heaps, and whether it is a whole one.
+    fn top(&self) -> Option<((Instant, usize), bool)> {
+        let narrow = self.heap.peek().map(|&Reverse(entry)| (self.instant(entry), (entry & SLOT_MASK) as usize));
+        match (narrow, self.wide.peek().map(|&Reverse(entry)| entry)) {
+            (Some(narrow), Some(wide)) if wide.0 < narrow.0 => Some((wide, true)),
+            (Some(narrow), _) => Some((narrow, false)),
+            (None, wide) => wide.map(|wide| (wide, true)),
+        }
     }
 
     fn instant(&self, entry: u64) -> Instant {
