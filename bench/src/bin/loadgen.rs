@@ -13,7 +13,9 @@
 //!   sequence number and send time; counts deliveries per second, checks
 //!   that one member in ten (and the sender) got every message in order, and
 //!   reports fan-out latency. `--addr2 HOST:PORT`: every other member joins
-//!   a second node there (rooms across nodes, `--redis`).
+//!   a second node there (rooms across nodes, `--redis`). `--room-size R`:
+//!   many small rooms instead, of R members each (`r0`, `r1`, ...), the
+//!   first member of each the sender, each with K in flight.
 //! - `idle`: `--conns N --pid P`: opens N connections and reports the
 //!   server's resident memory per connection (from /proc/P/status).
 //!
@@ -36,6 +38,8 @@ struct Args {
     conns: usize,
     inflight: usize,
     size: usize,
+    /// Broadcast: members per room (0: all in one room).
+    room_size: usize,
     seconds: f64,
     warmup: f64,
     deflate: bool,
@@ -52,6 +56,7 @@ fn parse_args() -> Args {
         conns: 100,
         inflight: 16,
         size: 32,
+        room_size: 0,
         seconds: 5.0,
         warmup: 1.0,
         deflate: false,
@@ -69,6 +74,7 @@ fn parse_args() -> Args {
             "--conns" => args.conns = value().parse().unwrap(),
             "--inflight" => args.inflight = value().parse().unwrap(),
             "--size" => args.size = value().parse().unwrap(),
+            "--room-size" => args.room_size = value().parse().unwrap(),
             "--seconds" => args.seconds = value().parse().unwrap(),
             "--warmup" => args.warmup = value().parse().unwrap(),
             "--pid" => args.pid = value().parse().unwrap(),
@@ -229,13 +235,17 @@ fn read_all(conn: &mut Conn, scratch: &mut [u8]) -> io::Result<bool> {
 /// warm-up, then `args.seconds` counted. Each readable connection is read
 /// and handed to `on_read(index, connection, counting)`, which parses what
 /// arrived and queues what to send; then the connection is flushed.
-/// Returns the frames received during the counted part.
+/// Returns the frames received during the counted part. With `--pid`,
+/// also records the server's CPU time over the counted part in
+/// `server_cpu` (seconds, user + system, all its threads).
 fn measure(
     args: &Args,
     poll: &mut Poll,
     connections: &mut [Conn],
+    server_cpu: &mut f64,
     mut on_read: impl FnMut(usize, &mut Conn, bool),
 ) -> u64 {
+    let mut cpu_from = 0.0;
     let mut events = Events::with_capacity(4096);
     let mut scratch = vec![0u8; 256 * 1024];
     let warm_end = Instant::now() + Duration::from_secs_f64(args.warmup);
@@ -248,6 +258,7 @@ fn measure(
         }
         if counted_from.is_none() && now >= warm_end {
             counted_from = Some(connections.iter().map(|c| c.received).sum());
+            cpu_from = cpu_seconds(args.pid);
         }
         poll.poll(&mut events, Some(end - now)).unwrap();
         for event in events.iter() {
@@ -262,7 +273,20 @@ fn measure(
             conn.flush().expect("write");
         }
     }
+    *server_cpu = cpu_seconds(args.pid) - cpu_from;
     connections.iter().map(|c| c.received).sum::<u64>() - counted_from.unwrap_or(0)
+}
+
+/// The CPU time (user + system) process `pid` has used, in seconds (0 without a pid).
+fn cpu_seconds(pid: u32) -> f64 {
+    if pid == 0 {
+        return 0.0;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse::<u64>().ok()).sum();
+    ticks as f64 / 100.0
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -314,7 +338,8 @@ fn echo(args: &Args) {
         let _ = conn.flush();
     }
     let mut rtts = Vec::new();
-    let total = measure(args, &mut poll, &mut connections, |i, conn, counting| {
+    let mut server_cpu = 0.0;
+    let total = measure(args, &mut poll, &mut connections, &mut server_cpu, |i, conn, counting| {
         let mut replies = 0;
         drain_frames(conn, &rules, |_| replies += 1);
         for _ in 0..replies {
@@ -351,10 +376,14 @@ fn echo(args: &Args) {
 const CHECK_EVERY: usize = 10;
 
 fn broadcast(args: &Args) {
+    // One room of every member, or rooms of `room_size`; the first member of each room sends.
+    let room_size = if args.room_size == 0 { args.conns.max(1) } else { args.room_size };
+    let rooms = args.conns.div_ceil(room_size);
     let mut poll = Poll::new().unwrap();
     let mut connections = Vec::new();
     for i in 0..args.conns {
-        let path = format!("{}?room=bench&nick=m{i}", args.path);
+        let room = if rooms == 1 { "bench".to_string() } else { format!("r{}", i / room_size) };
+        let path = format!("{}?room={room}&nick=m{i}", args.path);
         // With two nodes, the odd members are on the second (the sender, member 0, on the first).
         let addr = match args.addr2 {
             Some(second) if i % 2 == 1 => second,
@@ -409,26 +438,31 @@ fn broadcast(args: &Args) {
         welcomed.iter().filter(|w| **w).count(),
         welcomed.len()
     );
-    let mut seq = 0u64;
-    for _ in 0..args.inflight {
-        seq += 1;
-        connections[0].out.extend_from_slice(&message(seq));
+    // Each room's sender numbers its own messages.
+    let mut seqs = vec![0u64; rooms];
+    for (room, seq) in seqs.iter_mut().enumerate() {
+        let sender = &mut connections[room * room_size];
+        for _ in 0..args.inflight {
+            *seq += 1;
+            sender.out.extend_from_slice(&message(*seq));
+        }
+        let _ = sender.flush();
     }
-    let _ = connections[0].flush();
     let mut latencies = Vec::new();
     let mut out_of_order = 0u64;
     let mut sampled = 0u64;
-    let total = measure(args, &mut poll, &mut connections, |i, conn, counting| {
+    let mut server_cpu = 0.0;
+    let total = measure(args, &mut poll, &mut connections, &mut server_cpu, |i, conn, counting| {
         let mut own = 0;
         let mut next_seq = conn.next_seq;
-        // Every member counts its deliveries; one in CHECK_EVERY (and
-        // the sender) also parses each event to check order and
-        // latency, so the generator spends little per delivery.
-        let check = i % CHECK_EVERY == 0;
+        // Every member counts its deliveries; the senders and one member in
+        // CHECK_EVERY also parse each event to check order and latency, so
+        // the generator spends little per delivery.
+        let sender = i % room_size == 0;
+        if !sender && !i.is_multiple_of(CHECK_EVERY) {
+            return drain_frames(conn, &rules, |_| {});
+        }
         drain_frames(conn, &rules, |payload| {
-            if !check {
-                return;
-            }
             // Find `"text":"b SEQ NANOS`.
             let Some(at) = payload.windows(9).position(|w| w == b"\"text\":\"b") else { return };
             let mut fields = payload[at + 10..].split(|&b| b == b' ');
@@ -442,21 +476,21 @@ fn broadcast(args: &Args) {
                 latencies.push((base.elapsed().as_nanos() - sent) as f64 / 1000.0);
             }
             sampled += 1;
-            if i == 0 {
+            if sender {
                 own += 1;
             }
         });
         conn.next_seq = next_seq;
+        let seq = &mut seqs[i / room_size];
         for _ in 0..own {
-            seq += 1;
-            let frame = message(seq);
-            conn.out.extend_from_slice(&frame);
+            *seq += 1;
+            conn.out.extend_from_slice(&message(*seq));
         }
     });
     latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let sent = seq;
+    let sent: u64 = seqs.iter().sum();
     println!(
-        "{{\"mode\":\"broadcast\",\"label\":\"{}\",\"members\":{},\"inflight\":{},\"size\":{},\"seconds\":{},\"deliveries\":{total},\"deliveries_per_sec\":{:.0},\"sent\":{sent},\"out_of_order_or_lost\":{out_of_order},\"latency_p50_us\":{:.1},\"latency_p99_us\":{:.1}}}",
+        "{{\"mode\":\"broadcast\",\"label\":\"{}\",\"members\":{},\"rooms\":{rooms},\"inflight\":{},\"size\":{},\"seconds\":{},\"deliveries\":{total},\"deliveries_per_sec\":{:.0},\"sent\":{sent},\"out_of_order_or_lost\":{out_of_order},\"latency_p50_us\":{:.1},\"latency_p99_us\":{:.1},\"server_cpu_s\":{server_cpu:.2},\"server_ns_per_delivery\":{:.1}}}",
         args.label,
         args.conns,
         args.inflight,
@@ -465,6 +499,7 @@ fn broadcast(args: &Args) {
         total as f64 / args.seconds,
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
+        server_cpu * 1e9 / total.max(1) as f64,
     );
 }
 
