@@ -235,16 +235,14 @@ fn read_all(conn: &mut Conn, scratch: &mut [u8]) -> io::Result<bool> {
 /// warm-up, then `args.seconds` counted. Each readable connection is read
 /// and handed to `on_read(index, connection, counting)`, which parses what
 /// arrived and queues what to send; then the connection is flushed.
-/// Returns the frames received during the counted part. With `--pid`,
-/// also records the server's CPU time over the counted part in
-/// `server_cpu` (seconds, user + system, all its threads).
+/// Returns the frames received during the counted part and, with `--pid`,
+/// the server's CPU time over it (seconds, user + system, all its threads).
 fn measure(
     args: &Args,
     poll: &mut Poll,
     connections: &mut [Conn],
-    server_cpu: &mut f64,
     mut on_read: impl FnMut(usize, &mut Conn, bool),
-) -> u64 {
+) -> (u64, f64) {
     let mut cpu_from = 0.0;
     let mut events = Events::with_capacity(4096);
     let mut scratch = vec![0u8; 256 * 1024];
@@ -258,7 +256,7 @@ fn measure(
         }
         if counted_from.is_none() && now >= warm_end {
             counted_from = Some(connections.iter().map(|c| c.received).sum());
-            cpu_from = cpu_seconds(args.pid);
+            cpu_from = server_cpu(args.pid);
         }
         poll.poll(&mut events, Some(end - now)).unwrap();
         for event in events.iter() {
@@ -273,20 +271,13 @@ fn measure(
             conn.flush().expect("write");
         }
     }
-    *server_cpu = cpu_seconds(args.pid) - cpu_from;
-    connections.iter().map(|c| c.received).sum::<u64>() - counted_from.unwrap_or(0)
+    let frames = connections.iter().map(|c| c.received).sum::<u64>() - counted_from.unwrap_or(0);
+    (frames, server_cpu(args.pid) - cpu_from)
 }
 
-/// The CPU time (user + system) process `pid` has used, in seconds (0 without a pid).
-fn cpu_seconds(pid: u32) -> f64 {
-    if pid == 0 {
-        return 0.0;
-    }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after the command name, which is in parentheses; utime and stime are the 14th and 15th.
-    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let ticks: u64 = rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse::<u64>().ok()).sum();
-    ticks as f64 / 100.0
+/// The server's CPU time so far, in seconds (0 without `--pid`).
+fn server_cpu(pid: u32) -> f64 {
+    if pid == 0 { 0.0 } else { rust_chat_bench::cpu_seconds(&pid.to_string()) }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -338,8 +329,7 @@ fn echo(args: &Args) {
         let _ = conn.flush();
     }
     let mut rtts = Vec::new();
-    let mut server_cpu = 0.0;
-    let total = measure(args, &mut poll, &mut connections, &mut server_cpu, |i, conn, counting| {
+    let (total, _) = measure(args, &mut poll, &mut connections, |i, conn, counting| {
         let mut replies = 0;
         drain_frames(conn, &rules, |_| replies += 1);
         for _ in 0..replies {
@@ -451,8 +441,7 @@ fn broadcast(args: &Args) {
     let mut latencies = Vec::new();
     let mut out_of_order = 0u64;
     let mut sampled = 0u64;
-    let mut server_cpu = 0.0;
-    let total = measure(args, &mut poll, &mut connections, &mut server_cpu, |i, conn, counting| {
+    let (total, server_cpu) = measure(args, &mut poll, &mut connections, |i, conn, counting| {
         let mut own = 0;
         let mut next_seq = conn.next_seq;
         // Every member counts its deliveries; the senders and one member in

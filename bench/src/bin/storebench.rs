@@ -58,7 +58,7 @@ fn main() {
                     other => panic!("no engine {other}: redb or fjall"),
                 };
                 let (mut seq, mut latencies, mut outcomes) = (0u64, Vec::new(), Vec::new());
-                let cpu = cpu_seconds();
+                let cpu = rust_chat_bench::cpu_seconds("self");
                 let start = Instant::now();
                 while start.elapsed().as_secs_f64() < seconds {
                     let rooms = 10u64;
@@ -88,7 +88,7 @@ fn main() {
                     latencies.push(sent.elapsed());
                 }
                 let elapsed = start.elapsed().as_secs_f64();
-                let cpu = cpu_seconds() - cpu;
+                let cpu = rust_chat_bench::cpu_seconds("self") - cpu;
                 latencies.sort();
                 let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
                 let commits = latencies.len() as f64 / elapsed;
@@ -111,15 +111,6 @@ fn main() {
         }
     }
     let _ = std::fs::remove_dir_all(&base);
-}
-
-/// The process's user and system CPU time so far (all its threads), from /proc.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// What the files under `dir` hold, in bytes.
