@@ -62,12 +62,13 @@ print(f"{name}: {i1} instr / {c1} msgs (2 s), {i2} / {c2} (6 s): {(i2 - i1) / (c
 PY
 }
 
-# SCENARIOS picks (default: echo broadcast; also bulk, 64 KiB echoed); persist is the persist scenario's
+# SCENARIOS picks (default: echo broadcast; also bulk, 64 KiB echoed; rooms, 100 rooms of 10); persist is the persist scenario's
 # chat room (10 members, 1024 in flight; per delivery: a tenth of a message).
 for scenario in ${SCENARIOS:-echo broadcast}; do
   case "$scenario" in
     echo) measure echo --mode echo --conns 100 --inflight 16 --size 32 ;;
     broadcast) [ -n "${ONLY_ECHO:-}" ] || measure broadcast --mode broadcast --conns 200 --inflight 8 --size 64 ;;
+    rooms) measure rooms --mode broadcast --conns 1000 --room-size 10 --inflight 4 --size 64 ;;
     persist) measure persist --mode broadcast --conns 10 --inflight 1024 --size 64 ;;
     bulk) measure bulk --mode echo --conns 10 --inflight 4 --size 65536 ;;
     *) echo "unknown scenario: $scenario" >&2; exit 2 ;;

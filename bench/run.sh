@@ -12,7 +12,8 @@
 #   PEERS="uws tungstenite" bench/run.sh echo
 #                             # other peers: uws is uWebSockets, built by bench/uws.sh
 #
-# Scenarios: echo, broadcast, bulk, latency, idle, persist (rust-chat only: a
+# Scenarios: echo, broadcast, bulk, latency, idle, rooms (rust-chat only: many
+# rooms of 10, --workers 1 against --workers 2), persist (rust-chat only: a
 # chat room with --no-persist and each --fsync, issue 20; with BASELINE, also
 # that binary's --fsync batch), deflate (rust-chat only,
 # with and without compression). The server is pinned to core 0 and the load
@@ -38,7 +39,7 @@ start_server() {
   case "$name" in
     rust-chat-baseline*) taskset -c 0 "$BASELINE" --bind 127.0.0.1:0 --rate-limit 0 \
                   --max-room-members 100000 --max-connections 100000 "$@" >"$log" 2>&1 & ;;
-    rust-chat*) taskset -c 0 ./target/release/rust-chat --bind 127.0.0.1:0 --rate-limit 0 \
+    rust-chat*) taskset -c "${SERVER_CPUS:-0}" ./target/release/rust-chat --bind 127.0.0.1:0 --rate-limit 0 \
                   --max-room-members 100000 --max-connections 100000 "$@" >"$log" 2>&1 & ;;
     tungstenite) taskset -c 0 bench/target/release/peer 127.0.0.1:0 >"$log" 2>&1 & ;;
     uws) taskset -c 0 bench/target/uws/peer 127.0.0.1:0 >"$log" 2>&1 & ;;
@@ -72,6 +73,15 @@ run_one() { # scenario server -> one JSON line
                  rust-chat-baseline-fsync-*) start_server "$server" --fsync "${server#rust-chat-baseline-fsync-}" ;;
                esac
                load --mode broadcast --conns 10 --inflight "${PERSIST_INFLIGHT:-64}" --size 64 --label "$server" ;;
+    rooms)     # Many small rooms (ROOMS of 10, default 1,000: the per-process open-file limit of 20,000
+               # bounds it), the first member of each the sender with 4 in flight; --workers 1 on core 0,
+               # --workers 2 on cores 0 and 1 (the second shared with the load generator: this machine has two).
+               case "$server" in
+                 rust-chat-workers-1) start_server "$server" --no-persist --workers 1 --max-rooms 100000 ;;
+                 rust-chat-workers-2) SERVER_CPUS=0,1 start_server "$server" --no-persist --workers 2 --max-rooms 100000 ;;
+               esac
+               load --mode broadcast --conns $(( ${ROOMS:-1000} * 10 )) --room-size 10 --inflight 4 --size 64 \
+                 --pid "$SERVER_PID" --label "$server" ;;
     deflate)   case "$server" in
                  rust-chat-deflate) start_server rust-chat; load --mode echo --conns 100 --inflight 16 --size 1024 --deflate --label "$server" ;;
                  *) start_server "$server"; load --mode echo --conns 100 --inflight 16 --size 1024 --label "$server" ;;
@@ -83,6 +93,7 @@ run_one() { # scenario server -> one JSON line
 for scenario in "${SCENARIOS[@]}"; do
   case "$scenario" in
     deflate) pair=(rust-chat rust-chat-deflate) ;;
+    rooms) pair=(rust-chat-workers-1 rust-chat-workers-2) ;;
     persist) pair=(rust-chat-no-persist rust-chat-fsync-batch rust-chat-fsync-always rust-chat-fsync-never)
              # With BASELINE: the earlier binary's `--fsync batch` beside this one's.
              [ -z "${BASELINE:-}" ] || pair+=(rust-chat-baseline-fsync-batch) ;;
@@ -99,7 +110,7 @@ import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 metric = {"echo": "msgs_per_sec", "bulk": "mb_per_sec", "broadcast": "deliveries_per_sec",
           "latency": "rtt_p50_us", "idle": "kib_per_conn", "deflate": "msgs_per_sec",
-          "persist": "msgs_per_sec"}[sys.argv[2]]
+          "persist": "msgs_per_sec", "rooms": "deliveries_per_sec"}[sys.argv[2]]
 if sys.argv[2] == "persist":
     # Messages the room received per second (each member got every one), and their p99.
     for r in rows:
@@ -109,6 +120,14 @@ if sys.argv[2] == "persist":
         p99.setdefault(r["label"], []).append(r["latency_p99_us"])
     for k, v in p99.items():
         print(f"## persist {k}: latency_p99_us median {statistics.median(v):.4g} (min {min(v):.4g}, max {max(v):.4g})")
+if sys.argv[2] == "rooms":
+    # The server's CPU (all its threads) per delivery, and the median latency.
+    for key in ("server_ns_per_delivery", "latency_p50_us"):
+        per = {}
+        for r in rows:
+            per.setdefault(r["label"], []).append(r[key])
+        for k, v in per.items():
+            print(f"## rooms {k}: {key} median {statistics.median(v):.4g} (min {min(v):.4g}, max {max(v):.4g})")
 by = {}
 for r in rows:
     by.setdefault(r["label"], []).append(r[metric])

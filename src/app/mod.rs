@@ -195,3 +195,70 @@ pub struct ConnId {
     /// Distinguishes the connections that have used this slot.
     pub generation: u64,
 }
+
+/// A map keyed by [`ConnId`], hashed by [`IdHasher`].
+pub type IdMap<V> = std::collections::HashMap<ConnId, V, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// A hasher for [`ConnId`]s: a folded multiply of each word (the high half
+/// of the 128-bit product folded onto the low, so that the table's low bits
+/// see every bit of the generation, which steps by the number of workers).
+/// Cheaper than std's SipHash, which guards against keys chosen to collide:
+/// no peer chooses a `ConnId`, the server numbers them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl IdHasher {
+    fn mix(&mut self, word: u64) {
+        let product = u128::from(self.0 ^ word) * 0x9e37_79b9_7f4a_7c15;
+        self.0 = (product as u64) ^ ((product >> 64) as u64);
+    }
+}
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.mix(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        self.mix(word);
+    }
+
+    fn write_usize(&mut self, word: usize) {
+        self.mix(word as u64);
+    }
+}
+
+#[cfg(test)]
+mod id_hasher_tests {
+    use super::{ConnId, IdHasher};
+    use std::hash::BuildHasher;
+
+    /// With 4 workers generations step by 4: a table of 64 buckets must
+    /// still see them spread over (nearly) all its buckets, not a quarter.
+    #[test]
+    fn generations_that_step_by_the_worker_count_spread_over_the_low_bits() {
+        let build = std::hash::BuildHasherDefault::<IdHasher>::default();
+        let mut used = [false; 64];
+        for n in 0..256u64 {
+            let id = ConnId { index: (n % 50) as usize, generation: 4 * n + 1 };
+            used[(build.hash_one(id) % 64) as usize] = true;
+        }
+        assert!(used.iter().filter(|&&u| u).count() > 56, "{used:?}");
+    }
+
+    #[test]
+    fn different_ids_hash_apart_and_one_id_alike() {
+        let build = std::hash::BuildHasherDefault::<IdHasher>::default();
+        let (a, b) = (ConnId { index: 1, generation: 2 }, ConnId { index: 2, generation: 1 });
+        assert_ne!(build.hash_one(a), build.hash_one(b));
+        assert_eq!(build.hash_one(a), build.hash_one(ConnId { index: 1, generation: 2 }));
+    }
+}

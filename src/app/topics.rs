@@ -9,7 +9,7 @@
 //! shared and compressed once per window size, and closes recipients that
 //! cannot keep up.
 
-use super::ConnId;
+use super::{ConnId, IdMap};
 use crate::protocol::frame::{FrameHeader, OpCode};
 use std::collections::HashMap;
 use std::ops::Range;
@@ -180,7 +180,7 @@ pub struct Topics {
     subscribers: HashMap<Arc<str>, Vec<ConnId>>,
     /// The topics of each connection that has any, so that a connection
     /// that goes away leaves them all at once.
-    subscriptions: HashMap<ConnId, Vec<Arc<str>>>,
+    subscriptions: IdMap<Vec<Arc<str>>>,
     outbox: Outbox,
     /// For each connection slot, the round of the outbox in which something
     /// was last queued for it: what tells whether a connection has anything
@@ -198,7 +198,7 @@ impl Topics {
     pub fn new(run_limit: usize) -> Topics {
         Topics {
             subscribers: HashMap::new(),
-            subscriptions: HashMap::new(),
+            subscriptions: IdMap::default(),
             outbox: Outbox::new(run_limit),
             queued_in: Vec::new(),
             round: 1,

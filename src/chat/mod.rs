@@ -27,7 +27,7 @@ pub mod token;
 pub use config::ChatConfig;
 pub use token::TokenConfig;
 
-use crate::app::{App, Closed, ConnId, Context, Message, Request, Route};
+use crate::app::{App, Closed, ConnId, Context, IdMap, Message, Request, Route};
 use commands::TokenBucket;
 pub(crate) use connect::route;
 use events::code;
@@ -83,7 +83,7 @@ pub struct Chat {
     config: ChatConfig,
     /// Rooms by (lower-case) name.
     rooms: HashMap<String, Room>,
-    members: HashMap<ConnId, Member>,
+    members: IdMap<Member>,
     /// Nicknames in use, lower-cased (uniqueness ignores case), to their owner.
     nicks: HashMap<String, ConnId>,
     next_guest: u64,
@@ -278,7 +278,7 @@ impl Chat {
         rooms.insert(LOBBY.to_string(), Room::new());
         let history = History::new(config.history_len, config.history_bytes);
         let verifier = config.tokens.as_ref().map(|tokens| std::sync::Arc::new(tokens.verifier()));
-        let (members, nicks, expiries) = (HashMap::new(), HashMap::new(), token::Expiries::default());
+        let (members, nicks, expiries) = (IdMap::default(), HashMap::new(), token::Expiries::default());
         Chat {
             config,
             rooms,
