@@ -111,23 +111,22 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 metric = {"echo": "msgs_per_sec", "bulk": "mb_per_sec", "broadcast": "deliveries_per_sec",
           "latency": "rtt_p50_us", "idle": "kib_per_conn", "deflate": "msgs_per_sec",
           "persist": "msgs_per_sec", "rooms": "deliveries_per_sec"}[sys.argv[2]]
+def summarise(key):
+    """Prints each label's median, min and max of `key`."""
+    per = {}
+    for r in rows:
+        per.setdefault(r["label"], []).append(r[key])
+    for k, v in per.items():
+        print(f"## {sys.argv[2]} {k}: {key} median {statistics.median(v):.4g} (min {min(v):.4g}, max {max(v):.4g})")
 if sys.argv[2] == "persist":
     # Messages the room received per second (each member got every one), and their p99.
     for r in rows:
         r["msgs_per_sec"] = r["deliveries_per_sec"] / r["members"]
-    p99 = {}
-    for r in rows:
-        p99.setdefault(r["label"], []).append(r["latency_p99_us"])
-    for k, v in p99.items():
-        print(f"## persist {k}: latency_p99_us median {statistics.median(v):.4g} (min {min(v):.4g}, max {max(v):.4g})")
+    summarise("latency_p99_us")
 if sys.argv[2] == "rooms":
     # The server's CPU (all its threads) per delivery, and the median latency.
-    for key in ("server_ns_per_delivery", "latency_p50_us"):
-        per = {}
-        for r in rows:
-            per.setdefault(r["label"], []).append(r[key])
-        for k, v in per.items():
-            print(f"## rooms {k}: {key} median {statistics.median(v):.4g} (min {min(v):.4g}, max {max(v):.4g})")
+    summarise("server_ns_per_delivery")
+    summarise("latency_p50_us")
 by = {}
 for r in rows:
     by.setdefault(r["label"], []).append(r[metric])
